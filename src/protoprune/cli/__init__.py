@@ -1,0 +1,69 @@
+"""The `protoprune` command: one subcommand a module, each a thin shell over library functions.
+
+Each subcommand module defines `NAME`, `HELP`, `add_arguments(parser)` and `execute(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+from ..errors import ProtopruneError
+
+SUBCOMMANDS = [
+    "train",
+    "evaluate",
+    "demo",
+    "check_data",
+    "push",
+    "prune_filters",
+    "prune_prototypes",
+    "explain",
+    "report",
+    "study",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protoprune",
+        description="Interpretable (ProtoPNet) and efficient (explanation-guided filter pruning) "
+        "image classification for dermoscopy.",
+    )
+    parser.add_argument("--version", action="version", version=f"protoprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # subcommand not part of this build
+            raise
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(execute=module.execute)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "execute", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args.execute(args) or 0)
+    except ProtopruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Run configuration: typed dataclasses loaded from YAML, with dotted CLI overrides.
+
+Every run is driven by one `RunConfig`; it is saved (with the package version, seed and split)
+in the run folder so the run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which data set, how it is split, sized, augmented and balanced."""
+
+    dataset: str = "bundled"  # a name in protoprune.data.DATASETS
+    root: str | None = None  # folder or file of the data set (bundled: ignored)
+    image_size: int = 28
+    split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split_file: str | None = None  # reuse a split.csv written by an earlier run
+    batch_size: int = 64
+    num_workers: int = 0
+    balance: str = "oversample"  # none | oversample | weighted_loss (train split only)
+    augment: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    max_per_split: int | None = None  # cap each split (stratified) for quick runs
+
+
+@dataclass
+class ModelConfig:
+    """The network: a torchvision architecture, optionally wrapped as a ProtoPNet."""
+
+    type: str = "classifier"  # classifier | protopnet
+    arch: str = "resnet18"  # a name in protoprune.models.ARCHITECTURES
+    small_input: bool | None = None  # 3x3 stem, no max-pool; None: auto (image_size <= 64)
+    weights: str | None = None  # local state_dict path for the backbone; nothing is downloaded
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of a plain classifier (and the fine-tuning between pruning steps)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | step | none
+    step_size: int = 5
+    gamma: float = 0.1
+    amp: bool = True  # mixed precision, only ever used on CUDA
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch.set_num_threads on CPU
+    select_metric: str = "balanced_accuracy"  # validation metric that picks the best epoch
+    progress: bool = True
+
+
+@dataclass
+class ProtoPNetConfig:
+    """ProtoPNet architecture and its training schedule (defaults: Chen et al. 2019)."""
+
+    prototypes_per_class: int = 10
+    prototype_dim: int = 128
+    prototype_size: int = 1
+    add_on: str = "regular"  # regular | bottleneck
+    similarity: str = "log"  # log | cosine
+    epsilon: float = 1e-4
+    # phases
+    warm_epochs: int = 5
+    joint_epochs: int = 10
+    push_start: int = 10  # epoch (counting warm-up) of the first push
+    push_every: int = 10
+    last_layer_iterations: int = 20
+    # learning rates
+    warm_lr_add_on: float = 3e-3
+    warm_lr_prototypes: float = 3e-3
+    joint_lr_features: float = 1e-4
+    joint_lr_add_on: float = 3e-3
+    joint_lr_prototypes: float = 3e-3
+    joint_lr_step: int = 5
+    joint_lr_gamma: float = 0.1
+    last_layer_lr: float = 1e-4
+    # loss coefficients
+    crs_ent: float = 1.0
+    clst: float = 0.8
+    sep: float = -0.08
+    l1: float = 1e-4
+    save_push_images: bool = True
+
+
+@dataclass
+class FilterPruningConfig:
+    """Explanation-guided filter pruning (Yeom et al. 2021)."""
+
+    method: str = "lrp"  # lrp | weight | grad | taylor
+    total_pr: float = 0.6
+    pr_step: float = 0.15
+    epochs: int = 1  # fine-tuning epochs between steps
+    scope: str = "global"  # global | layer
+    ref_per_class: int = 10
+    lrp_composite: str = "epsilon_plus_flat"
+    norm: int = 1  # weight criterion: 1 or 2
+
+
+@dataclass
+class PrototypePruningConfig:
+    """Prototype pruning (ProtoPNet's run_pruning)."""
+
+    k: int = 6
+    threshold: int = 3
+    finetune_iterations: int = 100
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protopnet: ProtoPNetConfig = field(default_factory=ProtoPNetConfig)
+    prune_filters: FilterPruningConfig = field(default_factory=FilterPruningConfig)
+    prune_prototypes: PrototypePruningConfig = field(default_factory=PrototypePruningConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        validate(self)
+        return self
+
+
+_CHOICES = {
+    "data.balance": ("none", "oversample", "weighted_loss"),
+    "model.type": ("classifier", "protopnet"),
+    "train.optimizer": ("adam", "sgd"),
+    "train.scheduler": ("cosine", "step", "none"),
+    "protopnet.add_on": ("regular", "bottleneck"),
+    "protopnet.similarity": ("log", "cosine"),
+    "prune_filters.method": ("lrp", "weight", "grad", "taylor"),
+    "prune_filters.scope": ("global", "layer"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject values that would fail later or silently mean something else."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(
+                f"config {key} = {value!r} is not one of {', '.join(choices)}",
+                f"set {key} to one of: {', '.join(choices)}",
+            )
+    d = cfg.data
+    if d.image_size < 8:
+        raise ConfigError(f"data.image_size = {d.image_size} is too small", "use at least 8 pixels")
+    if len(d.split_ratios) != 3 or any(r < 0 for r in d.split_ratios) or abs(sum(d.split_ratios) - 1) > 1e-6:
+        raise ConfigError(
+            f"data.split_ratios = {d.split_ratios} must be three non-negative numbers summing to 1",
+            "for example --set data.split_ratios=[0.7,0.15,0.15]",
+        )
+    if len(d.mean) != 3 or len(d.std) != 3 or any(s <= 0 for s in d.std):
+        raise ConfigError("data.mean and data.std need three values each (std > 0)", "fix the data section")
+    if d.batch_size < 1:
+        raise ConfigError(f"data.batch_size = {d.batch_size} must be >= 1", "use a positive batch size")
+    if cfg.train.epochs < 0 or cfg.train.lr <= 0:
+        raise ConfigError("train.epochs must be >= 0 and train.lr > 0", "fix the train section")
+    p = cfg.protopnet
+    if p.prototypes_per_class < 1 or p.prototype_dim < 1:
+        raise ConfigError(
+            "protopnet.prototypes_per_class and protopnet.prototype_dim must be >= 1",
+            "use positive sizes (defaults: 10 and 128)",
+        )
+    if min(p.warm_epochs, p.joint_epochs, p.last_layer_iterations) < 0 or p.push_every < 1:
+        raise ConfigError(
+            "protopnet epoch counts must be >= 0 and push_every >= 1", "fix the protopnet section"
+        )
+    f = cfg.prune_filters
+    if not 0 <= f.total_pr < 1:
+        raise ConfigError(
+            f"prune_filters.total_pr = {f.total_pr} must be in [0, 1)",
+            "give the fraction of filters to remove in total, e.g. 0.6",
+        )
+    if not 0 < f.pr_step <= 1:
+        raise ConfigError(
+            f"prune_filters.pr_step = {f.pr_step} must be in (0, 1]", "e.g. --pr-step 0.15"
+        )
+    if f.total_pr > 0 and f.pr_step > f.total_pr + 1e-9:
+        raise ConfigError(
+            f"prune_filters.pr_step = {f.pr_step} is larger than total_pr = {f.total_pr}",
+            "make the step at most the total ratio",
+        )
+    if f.norm not in (1, 2):
+        raise ConfigError(f"prune_filters.norm = {f.norm} must be 1 or 2", "use 1 (L1) or 2 (L2)")
+    if f.ref_per_class < 1 or f.epochs < 0:
+        raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
+    q = cfg.prune_prototypes
+    if q.k < 1 or q.threshold < 0 or q.threshold > q.k:
+        raise ConfigError(
+            f"prune_prototypes: k = {q.k}, threshold = {q.threshold}: need k >= 1 and 0 <= threshold <= k",
+            "the default is k = 6 nearest patches, threshold = 3",
+        )
+
+
+# --- building dataclasses from plain data, with clear errors -------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}", None)
+        return _from_dict(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config {key} must be a list, got {value!r}", f"e.g. {key}=[1,2,3]")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, key) for v in value]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config {key} must be true or false, got {value!r}", None)
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"config {key} must be an integer, got {value!r}", None)
+    if tp is str and not isinstance(value, str):
+        value = str(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"config {key} must be a {_type_name(tp)}, got {value!r}", None)
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}", hint)
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
+    """Build and validate a RunConfig; unknown keys and wrong types raise ConfigError."""
+    data = dict(data or {})
+    for meta in ("protoprune_version", "split"):  # written into saved configs; not settings
+        data.pop(meta, None)
+    return _from_dict(RunConfig, data).validate()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when path is None) and apply `a.b=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", "give the path of a YAML file, e.g. configs/demo.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}", "fix the YAML syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level", None)
+    for item in overrides or []:
+        apply_override(data, item)
+    return config_from_dict(data)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one `section.key=value` override (value parsed as YAML) to a raw config dict."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} has no '='", "write overrides as --set section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section", None)
+    node[parts[-1]] = value
+
+
+def save_config(cfg: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the config as YAML, stamped with the package version (and e.g. the split file)."""
+    from . import __version__
+    from .io import atomic_write_text
+
+    data = {"protoprune_version": __version__, **cfg.to_dict(), **(extra or {})}
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,177 @@
+"""The one data abstraction: labelled images with ids, whatever their on-disk format.
+
+Every loader returns `ImageDataset`s that yield `(tensor, label)` and also expose
+`image_ids`, `targets`, `class_names` and the untransformed PIL image (for rendering
+prototypes and explanations), so training, push and reports never care about the format.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+
+class ImageDataset(Dataset):
+    """Base class: subclasses implement `load_image(i) -> PIL.Image` (RGB)."""
+
+    def __init__(
+        self,
+        targets: Sequence[int] | np.ndarray,
+        class_names: Sequence[str],
+        image_ids: Sequence[str],
+        groups: Sequence[str] | None = None,
+        transform: Callable | None = None,
+    ):
+        self.targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+        self.class_names = list(class_names)
+        self.image_ids = [str(i) for i in image_ids]
+        self.groups = None if groups is None else [str(g) for g in groups]
+        self.transform = transform
+        if len(self.image_ids) != len(self.targets):
+            raise DataError(
+                f"{len(self.image_ids)} image ids but {len(self.targets)} labels", "fix the data files"
+            )
+        if len(self.targets) and (self.targets.min() < 0 or self.targets.max() >= len(self.class_names)):
+            raise DataError(
+                f"labels span {self.targets.min()}..{self.targets.max()} but there are "
+                f"{len(self.class_names)} classes",
+                "check the label column and the class names of the data set",
+            )
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load_image(self, index: int) -> Image.Image:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.load_image(index)
+        x = self.transform(image) if self.transform is not None else image
+        return x, int(self.targets[index])
+
+    def with_transform(self, transform: Callable | None) -> ImageDataset:
+        """A shallow copy that applies another transform (the images are shared, not copied)."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
+        return SubsetImageDataset(self, np.asarray(indices, dtype=np.int64))
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=len(self.class_names))
+
+    def table(self) -> pd.DataFrame:
+        """One row per image: image_id, label index, class name (and group, e.g. lesion_id)."""
+        df = pd.DataFrame(
+            {
+                "image_id": self.image_ids,
+                "label": self.targets,
+                "dx": [self.class_names[t] for t in self.targets],
+            }
+        )
+        if self.groups is not None:
+            df["group"] = self.groups
+        return df
+
+
+class SubsetImageDataset(ImageDataset):
+    """A view on some rows of another ImageDataset."""
+
+    def __init__(self, parent: ImageDataset, indices: np.ndarray):
+        self.parent = parent
+        self.indices = indices
+        groups = None if parent.groups is None else [parent.groups[i] for i in indices]
+        super().__init__(
+            parent.targets[indices],
+            parent.class_names,
+            [parent.image_ids[i] for i in indices],
+            groups,
+            parent.transform,
+        )
+
+    def load_image(self, index: int) -> Image.Image:
+        return self.parent.load_image(int(self.indices[index]))
+
+
+class ArrayImageDataset(ImageDataset):
+    """Images held in memory as a uint8 array (N, H, W[, C]), e.g. a MedMNIST npz."""
+
+    def __init__(self, images: np.ndarray, targets, class_names, image_ids=None, **kwargs):
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+            raise DataError(
+                f"image array has shape {images.shape} and dtype {images.dtype}",
+                "expected uint8 images shaped (N, H, W) or (N, H, W, C)",
+            )
+        self.images = images
+        if image_ids is None:
+            image_ids = [f"{i:05d}" for i in range(len(images))]
+        super().__init__(targets, class_names, image_ids, **kwargs)
+
+    def load_image(self, index: int) -> Image.Image:
+        arr = self.images[index]
+        if arr.ndim == 2 or arr.shape[-1] == 1:
+            return Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 else arr, "L").convert("RGB")
+        return Image.fromarray(arr, "RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image file fully (so truncation shows now, not mid-epoch) with a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"image path {path} is a folder, not an image file", "point at the image file itself")
+    if not path.is_file():
+        raise DataError(f"image file {path} is missing", "restore the file or remove its row from the metadata")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(
+            f"image file {path} is corrupt or truncated ({exc})",
+            "re-download or re-export this image, or remove its row from the metadata",
+        ) from None
+
+
+class FileImageDataset(ImageDataset):
+    """Images stored as files (JPEG/PNG), read lazily."""
+
+    def __init__(self, paths: Sequence[str | Path], targets, class_names, image_ids=None, **kwargs):
+        self.paths = [Path(p) for p in paths]
+        if image_ids is None:
+            image_ids = [p.stem for p in self.paths]
+        super().__init__(targets, class_names, image_ids, **kwargs)
+
+    def load_image(self, index: int) -> Image.Image:
+        return open_rgb(self.paths[index])
+
+
+@dataclass
+class DataSplits:
+    """Train/validation/test datasets (untransformed) and where the split came from."""
+
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
+    class_names: list[str]
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def split_table(self) -> pd.DataFrame:
+        """The split as a table (image_id, label, dx, split), written to every run folder."""
+        parts = []
+        for name in ("train", "val", "test"):
+            df = getattr(self, name).table()
+            df.insert(0, "split", name)
+            parts.append(df)
+        return pd.concat(parts, ignore_index=True)

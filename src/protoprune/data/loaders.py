@@ -1,0 +1,72 @@
+"""From a DataConfig to DataLoaders: split, subsample, transform, balance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig
+from ..errors import DataError
+from .base import DataSplits, ImageDataset
+from .registry import DATASETS
+from .sampling import class_balanced_sampler, class_weights
+from .transforms import build_transform
+
+
+def _cap(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    if n is None or len(ds) <= n:
+        return ds
+    counts = ds.class_counts()
+    stratify = ds.targets if counts[counts > 0].min() >= 2 and n >= len(counts) else None
+    idx, _ = train_test_split(np.arange(len(ds)), train_size=n, random_state=seed, stratify=stratify)
+    return ds.subset(np.sort(idx))
+
+
+def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
+    """The configured data set's train/val/test split (untransformed), capped by max_per_split."""
+    splits = DATASETS.get(cfg.dataset)(cfg, seed)
+    if cfg.max_per_split is not None:
+        splits.train = _cap(splits.train, cfg.max_per_split, seed)
+        splits.val = _cap(splits.val, cfg.max_per_split, seed)
+        splits.test = _cap(splits.test, cfg.max_per_split, seed)
+    for name in ("train", "val", "test"):
+        if len(getattr(splits, name)) == 0:
+            raise DataError(f"the {name} split of {cfg.dataset!r} is empty", "check the data and data.split_ratios")
+    return splits
+
+
+@dataclass
+class Loaders:
+    """DataLoaders for one run. `push` is the training set without augmentation, in order."""
+
+    train: DataLoader
+    push: DataLoader
+    val: DataLoader
+    test: DataLoader
+    class_names: list[str]
+    loss_weights: torch.Tensor | None
+
+
+def build_loaders(splits: DataSplits, cfg: DataConfig, generator: torch.Generator | None = None) -> Loaders:
+    """Transforms and samplers: augmentation and balancing touch the training split only."""
+    t_train = build_transform(cfg.image_size, cfg.mean, cfg.std, train=True, augment=cfg.augment)
+    t_eval = build_transform(cfg.image_size, cfg.mean, cfg.std, train=False)
+    n_classes = len(splits.class_names)
+    train_ds = splits.train.with_transform(t_train)
+    sampler = None
+    if cfg.balance == "oversample":
+        sampler = class_balanced_sampler(splits.train.targets, n_classes, generator)
+    weights = class_weights(splits.train.targets, n_classes) if cfg.balance == "weighted_loss" else None
+    common = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
+    return Loaders(
+        train=DataLoader(train_ds, sampler=sampler, shuffle=sampler is None, generator=generator, drop_last=False, **common),
+        push=DataLoader(splits.train.with_transform(t_eval), shuffle=False, **common),
+        val=DataLoader(splits.val.with_transform(t_eval), shuffle=False, **common),
+        test=DataLoader(splits.test.with_transform(t_eval), shuffle=False, **common),
+        class_names=list(splits.class_names),
+        loss_weights=weights,
+    )

@@ -1,0 +1,96 @@
+"""Atomic file writes and run folders: a kill never leaves a half-written file that later loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputExistsError, ProtopruneError
+
+
+def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """Save a matplotlib figure atomically (format from the final suffix)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return _atomic(path, lambda p: fig.savefig(p, format=fmt, **kwargs))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    return _atomic(path, lambda p: torch.save(obj, p))
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def prepare_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+    """Create a run folder; refuse to reuse a non-empty one unless resuming or forced.
+
+    `force` moves the old folder aside to `<name>.old-N` instead of deleting it, so results are
+    never silently lost.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is not a folder", "choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not resume:
+        if not force:
+            raise OutputExistsError(
+                f"run folder {path} already holds results",
+                "pass --resume to continue it, --force to start over (the old folder is kept as "
+                f"{path.name}.old-N), or choose another --out",
+            )
+        n = 1
+        while path.with_name(f"{path.name}.old-{n}").exists():
+            n += 1
+        shutil.move(str(path), str(path.with_name(f"{path.name}.old-{n}")))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ProtopruneError(
+            f"cannot write to run folder {path}: {exc.strerror}",
+            "choose a writable output folder with --out",
+        ) from None
+    return path

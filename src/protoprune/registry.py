@@ -1,0 +1,53 @@
+"""Name -> factory registries, so configs can say `arch: resnet18` or `method: lrp`."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of factories; unknown names raise a ConfigError listing the valid ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, item: T | None = None) -> Any:
+        """Register `item` under `name`; without `item`, works as a decorator."""
+        if item is not None:
+            self._items[name] = item
+            return item
+
+        def decorator(obj: T) -> T:
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            close = difflib.get_close_matches(name, list(self._items), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}",
+                f"{hint}choose one of: {', '.join(sorted(self._items))}",
+            )
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+Factory = Callable[..., Any]
