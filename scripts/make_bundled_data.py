@@ -85,6 +85,7 @@ def main() -> None:
     chosen = meta.groupby("dx", group_keys=False).apply(
         lambda g: g.sample(min(HIRES_PER_CLASS, len(g)), random_state=args.seed)
     )
+    chosen = meta.loc[chosen.index]  # pandas >= 3 drops the grouping column (dx) in apply
     ham_out = OUT / "ham10000"
     if ham_out.exists():
         shutil.rmtree(ham_out)
