@@ -1,0 +1,193 @@
+"""ProtoPNet (Chen et al., NeurIPS 2019): "this looks like that" prototype layer on any conv trunk.
+
+image -> trunk (any `Features`) -> add-on 1x1 convs (sigmoid) -> latent z (B, D, H, W)
+      -> squared L2 distance of every latent patch to every prototype (B, P, H', W')
+      -> global min pooling -> similarity log((d + 1) / (d + eps)) -> last layer (no bias) -> logits
+
+Prototypes have a fixed class identity (P = per_class x classes, prototype j belongs to class
+j // per_class) and the last layer starts at +1 for a prototype's own class and -0.5 otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from .backbones import Features, build_classifier, feature_extractor
+
+
+@dataclass
+class ProtoPNetOutput:
+    """Everything one forward pass computes (the push and the losses need more than logits)."""
+
+    logits: torch.Tensor  # (B, C)
+    min_distances: torch.Tensor  # (B, P): distance of each prototype to its nearest patch
+    distances: torch.Tensor  # (B, P, H', W'): distance maps
+    latent: torch.Tensor  # (B, D, H, W): add-on output, the space prototypes live in
+
+
+def _add_on_layers(in_channels: int, dim: int, kind: str) -> nn.Sequential:
+    """The original's add-on block: 'regular' = conv-ReLU-conv-Sigmoid; 'bottleneck' halves channels."""
+    if kind == "regular":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, dim, 1), nn.ReLU(), nn.Conv2d(dim, dim, 1), nn.Sigmoid()
+        )
+    if kind != "bottleneck":
+        raise ConfigError(
+            f"unknown add-on type {kind!r}", "use protopnet.add_on: regular | bottleneck"
+        )
+    layers: list[nn.Module] = []
+    current = in_channels
+    while current > dim or not layers:
+        out = max(dim, current // 2)
+        layers += [nn.Conv2d(current, out, 1), nn.ReLU(), nn.Conv2d(out, out, 1)]
+        layers.append(nn.ReLU() if out > dim else nn.Sigmoid())
+        current = current // 2
+    return nn.Sequential(*layers)
+
+
+class ProtoPNet(nn.Module):
+    """A prototype classifier; `forward` returns logits only so generic evaluation code works."""
+
+    def __init__(
+        self,
+        features: Features,
+        num_classes: int,
+        prototypes_per_class: int = 10,
+        prototype_dim: int = 128,
+        prototype_size: int = 1,
+        add_on: str = "regular",
+        similarity: str = "log",
+        epsilon: float = 1e-4,
+    ):
+        super().__init__()
+        if similarity not in ("log", "cosine"):
+            raise ConfigError(
+                f"unknown similarity {similarity!r}", "use protopnet.similarity: log | cosine"
+            )
+        self.features = features
+        self.num_classes = num_classes
+        self.prototypes_per_class = prototypes_per_class
+        self.num_prototypes = prototypes_per_class * num_classes
+        self.prototype_size = prototype_size
+        self.similarity = similarity
+        self.epsilon = epsilon
+        self.add_on_layers = _add_on_layers(features.out_channels, prototype_dim, add_on)
+        self.prototype_vectors = nn.Parameter(
+            torch.rand(self.num_prototypes, prototype_dim, prototype_size, prototype_size)
+        )
+        classes = torch.arange(self.num_prototypes) // prototypes_per_class
+        # buffers: saved in checkpoints, moved with .to(device), never trained
+        self.register_buffer("prototype_classes", classes)
+        self.register_buffer("prototype_class_identity", F.one_hot(classes, num_classes).float())
+        self.last_layer = nn.Linear(self.num_prototypes, num_classes, bias=False)
+        self._init_weights()
+
+    @property
+    def prototype_shape(self) -> tuple[int, ...]:
+        return tuple(self.prototype_vectors.shape)
+
+    def _init_weights(self) -> None:
+        for m in self.add_on_layers.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        self.set_last_layer_incorrect_connection(-0.5)
+
+    @torch.no_grad()
+    def set_last_layer_incorrect_connection(self, incorrect_strength: float = -0.5) -> None:
+        """+1 from a prototype to its own class, `incorrect_strength` to every other class."""
+        own = self.prototype_class_identity.t()
+        self.last_layer.weight.copy_(own + incorrect_strength * (1 - own))
+
+    # --- the prototype layer -------------------------------------------------------------------
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent map z the prototypes are compared with."""
+        return self.add_on_layers(self.features(x))
+
+    def prototype_distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Distance of every k x k latent patch to every prototype: (B, D, H, W) -> (B, P, H', W').
+
+        L2: ||z||^2 - 2 z.p + ||p||^2, each term one convolution over the whole batch (no unfold:
+        the patch norms come from convolving z^2 with a single all-ones kernel). Cosine: 1 - cos.
+        Always computed in float32 (under autocast the expansion loses too much precision).
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            p = self.prototype_vectors.float()
+            ones = torch.ones((1, *p.shape[1:]), dtype=z.dtype, device=z.device)
+            z2 = F.conv2d(z * z, ones)  # (B, 1, H', W')
+            zp = F.conv2d(z, p)  # (B, P, H', W')
+            if self.similarity == "cosine":
+                p_norm = p.flatten(1).norm(dim=1).clamp_min(1e-8).view(1, -1, 1, 1)
+                return 1 - zp / (z2.clamp_min(1e-16).sqrt() * p_norm)
+            p2 = (p * p).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
+            return F.relu(z2 - 2 * zp + p2)
+
+    def distance_to_similarity(self, distances: torch.Tensor) -> torch.Tensor:
+        """log((d + 1) / (d + eps)): large for near patches; cosine: the cosine itself."""
+        if self.similarity == "cosine":
+            return 1 - distances
+        return torch.log((distances + 1) / (distances + self.epsilon))
+
+    def forward_details(self, x: torch.Tensor) -> ProtoPNetOutput:
+        z = self.conv_features(x)
+        distances = self.prototype_distances(z)
+        min_distances = distances.flatten(2).amin(dim=2)  # global max pooling of similarities
+        logits = self.last_layer(self.distance_to_similarity(min_distances))
+        return ProtoPNetOutput(logits, min_distances, distances, z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_details(x).logits
+
+    def similarity_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P) max similarities: the last layer's input, cached by the last-layer stage."""
+        d = self.prototype_distances(self.conv_features(x))
+        return self.distance_to_similarity(d.flatten(2).amin(dim=2))
+
+    # --- parameter groups of the training phases -----------------------------------------------
+
+    def set_trainable(
+        self, features: bool, add_on: bool, prototypes: bool, last_layer: bool
+    ) -> None:
+        """Freeze/unfreeze the four parts (warm-up, joint and last-layer phases)."""
+        for p in self.features.parameters():
+            p.requires_grad_(features)
+        for p in self.add_on_layers.parameters():
+            p.requires_grad_(add_on)
+        self.prototype_vectors.requires_grad_(prototypes)
+        self.last_layer.weight.requires_grad_(last_layer)
+
+
+def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
+    """The configured ProtoPNet: any baseline architecture (incl. small-image variants) as trunk."""
+    from .factory import small_input
+
+    backbone = build_classifier(cfg.model.arch, num_classes, small_input(cfg), cfg.model.weights)
+    p = cfg.protopnet
+    return ProtoPNet(
+        feature_extractor(backbone),
+        num_classes,
+        prototypes_per_class=p.prototypes_per_class,
+        prototype_dim=p.prototype_dim,
+        prototype_size=p.prototype_size,
+        add_on=p.add_on,
+        similarity=p.similarity,
+        epsilon=p.epsilon,
+    )
+
+
+def _register() -> None:
+    from .factory import MODEL_TYPES
+
+    if "protopnet" not in MODEL_TYPES:
+        MODEL_TYPES.register("protopnet", build_protopnet)
+
+
+_register()
