@@ -49,6 +49,7 @@ class Loaders:
     test: DataLoader
     class_names: list[str]
     loss_weights: torch.Tensor | None
+    generator: torch.Generator | None = None
 
 
 def build_loaders(splits: DataSplits, cfg: DataConfig, generator: torch.Generator | None = None) -> Loaders:
@@ -69,4 +70,5 @@ def build_loaders(splits: DataSplits, cfg: DataConfig, generator: torch.Generato
         test=DataLoader(splits.test.with_transform(t_eval), shuffle=False, **common),
         class_names=list(splits.class_names),
         loss_weights=weights,
+        generator=generator,
     )

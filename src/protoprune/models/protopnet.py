@@ -118,12 +118,26 @@ class ProtoPNet(nn.Module):
         the patch norms come from convolving z^2 with a single all-ones kernel). Cosine: 1 - cos.
         Always computed in float32 (under autocast the expansion loses too much precision).
         """
+        return self._distances(z, self.prototype_vectors, groups=1)
+
+    def paired_distances(self, z: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+        """Distance map of prototype j on latent map j only: (P, D, H, W) -> (P, H', W').
+
+        One grouped convolution for all pairs; the push uses it for the winners' heatmaps.
+        """
+        p = self.prototype_vectors if prototypes is None else prototypes
+        n = z.shape[0]
+        return self._distances(z.reshape(1, -1, *z.shape[2:]), p, groups=n)[0]
+
+    def _distances(self, z: torch.Tensor, p: torch.Tensor, groups: int) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
-            p = self.prototype_vectors.float()
-            ones = torch.ones((1, *p.shape[1:]), dtype=z.dtype, device=z.device)
-            z2 = F.conv2d(z * z, ones)  # (B, 1, H', W')
-            zp = F.conv2d(z, p)  # (B, P, H', W')
+            p = p.float()
+            ones = torch.ones((groups, *p.shape[1:]), dtype=z.dtype, device=z.device)
+            z2 = F.conv2d(z * z, ones, groups=groups)  # (B, groups, H', W'): patch norms
+            if groups > 1:  # one norm map per prototype, broadcast over its output channel
+                z2 = z2.repeat_interleave(p.shape[0] // groups, dim=1)
+            zp = F.conv2d(z, p, groups=groups)  # (B, P, H', W')
             if self.similarity == "cosine":
                 p_norm = p.flatten(1).norm(dim=1).clamp_min(1e-8).view(1, -1, 1, 1)
                 return 1 - zp / (z2.clamp_min(1e-16).sqrt() * p_norm)

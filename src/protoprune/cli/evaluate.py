@@ -1,0 +1,47 @@
+"""`protoprune evaluate CHECKPOINT`: metrics of a saved model on a split of its data or another data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import load_config
+from ..io import prepare_run_dir
+from ..train.checkpoint import checkpoint_config, load_checkpoint
+from ..train.run import evaluate_checkpoint, write_metrics
+
+NAME = "evaluate"
+HELP = "evaluate a checkpoint (or run folder) on the test split, or on another data set via --config/--set"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint .pt file or run folder")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--config", help="YAML whose data section replaces the checkpoint's (e.g. an external test set)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the data config, e.g. --set data.dataset=isic2018 --set data.root=PATH")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="folder for metrics.json, metrics.md and the confusion matrix")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out folder (kept as .old-N)")
+
+
+def execute(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = None
+    if args.config or args.overrides:
+        base = checkpoint_config(ckpt).to_dict()
+        cfg = load_config(args.config, args.overrides) if args.config else None
+        if cfg is None:
+            from ..config import apply_override, config_from_dict
+
+            for item in args.overrides:
+                apply_override(base, item)
+            cfg = config_from_dict(base)
+    metrics = evaluate_checkpoint(ckpt["path"], cfg, args.split, args.device)
+    headline = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")}
+    print(json.dumps(headline, indent=2))
+    if args.out:
+        out = prepare_run_dir(Path(args.out), force=args.force)
+        write_metrics(out, {args.split: metrics}, f"evaluation of {ckpt['path']}", ckpt["class_names"])
+    return 0

@@ -1,0 +1,1 @@
+"""Figures and reports a user looks at."""

@@ -1,0 +1,112 @@
+"""Checkpoints: state_dict + config + class names + version, safe to load with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import RunConfig, config_from_dict
+from ..errors import CheckpointError, ProtopruneError
+from ..io import atomic_torch_save
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: RunConfig, class_names: list[str], **extra: Any) -> Path:
+    """Write a checkpoint atomically; `extra` holds plain data (epoch, phase, optimizer state, ...)."""
+    ckpt = {
+        "format_version": FORMAT_VERSION,
+        "protoprune_version": __version__,
+        "model_type": cfg.model.type,
+        "arch": cfg.model.arch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": cfg.to_dict(),
+        "class_names": list(class_names),
+        **extra,
+    }
+    return atomic_torch_save(ckpt, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a protoprune checkpoint with weights_only=True (no pickled code is ever executed)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.is_file():
+                path = candidate
+                break
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist",
+            "give a .pt file written by protoprune (e.g. runs/<name>/checkpoints/best.pt) or its run folder",
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}",
+            "the file is truncated, corrupt or not a protoprune checkpoint (only weights-only files load)",
+        ) from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a protoprune checkpoint (no format_version/state_dict)",
+            "train a model with `protoprune train`, or import a plain state_dict with model.weights: PATH",
+        )
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt['format_version']}, newer than this protoprune "
+            f"{__version__} reads ({FORMAT_VERSION})",
+            "upgrade protoprune to the version that wrote it "
+            f"({ckpt.get('protoprune_version', 'unknown')})",
+        )
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any]) -> RunConfig:
+    try:
+        return config_from_dict(ckpt["config"])
+    except ProtopruneError as exc:
+        raise CheckpointError(f"the config stored in {ckpt.get('path')} is invalid: {exc.problem}", exc.fix) from None
+
+
+def load_state(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
+    """Load a checkpoint's weights, failing with a clear message when architectures differ."""
+    state = ckpt["state_dict"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shape:
+            k = shape[0]
+            details.append(f"{len(shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise CheckpointError(
+            f"checkpoint {ckpt.get('path', '')} ({ckpt.get('model_type')}/{ckpt.get('arch')}, "
+            f"{len(ckpt.get('class_names', []))} classes) does not fit this model: " + "; ".join(details),
+            "load it with the architecture, model type, class count and input variant it was trained with "
+            "(model_from_checkpoint rebuilds it from the stored config)",
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> nn.Module:
+    """Rebuild the model a checkpoint was trained as and load its weights (eval mode)."""
+    from ..models.factory import build_model
+
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    cfg = checkpoint_config(ckpt)
+    cfg.model.weights = None  # the checkpoint holds all weights; do not read the init file again
+    model = build_model(cfg, len(ckpt["class_names"]))
+    return load_state(model, ckpt).eval()

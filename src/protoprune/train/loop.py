@@ -1,0 +1,195 @@
+"""Supervised training of a classifier: per-epoch validation, selection on validation, resume.
+
+The test split is never looked at here; `run_training` evaluates it once, at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, TrainConfig
+from ..errors import CheckpointError
+from ..io import atomic_write_text
+from ..seed import resolve_device
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate_model
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: int):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    return None
+
+
+def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random state an epoch consumes, so a resumed run continues the same random stream."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+        "loader": generator.get_state() if generator is not None else None,
+    }
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    import ast
+
+    py = ast.literal_eval(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if generator is not None and state.get("loader") is not None:
+        generator.set_state(state["loader"])
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> float:
+    """One pass over `loader`; returns the mean loss. Mixed precision when a scaler is given (CUDA)."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            loss = loss_fn(model(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    loaders,
+    cfg: RunConfig,
+    run_dir: Path | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    device: torch.device | str | None = None,
+    class_names: list[str] | None = None,
+) -> dict:
+    """Train, validate each epoch and load the best validation state into `model`.
+
+    With `run_dir`, writes checkpoints/last.pt every epoch (for --resume), checkpoints/best.pt on
+    improvement and history.csv; without it (e.g. fine-tuning between pruning steps) keeps the best
+    state in memory only.
+    """
+    tc = cfg.train
+    epochs = tc.epochs if epochs is None else epochs
+    device = torch.device(device) if device is not None else resolve_device(tc.device)
+    class_names = class_names or loaders.class_names
+    model.to(device)
+    optimizer = build_optimizer(model.parameters(), tc)
+    scheduler = build_scheduler(optimizer, tc, epochs)
+    scaler = torch.amp.GradScaler("cuda") if tc.amp and device.type == "cuda" else None
+    weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    generator = getattr(loaders, "generator", None)
+
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -float("inf"), -1, None
+    start = 0
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").is_file():
+        last = load_checkpoint(ckpt_dir / "last.pt")
+        if last.get("stage") != "fit":
+            raise CheckpointError(f"{ckpt_dir / 'last.pt'} is not a classifier-training checkpoint", "resume it with the command that wrote it")
+        model.load_state_dict(last["state_dict"])
+        optimizer.load_state_dict(last["optimizer"])
+        if scheduler is not None and last.get("scheduler"):
+            scheduler.load_state_dict(last["scheduler"])
+        if scaler is not None and last.get("scaler"):
+            scaler.load_state_dict(last["scaler"])
+        history = list(last["history"])
+        start = int(last["epoch"]) + 1
+        best_score, best_epoch = float(last["best_score"]), int(last["best_epoch"])
+        best_state = load_checkpoint(ckpt_dir / "best.pt")["state_dict"] if (ckpt_dir / "best.pt").is_file() else None
+        restore_rng_state(last["rng"], generator)
+        log.info("resuming at epoch %d of %d", start + 1, epochs)
+
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(
+            model, loaders.train, optimizer, loss_fn, device, scaler, tc.progress, desc=f"epoch {epoch + 1}/{epochs}"
+        )
+        train_seconds = time.perf_counter() - t0
+        if scheduler is not None:
+            scheduler.step()
+        val = evaluate_model(model, loaders.val, class_names, device)
+        n_train = len(loaders.train.dataset) if loaders.train.sampler is None else len(loaders.train.sampler)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            **{f"val_{k}": val[k] for k in ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")},
+            "train_seconds": train_seconds,
+            "train_images_per_s": n_train / train_seconds,
+        }
+        history.append(row)
+        score = val[tc.select_metric] if val.get(tc.select_metric) is not None else val["accuracy"]
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch + 1
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        log.info(
+            "epoch %d/%d  loss %.4f  val acc %.4f  bal %.4f  auroc %s  (%.1f s, %.0f img/s)%s",
+            epoch + 1, epochs, train_loss, val["accuracy"], val["balanced_accuracy"],
+            "n/a" if val["auroc_macro"] is None else f"{val['auroc_macro']:.4f}",
+            train_seconds, row["train_images_per_s"], "  *best*" if improved else "",
+        )
+        if run_dir is not None:
+            atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+            if improved:
+                save_checkpoint(ckpt_dir / "best.pt", model, cfg, class_names, stage="best", epoch=epoch, val=val)
+            save_checkpoint(
+                ckpt_dir / "last.pt", model, cfg, class_names,
+                stage="fit", epoch=epoch, history=history, best_score=best_score, best_epoch=best_epoch,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict() if scheduler is not None else None,
+                scaler=scaler.state_dict() if scaler is not None else None,
+                rng=rng_state(generator),
+            )
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    val = evaluate_model(model, loaders.val, class_names, device)
+    return {"history": history, "best_epoch": best_epoch, "val": val}

@@ -1,0 +1,131 @@
+"""A training run end to end: folder, seed, split, model, training, final test metrics, figures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..config import RunConfig, save_config
+from ..data import build_loaders, build_splits
+from ..data.loaders import Loaders
+from ..errors import CheckpointError
+from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..metrics import metrics_markdown
+from ..models.factory import build_model
+from ..report.figures import plot_confusion_matrix, plot_training_curves
+from ..seed import resolve_device, set_seed
+from .checkpoint import load_checkpoint, load_state
+from .evaluate import evaluate_model
+from .loop import fit
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def prepare_data(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Loaders, object]:
+    """Seeded split + loaders; the split is written to `run_dir/split.csv` so it can be repeated."""
+    generator = set_seed(cfg.seed)
+    splits = build_splits(cfg.data, cfg.seed)
+    if run_dir is not None:
+        atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
+    return build_loaders(splits, cfg.data, generator), splits
+
+
+def write_metrics(run_dir: Path, results: dict[str, dict], title: str, class_names: list[str]) -> None:
+    """metrics.json, metrics.md and a confusion-matrix PNG per evaluated split."""
+    atomic_write_json(run_dir / "metrics.json", results)
+    evaluated = {k: v for k, v in results.items() if isinstance(v, dict) and "confusion_matrix" in v}
+    atomic_write_text(run_dir / "metrics.md", metrics_markdown(evaluated, title))
+    for name, m in evaluated.items():
+        suffix = "" if name == "test" else f"_{name}"
+        plot_confusion_matrix(m["confusion_matrix"], class_names, run_dir / f"confusion_matrix{suffix}.png", f"Confusion matrix ({name})")
+
+
+def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool = False, resume: bool = False) -> dict:
+    """Train the configured model in `run_dir`; returns the final metrics (val and test).
+
+    Model selection uses validation only; the test split is evaluated once, with the selected model.
+    """
+    run_dir = prepare_run_dir(run_dir or default_run_dir(cfg), force=force, resume=resume)
+    if resume:
+        _check_resume_config(cfg, run_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    save_config(cfg, run_dir / "config.yaml", {"split": "split.csv"})
+    loaders, splits = prepare_data(cfg, run_dir)
+    class_names = loaders.class_names
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, len(class_names))
+    log.info("%s: %s on %s (%s), %d train / %d val / %d test images, device %s", cfg.name, cfg.model.arch,
+             cfg.data.dataset, splits.description, len(splits.train), len(splits.val), len(splits.test), device)
+    t0 = time.perf_counter()
+    if cfg.model.type == "protopnet":
+        from .protopnet import train_protopnet
+
+        results = train_protopnet(model, loaders, cfg, run_dir, device, resume=resume)
+    else:
+        out = fit(model, loaders, cfg, run_dir, resume=resume, device=device)
+        results = {
+            "val": out["val"],
+            "test": evaluate_model(model, loaders.test, class_names, device),
+            "best_epoch": out["best_epoch"],
+        }
+    results["train_seconds"] = time.perf_counter() - t0
+    history = run_dir / "history.csv"
+    if history.is_file():
+        plot_training_curves(pd.read_csv(history), run_dir / "training_curves.png")
+    write_metrics(run_dir, results, f"{cfg.name}: {cfg.model.type} {cfg.model.arch}", class_names)
+    log.info("test: accuracy %.4f, balanced accuracy %.4f -> %s", results["test"]["accuracy"],
+             results["test"]["balanced_accuracy"], run_dir)
+    return results
+
+
+def _check_resume_config(cfg: RunConfig, run_dir: Path) -> None:
+    """Resuming with another config would silently mix two experiments: refuse."""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = yaml.safe_load(saved.read_text())
+    new = cfg.to_dict()
+    diff = [
+        f"{section}.{key}"
+        for section in ("data", "model", "protopnet")
+        for key in new[section]
+        if old.get(section, {}).get(key) != new[section][key]
+    ] + (["seed"] if old.get("seed") != cfg.seed else [])
+    if diff:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the config differs from the saved one in {', '.join(diff)}",
+            f"resume with the saved config ({saved}) or start a new run folder",
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, cfg: RunConfig | None = None, split: str = "test", device: str = "auto"
+) -> dict:
+    """Metrics of a saved model on a split of its own data set (or of `cfg`'s data set)."""
+    from .checkpoint import checkpoint_config, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    data_cfg = cfg if cfg is not None else checkpoint_config(ckpt)
+    loaders, _ = prepare_data(data_cfg)
+    if loaders.class_names != ckpt["class_names"]:
+        raise CheckpointError(
+            f"checkpoint classes {ckpt['class_names']} differ from the data's {loaders.class_names}",
+            "evaluate on a data set with the same classes",
+        )
+    dev = resolve_device(device)
+    return evaluate_model(model.to(dev), getattr(loaders, split), ckpt["class_names"], dev)
+
+
+__all__ = ["run_training", "evaluate_checkpoint", "prepare_data", "write_metrics", "load_state"]
