@@ -118,3 +118,13 @@ def test_builder_registered_small_input_and_checkpoint_round_trip(tmp_path) -> N
     assert isinstance(loaded, ProtoPNet)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("similarity", ["log", "cosine"])
+def test_paired_distances_are_the_diagonal_of_all_pairs(similarity: str) -> None:
+    model = tiny_protopnet(similarity, k=2)
+    z = torch.rand(4, 6, 5, 5)
+    pick = torch.tensor([3, 0, 1, 1, 2, 0])  # latent map used for each of the 6 prototypes
+    full = model.prototype_distances(z)
+    paired = model.paired_distances(z[pick])
+    torch.testing.assert_close(paired, full[pick, torch.arange(6)], atol=1e-5, rtol=1e-5)

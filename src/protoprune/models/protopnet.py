@@ -120,7 +120,9 @@ class ProtoPNet(nn.Module):
         """
         return self._distances(z, self.prototype_vectors, groups=1)
 
-    def paired_distances(self, z: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+    def paired_distances(
+        self, z: torch.Tensor, prototypes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Distance map of prototype j on latent map j only: (P, D, H, W) -> (P, H', W').
 
         One grouped convolution for all pairs; the push uses it for the winners' heatmaps.

@@ -1,0 +1,147 @@
+"""The push: own-class nearest patches (checked by brute force), provenance, rendering, flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from protoprune.data.base import ArrayImageDataset
+from protoprune.data.transforms import build_transform
+from protoprune.models.backbones import Features
+from protoprune.models.protopnet import ProtoPNet
+from protoprune.train.push import push_prototypes
+
+CLASSES = ["a", "b", "c", "d"]  # class "d" has no push images
+
+
+def tiny_model(k: int = 1, similarity: str = "log") -> ProtoPNet:
+    torch.manual_seed(0)
+    trunk = Features(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), 8)
+    return ProtoPNet(
+        trunk,
+        len(CLASSES),
+        prototypes_per_class=2,
+        prototype_dim=5,
+        prototype_size=k,
+        similarity=similarity,
+    ).eval()
+
+
+def tensor_loader(n: int = 11, size: int = 12, batch: int = 4) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.arange(n) % 3  # classes a, b, c only
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_push_picks_true_nearest_own_class_patch(k: int) -> None:
+    model = tiny_model(k)
+    loader = tensor_loader()
+    x, y = loader.dataset.tensors
+    old = model.prototype_vectors.detach().clone()
+    with torch.no_grad():
+        z = model.conv_features(x)
+    result = push_prototypes(model, loader, "cpu", CLASSES, progress=False)
+    new = model.prototype_vectors.detach()
+    h_out, w_out = z.shape[2] - k + 1, z.shape[3] - k + 1
+    for rec in result.prototypes:
+        j = rec["prototype"]
+        if rec["class"] == "d":
+            assert not rec["pushed"] and j in result.unpushed
+            torch.testing.assert_close(new[j], old[j])  # kept unchanged
+            continue
+        i, r, c = rec["image_index"], rec["latent_h"], rec["latent_w"]
+        assert int(y[i]) == rec["class_index"]  # an image of the prototype's own class
+        patch = z[i, :, r : r + k, c : c + k]
+        torch.testing.assert_close(new[j], patch)  # the prototype IS that latent patch
+        # brute force: distances of the old prototype to every own-class patch
+        best = float("inf")
+        for ii in torch.nonzero(y == rec["class_index"]).flatten().tolist():
+            for rr in range(h_out):
+                for cc in range(w_out):
+                    d = ((z[ii, :, rr : rr + k, cc : cc + k] - old[j]) ** 2).sum().item()
+                    best = min(best, d)
+        chosen = ((patch - old[j]) ** 2).sum().item()
+        assert chosen == pytest.approx(best, abs=1e-4)
+        assert rec["distance"] == pytest.approx(best, abs=1e-4)
+    assert len(result.unpushed) == 2
+
+
+def test_pushed_prototype_has_zero_distance_and_max_similarity_on_its_source() -> None:
+    model = tiny_model()
+    loader = tensor_loader()
+    x, _ = loader.dataset.tensors
+    result = push_prototypes(model, loader, "cpu", CLASSES, progress=False)
+    with torch.no_grad():
+        out = model.forward_details(x)
+        sim = model.distance_to_similarity(out.distances)
+    for rec in result.prototypes:
+        if not rec["pushed"]:
+            continue
+        j, i = rec["prototype"], rec["image_index"]
+        assert out.distances[i, j, rec["latent_h"], rec["latent_w"]].item() == pytest.approx(
+            0, abs=1e-4
+        )
+        assert sim[i, j, rec["latent_h"], rec["latent_w"]] == sim[:, j].max()
+        # box in input pixels, inside the image, non-empty
+        assert 0 <= rec["box_y0"] < rec["box_y1"] <= 12 and 0 <= rec["box_x0"] < rec["box_x1"] <= 12
+    # the cached similarity vectors are exactly the pushed model's last-layer inputs
+    with torch.no_grad():
+        torch.testing.assert_close(
+            result.similarities, model.similarity_vectors(x), atol=1e-5, rtol=1e-5
+        )
+    acc = (out.logits.argmax(1) == loader.dataset.tensors[1]).float().mean().item()
+    assert result.accuracy_after == pytest.approx(acc)
+
+
+def test_push_renders_winners_and_index(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(9, 20, 20, 3), dtype=np.uint8)
+    targets = np.arange(9) % 3
+    ds = ArrayImageDataset(images, targets, CLASSES, image_ids=[f"img{i}" for i in range(9)])
+    ds = ds.with_transform(build_transform(16, [0.5] * 3, [0.25] * 3, train=False))
+    loader = DataLoader(ds, batch_size=4, shuffle=False)
+    model = tiny_model()
+    out = tmp_path / "protos"
+    out.mkdir()
+    (out / "stale.png").write_bytes(b"old")  # a previous push's folder is replaced as a whole
+    result = push_prototypes(model, loader, "cpu", CLASSES, out_dir=out, progress=False)
+    assert not (out / "stale.png").exists()
+    table = pd.read_csv(out / "prototypes.csv")
+    assert len(table) == model.num_prototypes
+    assert table["pushed"].sum() == 6
+    index = json.loads((out / "prototypes.json").read_text())
+    assert index["input_size"] == [16, 16]
+    for rec in result.prototypes:
+        if not rec["pushed"]:
+            assert rec["files"] == {}
+            continue
+        assert rec["image_id"] == f"img{rec['image_index']}"
+        src = np.asarray(Image.open(out / rec["files"]["source"]))
+        crop = np.asarray(Image.open(out / rec["files"]["crop"]))
+        heat = np.asarray(Image.open(out / rec["files"]["heatmap"]))
+        assert src.shape == heat.shape == (16, 16, 3)
+        assert crop.shape == (rec["box_y1"] - rec["box_y0"], rec["box_x1"] - rec["box_x0"], 3)
+        # the crop is the source image (resized to the input size) inside the box
+        resized = np.asarray(ds.load_image(rec["image_index"]).resize((16, 16), Image.BILINEAR))
+        np.testing.assert_array_equal(
+            crop, resized[rec["box_y0"] : rec["box_y1"], rec["box_x0"] : rec["box_x1"]]
+        )
+        assert (src[rec["box_y0"], rec["box_x0"]] == [255, 255, 0]).all()  # box outline drawn
+
+
+def test_push_rejects_shuffled_loader() -> None:
+    from protoprune.errors import DataError
+
+    loader = tensor_loader()
+    shuffled = DataLoader(loader.dataset, batch_size=4, shuffle=True)
+    with pytest.raises(DataError, match="shuffle"):
+        push_prototypes(tiny_model(), shuffled, "cpu", CLASSES, progress=False)
