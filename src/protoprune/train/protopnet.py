@@ -1,0 +1,452 @@
+"""ProtoPNet's training schedule: warm-up, joint, push, last-layer stage; resumable at every step.
+
+The schedule is a fixed list of steps: one per warm-up/joint epoch, and after the epochs
+`push_start, push_start + push_every, ...` a push followed by the last-layer stage. The run always
+ends with a push + last-layer stage, so the returned model's prototypes are real training patches.
+`checkpoints/last.pt` is written after every step (model, the three optimizers, the scheduler,
+random states, history and the step index), so `resume=True` continues in the right phase.
+
+Only pushed models are selected from (`checkpoints/best.pt`), on validation only; the test split is
+evaluated at fixed points (before push, after push, after the last-layer stage) and never selects.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import ProtoPNetConfig, RunConfig
+from ..errors import CheckpointError
+from ..io import atomic_write_json, atomic_write_text
+from ..models.protopnet import ProtoPNet
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate_model
+from .loop import restore_rng_state, rng_state
+from .push import push_prototypes
+
+log = logging.getLogger(__name__)
+
+# The original's weight decay on the trunk and add-on layers (fixed in its main.py, not a setting).
+WEIGHT_DECAY = 1e-3
+HEADLINE = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
+
+
+def build_schedule(p: ProtoPNetConfig) -> list[tuple[str, int]]:
+    """The steps of a run as (phase, epoch index): warm | joint | push | last_layer."""
+    total = p.warm_epochs + p.joint_epochs
+    steps: list[tuple[str, int]] = []
+    for epoch in range(total):
+        steps.append(("warm" if epoch < p.warm_epochs else "joint", epoch))
+        if (
+            epoch >= p.push_start
+            and (epoch - p.push_start) % p.push_every == 0
+            and epoch != total - 1
+        ):
+            steps += [("push", epoch), ("last_layer", epoch)]
+    last = max(total - 1, 0)
+    return steps + [("push", last), ("last_layer", last)]
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+
+def prototype_costs(
+    min_distances: torch.Tensor, targets: torch.Tensor, model: ProtoPNet
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster cost (distance to the nearest own-class prototype) and separation cost (to the
+    nearest other-class prototype), each averaged over the batch."""
+    own = model.prototype_classes[None, :] == targets[:, None]  # (B, P)
+    inf = torch.tensor(float("inf"), device=min_distances.device, dtype=min_distances.dtype)
+    cluster = torch.where(own, min_distances, inf).amin(1).mean()
+    separation = torch.where(own, inf, min_distances).amin(1).mean()
+    return cluster, separation
+
+
+def wrong_class_l1(model: ProtoPNet) -> torch.Tensor:
+    """L1 norm of the last-layer weights from prototypes to classes other than their own."""
+    return (model.last_layer.weight * (1 - model.prototype_class_identity.t())).abs().sum()
+
+
+def protopnet_loss(
+    out, targets: torch.Tensor, model: ProtoPNet, p: ProtoPNetConfig, class_weights=None
+) -> dict[str, torch.Tensor]:
+    """CE + clst * cluster + sep * separation + l1 * L1 (sep is negative: separation is rewarded)."""
+    ce = F.cross_entropy(out.logits.float(), targets, weight=class_weights)
+    cluster, separation = prototype_costs(out.min_distances, targets, model)
+    l1 = wrong_class_l1(model)
+    total = p.crs_ent * ce + p.clst * cluster + p.sep * separation + p.l1 * l1
+    return {
+        "loss": total,
+        "cross_entropy": ce,
+        "cluster": cluster,
+        "separation": separation,
+        "l1": l1,
+    }
+
+
+# --- optimisers ---------------------------------------------------------------------------------
+
+
+def build_optimizers(model: ProtoPNet, p: ProtoPNetConfig) -> dict[str, Any]:
+    """The original's three Adam optimisers and the joint StepLR."""
+    warm = torch.optim.Adam(
+        [
+            {
+                "params": model.add_on_layers.parameters(),
+                "lr": p.warm_lr_add_on,
+                "weight_decay": WEIGHT_DECAY,
+            },
+            {"params": [model.prototype_vectors], "lr": p.warm_lr_prototypes},
+        ]
+    )
+    joint = torch.optim.Adam(
+        [
+            {
+                "params": model.features.parameters(),
+                "lr": p.joint_lr_features,
+                "weight_decay": WEIGHT_DECAY,
+            },
+            {
+                "params": model.add_on_layers.parameters(),
+                "lr": p.joint_lr_add_on,
+                "weight_decay": WEIGHT_DECAY,
+            },
+            {"params": [model.prototype_vectors], "lr": p.joint_lr_prototypes},
+        ]
+    )
+    last = torch.optim.Adam([{"params": model.last_layer.parameters(), "lr": p.last_layer_lr}])
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        joint, step_size=p.joint_lr_step, gamma=p.joint_lr_gamma
+    )
+    return {"warm": warm, "joint": joint, "last": last, "joint_scheduler": scheduler}
+
+
+# --- the phases -----------------------------------------------------------------------------------
+
+
+def train_epoch(
+    model: ProtoPNet,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    p: ProtoPNetConfig,
+    device: torch.device,
+    class_weights: torch.Tensor | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> dict[str, float]:
+    """One epoch of warm-up or joint training; returns the mean of each loss term and the accuracy."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    n = 0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, enabled=scaler is not None):
+            out = model.forward_details(x)
+        terms = protopnet_loss(out, y, model, p, class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            terms["loss"].backward()
+            optimizer.step()
+        for key, value in terms.items():  # summed on the device: no sync per batch
+            sums[key] = sums.get(key, 0) + value.detach() * len(y)
+        correct += (out.logits.argmax(1) == y).sum()
+        n += len(y)
+    row = {key: (value / max(n, 1)).item() for key, value in sums.items()}
+    row["train_accuracy"] = correct.item() / max(n, 1)
+    return row
+
+
+def last_layer_stage(
+    model: ProtoPNet,
+    similarities: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    p: ProtoPNetConfig,
+    batch_size: int,
+    class_weights: torch.Tensor | None = None,
+    oversample: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Optimise only the last layer on cached (N, P) similarity vectors of the push set.
+
+    The features are frozen in this stage, so the vectors the original recomputes every batch are
+    computed once; an iteration is one pass over them in mini-batches. Loss: CE + l1 * L1 on the
+    wrong-class weights. `oversample` draws class-balanced batches (as the training loader does).
+    """
+    model.set_trainable(features=False, add_on=False, prototypes=False, last_layer=True)
+    device = similarities.device
+    n = len(targets)
+    if oversample:
+        counts = torch.bincount(targets, minlength=model.num_classes).float()
+        draw = (1.0 / counts.clamp_min(1))[targets].cpu().double()
+    rows = []
+    for it in tqdm(
+        range(p.last_layer_iterations), desc="last layer", leave=False, disable=not progress
+    ):
+        if oversample:
+            order = torch.multinomial(draw, n, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(n, generator=generator)
+        order = order.to(device)
+        total = torch.zeros((), device=device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            logits = model.last_layer(similarities[idx])
+            ce = F.cross_entropy(logits, targets[idx], weight=class_weights)
+            loss = p.crs_ent * ce + p.l1 * wrong_class_l1(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        with torch.no_grad():
+            acc = (model.last_layer(similarities).argmax(1) == targets).float().mean()
+        rows.append(
+            {"iteration": it + 1, "loss": (total / n).item(), "push_set_accuracy": acc.item()}
+        )
+    return rows
+
+
+@torch.no_grad()
+def similarity_vectors(
+    model: ProtoPNet, loader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, P) last-layer inputs and targets of a whole loader (used when resuming mid-stage)."""
+    model.eval()
+    sims, ys = [], []
+    for x, y in loader:
+        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+            sims.append(model.similarity_vectors(x.to(device)).float())
+        ys.append(y.to(device))
+    return torch.cat(sims), torch.cat(ys)
+
+
+# --- the whole schedule ---------------------------------------------------------------------------
+
+
+def _headline(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{k}": metrics.get(k) for k in HEADLINE}
+
+
+def _score(metrics: dict[str, Any], name: str) -> float:
+    value = metrics.get(name)
+    return float(metrics["accuracy"] if value is None else value)
+
+
+def train_protopnet(
+    model: ProtoPNet,
+    loaders,
+    cfg: RunConfig,
+    run_dir: str | Path | None,
+    device: torch.device | str,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the whole ProtoPNet schedule; returns per-push stage metrics (val and test) and the
+    selected model's `val`/`test` metrics. The selected (best validation, pushed) state is loaded
+    into `model` at the end."""
+    p, progress = cfg.protopnet, cfg.train.progress
+    device = torch.device(device)
+    model.to(device)
+    class_names = loaders.class_names
+    steps = build_schedule(p)
+    opt = build_optimizers(model, p)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
+    class_weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
+    oversample = cfg.data.balance == "oversample"
+    generator = getattr(loaders, "generator", None)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+
+    state: dict[str, Any] = {
+        "step": 0,
+        "history": [],
+        "pushes": [],
+        "best_score": None,
+        "best_push": None,
+    }
+    best_state: dict[str, torch.Tensor] | None = None
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None
+    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").is_file():
+        last = load_checkpoint(ckpt_dir / "last.pt")
+        if last.get("stage") != "protopnet":
+            raise CheckpointError(
+                f"{ckpt_dir / 'last.pt'} is not a ProtoPNet training checkpoint",
+                "resume it with the command that wrote it, or start a new run folder",
+            )
+        if [tuple(s) for s in last["schedule"]] != steps:
+            raise CheckpointError(
+                "the ProtoPNet schedule differs from the checkpoint's",
+                "resume with the run's saved config",
+            )
+        model.load_state_dict(last["state_dict"])
+        for key in ("warm", "joint", "last", "joint_scheduler"):
+            opt[key].load_state_dict(last["optimizers"][key])
+        if scaler is not None and last.get("scaler"):
+            scaler.load_state_dict(last["scaler"])
+        state = copy.deepcopy(last["progress"])
+        restore_rng_state(last["rng"], generator)
+        if (ckpt_dir / "best.pt").is_file():
+            best_state = load_checkpoint(ckpt_dir / "best.pt")["state_dict"]
+        log.info(
+            "resuming at step %d of %d (%s, epoch %d)",
+            state["step"] + 1,
+            len(steps),
+            *steps[min(state["step"], len(steps) - 1)],
+        )
+
+    def evaluate(split: str) -> dict[str, Any]:
+        return evaluate_model(model, getattr(loaders, split), class_names, device)
+
+    def save_last() -> None:
+        if ckpt_dir is None:
+            return
+        atomic_write_text(
+            run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False)
+        )
+        save_checkpoint(
+            ckpt_dir / "last.pt", model, cfg, class_names,
+            stage="protopnet", schedule=[list(s) for s in steps], progress=state,
+            optimizers={k: v.state_dict() for k, v in opt.items()},
+            scaler=scaler.state_dict() if scaler is not None else None,
+            rng=rng_state(generator),
+        )  # fmt: skip
+
+    while state["step"] < len(steps):
+        phase, epoch = steps[state["step"]]
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"step": state["step"] + 1, "phase": phase, "epoch": epoch + 1}
+        if phase in ("warm", "joint"):
+            warm = phase == "warm"
+            model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
+            optimizer = opt["warm"] if warm else opt["joint"]
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            terms = train_epoch(
+                model,
+                loaders.train,
+                optimizer,
+                p,
+                device,
+                class_weights,
+                scaler,
+                progress,
+                f"{phase} {epoch + 1}",
+            )
+            if not warm:
+                opt["joint_scheduler"].step()
+            row.update({"train_loss": terms.pop("loss"), **terms})
+            val = evaluate("val")
+        elif phase == "push":
+            before = {"val": evaluate("val"), "test": evaluate("test")}
+            out_dir = None
+            if run_dir is not None and p.save_push_images:
+                out_dir = run_dir / "prototypes" / f"epoch-{epoch + 1:03d}"
+            result = push_prototypes(
+                model, loaders.push, device, class_names, out_dir, progress=progress
+            )
+            cached = (result.similarities, result.targets)
+            val = evaluate("val")
+            after = {"val": val, "test": evaluate("test")}
+            state["pushes"].append(
+                {
+                    "epoch": epoch + 1,
+                    "push": result.summary(),
+                    "before_push": before,
+                    "after_push": after,
+                }
+            )
+            row.update(
+                {
+                    "push_accuracy_before": result.accuracy_before,
+                    "push_accuracy_after": result.accuracy_after,
+                }
+            )
+            log.info("push after epoch %d: push-set accuracy %.4f -> %.4f, val balanced accuracy %.4f -> %.4f (%.1f s)",
+                     epoch + 1, result.accuracy_before, result.accuracy_after,
+                     before["val"]["balanced_accuracy"], val["balanced_accuracy"], result.seconds)  # fmt: skip
+        else:  # last_layer
+            if cached is None:  # resumed between the push and this stage
+                cached = similarity_vectors(model, loaders.push, device)
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + len(state["pushes"]))
+            iters = last_layer_stage(
+                model,
+                cached[0],
+                cached[1],
+                opt["last"],
+                p,
+                cfg.data.batch_size,
+                class_weights,
+                oversample,
+                g,
+                progress,
+            )
+            cached = None
+            val = evaluate("val")
+            record = state["pushes"][-1]
+            record["after_last_layer"] = {"val": val, "test": evaluate("test")}
+            record["last_layer_iterations"] = iters
+            if iters:
+                row.update(
+                    {
+                        "train_loss": iters[-1]["loss"],
+                        "push_set_accuracy": iters[-1]["push_set_accuracy"],
+                    }
+                )
+            score = _score(val, cfg.train.select_metric)
+            if state["best_score"] is None or score > state["best_score"]:
+                state["best_score"], state["best_push"] = score, len(state["pushes"]) - 1
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if ckpt_dir is not None:
+                    save_checkpoint(
+                        ckpt_dir / "best.pt",
+                        model,
+                        cfg,
+                        class_names,
+                        stage="best",
+                        epoch=epoch,
+                        val=val,
+                    )
+        row.update(_headline(val, "val_"))
+        row["seconds"] = time.perf_counter() - t0
+        if phase in ("warm", "joint"):
+            log.info("%s epoch %d: loss %.4f (ce %.4f, clst %.4f, sep %.4f)  val acc %.4f  bal %.4f  (%.1f s)",
+                     phase, epoch + 1, row["train_loss"], row["cross_entropy"], row["cluster"], row["separation"],
+                     val["accuracy"], val["balanced_accuracy"], row["seconds"])  # fmt: skip
+        state["history"].append(row)
+        state["step"] += 1
+        save_last()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    best = state["pushes"][state["best_push"]]
+    stages = {
+        "push_epoch": best["epoch"],
+        "before_push": best["before_push"],
+        "after_push": best["after_push"],
+        "after_last_layer": best["after_last_layer"],
+    }
+    results = {
+        "val": best["after_last_layer"]["val"],
+        "test": best["after_last_layer"]["test"],
+        "stages": stages,
+        "pushes": state["pushes"],
+    }
+    if run_dir is not None:
+        atomic_write_json(
+            run_dir / "protopnet_stages.json",
+            {"selected_push_epoch": best["epoch"], "pushes": state["pushes"]},
+        )
+    return results

@@ -1,0 +1,193 @@
+"""ProtoPNet schedule: phases, losses, cached last-layer stage, stage metrics, exact resume."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from protoprune.config import RunConfig
+from protoprune.data.loaders import Loaders
+from protoprune.models.backbones import Features
+from protoprune.models.protopnet import ProtoPNet
+from protoprune.train import protopnet as tp
+from protoprune.train.checkpoint import load_checkpoint
+
+CLASSES = ["a", "b", "c"]
+
+
+def tiny_model() -> ProtoPNet:
+    torch.manual_seed(0)
+    trunk = Features(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)),
+        8,
+    )
+    return ProtoPNet(trunk, len(CLASSES), prototypes_per_class=2, prototype_dim=6)
+
+
+def tiny_loaders(seed: int = 0) -> Loaders:
+    g = torch.Generator().manual_seed(5)
+    y = torch.arange(30) % 3
+    x = torch.randn(30, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float()  # learnable
+    split = {"train": slice(0, 18), "val": slice(18, 24), "test": slice(24, 30)}
+    ds = {k: TensorDataset(x[s], y[s]) for k, s in split.items()}
+    gen = torch.Generator().manual_seed(seed)
+    return Loaders(
+        train=DataLoader(ds["train"], batch_size=6, shuffle=True, generator=gen),
+        push=DataLoader(ds["train"], batch_size=6, shuffle=False),
+        val=DataLoader(ds["val"], batch_size=6),
+        test=DataLoader(ds["test"], batch_size=6),
+        class_names=CLASSES,
+        loss_weights=None,
+        generator=gen,
+    )
+
+
+def tiny_config() -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.type = "protopnet"
+    cfg.data.batch_size = 6
+    cfg.data.balance = "none"
+    cfg.train.progress = False
+    p = cfg.protopnet
+    p.warm_epochs, p.joint_epochs, p.push_start, p.push_every, p.last_layer_iterations = (
+        1,
+        2,
+        1,
+        5,
+        3,
+    )
+    return cfg
+
+
+def test_schedule_defaults_push_at_start_and_always_at_the_end() -> None:
+    steps = tp.build_schedule(RunConfig().protopnet)  # warm 5, joint 10, push_start 10, every 10
+    assert [s for s in steps if s[0] == "push"] == [("push", 10), ("push", 14)]
+    assert steps[:5] == [("warm", e) for e in range(5)]
+    assert steps[5] == ("joint", 5)
+    assert steps[-2:] == [("push", 14), ("last_layer", 14)]
+    assert steps[steps.index(("push", 10)) + 1] == ("last_layer", 10)
+
+
+def test_loss_terms_have_the_right_sign() -> None:
+    model = tiny_model().eval()
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        out = model.forward_details(x)
+        cluster, separation = tp.prototype_costs(out.min_distances, y, model)
+        terms = tp.protopnet_loss(out, y, model, RunConfig().protopnet)
+        expected = (
+            terms["cross_entropy"]
+            + 0.8 * terms["cluster"]
+            - 0.08 * terms["separation"]
+            + 1e-4 * terms["l1"]
+        )
+        torch.testing.assert_close(terms["loss"], expected)
+        # move prototype 0 (class a) onto a latent patch of image 0 (class a): cluster cost drops
+        model.prototype_vectors[0] = out.latent[0, :, 1:2, 2:3]
+        out2 = model.forward_details(x)
+        cluster2, separation2 = tp.prototype_costs(out2.min_distances, y, model)
+        assert cluster2 < cluster
+        # ... and onto a patch of image 1 (class b): separation cost drops, so the loss rises
+        model.prototype_vectors[0] = out.latent[1, :, 0:1, 0:1]
+        out3 = model.forward_details(x)
+        _, separation3 = tp.prototype_costs(out3.min_distances, y, model)
+        assert separation3 < separation
+    # L1 counts wrong-class weights only: +1 own-class weights are excluded
+    assert tp.wrong_class_l1(model).item() == pytest.approx(0.5 * 6 * 2)
+
+
+def test_last_layer_stage_on_cached_vectors_matches_full_model() -> None:
+    from protoprune.train.push import push_prototypes
+
+    model, loaders, cfg = tiny_model(), tiny_loaders(), tiny_config()
+    result = push_prototypes(model, loaders.push, "cpu", CLASSES, progress=False)
+    opt = tp.build_optimizers(model, cfg.protopnet)["last"]
+    before = model.last_layer.weight.detach().clone()
+    rows = tp.last_layer_stage(model, result.similarities, result.targets, opt, cfg.protopnet, 6, oversample=True,
+                               generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+    assert len(rows) == 3 and not torch.equal(before, model.last_layer.weight)
+    assert not model.prototype_vectors.requires_grad and not any(
+        q.requires_grad for q in model.features.parameters()
+    )
+    x = loaders.push.dataset.tensors[0]
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.last_layer(result.similarities), model(x), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_full_schedule_writes_history_stages_and_best(tmp_path) -> None:
+    model, loaders, cfg = tiny_model(), tiny_loaders(), tiny_config()
+    results = tp.train_protopnet(model, loaders, cfg, tmp_path, "cpu")
+    history = pd.read_csv(tmp_path / "history.csv")
+    # warm 1, joint 2 (push after epoch 2 = push_start 1), final push after epoch 3
+    assert history["phase"].tolist() == [
+        "warm",
+        "joint",
+        "push",
+        "last_layer",
+        "joint",
+        "push",
+        "last_layer",
+    ]
+    for col in ("cross_entropy", "cluster", "separation", "l1", "train_loss", "val_accuracy"):
+        assert col in history
+    assert history.loc[history.phase == "warm", "cluster"].notna().all()
+    stages = results["stages"]
+    for stage in ("before_push", "after_push", "after_last_layer"):
+        assert set(stages[stage]) == {"val", "test"} and "accuracy" in stages[stage]["test"]
+    assert len(results["pushes"]) == 2
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert (tmp_path / "prototypes" / "epoch-002" / "prototypes.csv").is_file()
+    assert (tmp_path / "prototypes" / "epoch-003" / "prototypes.csv").is_file()
+    # the selected model is a pushed one: every prototype sits exactly on a training patch
+    x = loaders.push.dataset.tensors[0]
+    model.eval()
+    with torch.no_grad():
+        d = model.forward_details(x).distances
+    assert d.amin(dim=(0, 2, 3)).max().item() < 1e-4
+
+
+def test_resume_after_interruption_continues_in_the_right_phase(tmp_path, monkeypatch) -> None:
+    cfg = tiny_config()
+    reference = tiny_model()
+    tp.train_protopnet(reference, tiny_loaders(), cfg, tmp_path / "ref", "cpu")
+
+    real_push = tp.push_prototypes
+    calls = {"push": 0, "epochs": 0}
+
+    def interrupted_push(*args, **kwargs):
+        calls["push"] += 1
+        if calls["push"] == 2:  # the final push, after the last joint epoch
+            raise KeyboardInterrupt
+        return real_push(*args, **kwargs)
+
+    monkeypatch.setattr(tp, "push_prototypes", interrupted_push)
+    with pytest.raises(KeyboardInterrupt):
+        tp.train_protopnet(tiny_model(), tiny_loaders(), cfg, tmp_path / "run", "cpu")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["progress"]["step"] == 5  # warm, joint, push, last_layer, joint done
+    assert len(last["progress"]["pushes"]) == 1
+
+    monkeypatch.setattr(tp, "push_prototypes", real_push)
+    real_epoch = tp.train_epoch
+
+    def counting_epoch(*args, **kwargs):
+        calls["epochs"] += 1
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(tp, "train_epoch", counting_epoch)
+    resumed = tiny_model()
+    results = tp.train_protopnet(resumed, tiny_loaders(), cfg, tmp_path / "run", "cpu", resume=True)
+    assert calls["epochs"] == 0  # resumed at the push: no epoch is trained again
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["step"].tolist() == list(range(1, 8))
+    assert len(results["pushes"]) == 2
+    # the interrupted + resumed run ends where the uninterrupted one does
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-5, rtol=1e-4)
