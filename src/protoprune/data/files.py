@@ -71,7 +71,11 @@ def match_image_files(
         log.warning(
             "%s: %d of %d listed images are not on disk (e.g. %s); using the %d rows whose image "
             "is present. If you expected the full data set, complete the download into %s.",
-            source, len(absent), len(image_ids), _first(absent, 3), len(image_ids) - len(absent),
+            source,
+            len(absent),
+            len(image_ids),
+            _first(absent, 3),
+            len(image_ids) - len(absent),
             layout_hint,
         )
     return paths, absent

@@ -54,7 +54,9 @@ def read_ham10000_metadata(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={c: str for c in REQUIRED_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV ({exc})", "re-download HAM10000_metadata.csv") from None
+        raise DataError(
+            f"{path} is not a readable CSV ({exc})", "re-download HAM10000_metadata.csv"
+        ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(
@@ -93,14 +95,19 @@ def ham10000_table(root: str | Path, missing: str = "drop") -> tuple[pd.DataFram
     meta_path = _metadata_path(root)
     df = read_ham10000_metadata(meta_path)
     folders = [meta_path.parent / name for name in IMAGE_FOLDERS]
-    paths, absent = match_image_files(df["image_id"].tolist(), folders, missing, str(meta_path), LAYOUT_HINT)
+    paths, absent = match_image_files(
+        df["image_id"].tolist(), folders, missing, str(meta_path), LAYOUT_HINT
+    )
     df["path"] = paths
     return df[df["path"].notna()].reset_index(drop=True), absent
 
 
 def _as_dataset(df: pd.DataFrame) -> FileImageDataset:
     return FileImageDataset(
-        df["path"].tolist(), df["label"].to_numpy(), HAM10000_CLASSES, df["image_id"].tolist(),
+        df["path"].tolist(),
+        df["label"].to_numpy(),
+        HAM10000_CLASSES,
+        df["image_id"].tolist(),
         groups=df["lesion_id"].tolist(),
     )
 
@@ -133,4 +140,12 @@ def ham10000_splits(
         f"HAM10000 {Path(root)}: {len(full)} images of {df['lesion_id'].nunique()} lesions"
         + (f" ({len(absent)} metadata rows without image left out)" if absent else "")
     )
-    return split_dataset(full, ratios, seed, split_file, description=description, extra={"missing_images": absent})
+    return split_dataset(
+        full,
+        ratios,
+        seed,
+        split_file,
+        description=description,
+        extra={"missing_images": absent},
+        group_name="lesion",
+    )

@@ -24,7 +24,15 @@ from .splits import split_dataset
 TEST_GROUND_TRUTH = "ISIC2018_Task3_Test_GroundTruth.csv"
 GROUND_TRUTH_PATTERN = "ISIC2018_Task3_*GroundTruth.csv"
 # ISIC column -> protoprune class (HAM10000 dx code)
-ISIC2018_COLUMNS = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+ISIC2018_COLUMNS = {
+    "MEL": "mel",
+    "NV": "nv",
+    "BCC": "bcc",
+    "AKIEC": "akiec",
+    "BKL": "bkl",
+    "DF": "df",
+    "VASC": "vasc",
+}
 LAYOUT_HINT = "<root>/images/, next to the ground-truth CSV, or <root>/ISIC2018_Task3_<part>_Input/"
 
 
@@ -62,7 +70,9 @@ def read_isic2018_ground_truth(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={"image": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV ({exc})", "re-download the ground-truth file") from None
+        raise DataError(
+            f"{path} is not a readable CSV ({exc})", "re-download the ground-truth file"
+        ) from None
     missing = [c for c in ("image", *ISIC2018_COLUMNS) if c not in df.columns]
     if missing:
         raise DataError(
@@ -80,7 +90,10 @@ def read_isic2018_ground_truth(path: str | Path) -> pd.DataFrame:
     image_ids = df["image"].str.strip()
     dup = image_ids[image_ids.duplicated()].unique().tolist()
     if dup:
-        raise DataError(f"{path} lists image id(s) more than once: {', '.join(dup[:5])}", "keep one row per image")
+        raise DataError(
+            f"{path} lists image id(s) more than once: {', '.join(dup[:5])}",
+            "keep one row per image",
+        )
     dx = np.asarray(list(ISIC2018_COLUMNS.values()))[onehot.argmax(axis=1)]
     labels = pd.Series(dx).map({c: i for i, c in enumerate(HAM10000_CLASSES)}).to_numpy()
     return pd.DataFrame({"image_id": image_ids, "dx": dx, "label": labels})
@@ -90,10 +103,19 @@ def isic2018_table(root: str | Path, missing: str = "drop") -> tuple[pd.DataFram
     """Ground-truth rows whose image is on disk (with a `path` column) and the absent ids."""
     csv = find_ground_truth(root)
     df = read_isic2018_ground_truth(csv)
-    folders = [csv.parent / "images", csv.parent, *sorted(csv.parent.glob("ISIC2018_Task3_*_Input"))]
+    folders = [
+        csv.parent / "images",
+        csv.parent,
+        *sorted(csv.parent.glob("ISIC2018_Task3_*_Input")),
+    ]
     if csv.parent.parent != csv.parent:  # the official zips nest the CSV one folder down
-        folders += [csv.parent.parent / "images", *sorted(csv.parent.parent.glob("ISIC2018_Task3_*_Input"))]
-    paths, absent = match_image_files(df["image_id"].tolist(), folders, missing, str(csv), LAYOUT_HINT)
+        folders += [
+            csv.parent.parent / "images",
+            *sorted(csv.parent.parent.glob("ISIC2018_Task3_*_Input")),
+        ]
+    paths, absent = match_image_files(
+        df["image_id"].tolist(), folders, missing, str(csv), LAYOUT_HINT
+    )
     df["path"] = paths
     return df[df["path"].notna()].reset_index(drop=True), absent
 
@@ -101,7 +123,9 @@ def isic2018_table(root: str | Path, missing: str = "drop") -> tuple[pd.DataFram
 def load_isic2018(root: str | Path, missing: str = "drop") -> FileImageDataset:
     """The ISIC 2018 images present under `root` as one dataset (an external test set)."""
     df, _ = isic2018_table(root, missing)
-    return FileImageDataset(df["path"].tolist(), df["label"].to_numpy(), HAM10000_CLASSES, df["image_id"].tolist())
+    return FileImageDataset(
+        df["path"].tolist(), df["label"].to_numpy(), HAM10000_CLASSES, df["image_id"].tolist()
+    )
 
 
 def isic2018_splits(
@@ -113,8 +137,12 @@ def isic2018_splits(
 ) -> DataSplits:
     """A stratified, seeded split by image (ISIC 2018 has no lesion ids), or a split file's."""
     df, absent = isic2018_table(root, missing)
-    full = FileImageDataset(df["path"].tolist(), df["label"].to_numpy(), HAM10000_CLASSES, df["image_id"].tolist())
+    full = FileImageDataset(
+        df["path"].tolist(), df["label"].to_numpy(), HAM10000_CLASSES, df["image_id"].tolist()
+    )
     description = f"ISIC 2018 Task 3 {Path(root)}: {len(full)} images" + (
         f" ({len(absent)} ground-truth rows without image left out)" if absent else ""
     )
-    return split_dataset(full, ratios, seed, split_file, description=description, extra={"missing_images": absent})
+    return split_dataset(
+        full, ratios, seed, split_file, description=description, extra={"missing_images": absent}
+    )

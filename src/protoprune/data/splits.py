@@ -58,7 +58,13 @@ def _holdout(labels: np.ndarray, fraction: float, seed: int, what: str) -> np.nd
         _, held = train_test_split(units, test_size=fraction, random_state=seed, stratify=strata)
     except ValueError as exc:
         log.warning("the %s split is random, not stratified: %s", what, exc)
-        _, held = train_test_split(units, test_size=fraction, random_state=seed)
+        try:
+            _, held = train_test_split(units, test_size=fraction, random_state=seed)
+        except ValueError as exc2:
+            raise DataError(
+                f"cannot hold out {fraction:.0%} of {n} groups for the {what} split ({exc2})",
+                "use more data or other data.split_ratios",
+            ) from None
     mask[held] = True
     return mask
 
@@ -110,7 +116,9 @@ def lesion_wise_split(
     val = _holdout(labels[rest], r_val / (r_train + r_val), seed, "val")
     split[rest[val]] = "val"
     assignment = pd.Series(split, index=groups)
-    return pd.Series(assignment.loc[table[group_col].to_numpy()].to_numpy(), index=table.index, name="split")
+    return pd.Series(
+        assignment.loc[table[group_col].to_numpy()].to_numpy(), index=table.index, name="split"
+    )
 
 
 def complete_split(
@@ -140,7 +148,9 @@ def complete_split(
     pool = np.flatnonzero(pre == "train")
     table = pd.DataFrame(
         {
-            "group": np.asarray(groups, dtype=object)[pool] if groups is not None else pool.astype(str),
+            "group": np.asarray(groups, dtype=object)[pool]
+            if groups is not None
+            else pool.astype(str),
             "label": np.asarray(labels)[pool],
         }
     )
@@ -167,9 +177,13 @@ def read_split_file(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("split", "image_id") if c not in df.columns]
     if missing:
         raise DataError(f"split file {path} lacks the column(s) {', '.join(missing)}", fix)
-    bad = sorted(set(df["split"].dropna()) - set(SPLIT_NAMES)) + (["(empty)"] if df["split"].isna().any() else [])
+    bad = sorted(set(df["split"].dropna()) - set(SPLIT_NAMES)) + (
+        ["(empty)"] if df["split"].isna().any() else []
+    )
     if bad:
-        raise DataError(f"split file {path} has unknown split names {bad}", f"use only {', '.join(SPLIT_NAMES)}")
+        raise DataError(
+            f"split file {path} has unknown split names {bad}", f"use only {', '.join(SPLIT_NAMES)}"
+        )
     dup = df["image_id"][df["image_id"].duplicated()].unique().tolist()
     if dup:
         raise DataError(
@@ -212,13 +226,21 @@ def split_from_file(dataset: ImageDataset, path: str | Path) -> np.ndarray:
 
 
 def make_splits(
-    dataset: ImageDataset, assignment: Sequence[str | None], description: str, extra: dict | None = None
+    dataset: ImageDataset,
+    assignment: Sequence[str | None],
+    description: str,
+    extra: dict | None = None,
 ) -> DataSplits:
     """DataSplits of the rows assigned to train/val/test (other rows are left out), in data order."""
     assignment = np.asarray(assignment, dtype=object)
     parts = {s: dataset.subset(np.flatnonzero(assignment == s)) for s in SPLIT_NAMES}
     return DataSplits(
-        parts["train"], parts["val"], parts["test"], list(dataset.class_names), description, dict(extra or {})
+        parts["train"],
+        parts["val"],
+        parts["test"],
+        list(dataset.class_names),
+        description,
+        dict(extra or {}),
     )
 
 
@@ -230,6 +252,7 @@ def split_dataset(
     predefined: Sequence[str | None] | None = None,
     description: str = "",
     extra: dict | None = None,
+    group_name: str = "group",
 ) -> DataSplits:
     """The one place a loader's full data set becomes DataSplits: reuse a split file or make a split.
 
@@ -247,7 +270,7 @@ def split_dataset(
             seed,
             dataset.groups,
         )
-        by = "group-wise " if dataset.groups is not None else ""
+        by = f"{group_name}-wise " if dataset.groups is not None else ""
         kept = " (official splits kept)" if predefined is not None else ""
         how = f"{by}stratified split {'/'.join(f'{r:g}' for r in ratios)}, seed {seed}{kept}"
     return make_splits(dataset, assignment, f"{description}, {how}" if description else how, extra)
@@ -286,5 +309,8 @@ def resplit_from_file(splits: DataSplits, path: str | Path) -> DataSplits:
             "unset data.split_file for this data set",
         )
     return make_splits(
-        pool, split_from_file(pool, path), f"{splits.description}; split read from {path}", splits.extra
+        pool,
+        split_from_file(pool, path),
+        f"{splits.description}; split read from {path}",
+        splits.extra,
     )
