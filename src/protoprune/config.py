@@ -240,6 +240,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, key) for v in value]
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"config {key} must be a number, got {value!r}", None) from None
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"config {key} must be true or false, got {value!r}", None)
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
