@@ -4,7 +4,13 @@ import torch
 from protoprune.config import load_config
 from protoprune.errors import CheckpointError
 from protoprune.models.factory import build_model
-from protoprune.train.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, model_from_checkpoint, save_checkpoint
+from protoprune.train.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    load_state,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import DataSplits
 from .medmnist import load_medmnist
+from .splits import resplit_from_file
 
 DATASETS: Registry[Callable[[DataConfig, int], DataSplits]] = Registry("dataset")
 
@@ -30,12 +31,13 @@ def _require_root(cfg: DataConfig, what: str) -> Path:
 def _bundled(cfg: DataConfig, seed: int) -> DataSplits:
     splits = load_medmnist(bundled_path("dermamnist_subset.npz"))
     splits.description = "bundled DermaMNIST subset (official split, stratified subset)"
-    return splits
+    return resplit_from_file(splits, cfg.split_file) if cfg.split_file else splits
 
 
 @DATASETS.register("medmnist")
 def _medmnist(cfg: DataConfig, seed: int) -> DataSplits:
-    return load_medmnist(_require_root(cfg, "a MedMNIST .npz file"))
+    splits = load_medmnist(_require_root(cfg, "a MedMNIST .npz file"))
+    return resplit_from_file(splits, cfg.split_file) if cfg.split_file else splits
 
 
 DATASETS.register("dermamnist", _medmnist)
