@@ -25,11 +25,11 @@ from ..config import FilterPruningConfig
 from ..errors import ProtopruneError
 from ..registry import Registry
 from .relevance import (
+    build_composite,
     classifier_head,
     filter_output_modules,
     gradient_batch,
     lrp_batch,
-    build_composite,
     prunable_modules,
 )
 
@@ -62,7 +62,9 @@ class FilterImportance(tp.importance.Importance):
         ignored = self.ignored_layers or [classifier_head(model)]
         return prunable_modules(model, ignored)
 
-    def prepare(self, model: nn.Module, reference: Sequence[Batch], progress: bool = False) -> dict[str, torch.Tensor]:
+    def prepare(
+        self, model: nn.Module, reference: Sequence[Batch], progress: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Score every output channel of every prunable layer of `model` (its current shape)."""
         layers = self.layers(model)
         raw = self._compute(model, layers, reference, progress)
@@ -70,7 +72,11 @@ class FilterImportance(tp.importance.Importance):
         return raw
 
     def _compute(
-        self, model: nn.Module, layers: dict[str, nn.Module], reference: Sequence[Batch], progress: bool
+        self,
+        model: nn.Module,
+        layers: dict[str, nn.Module],
+        reference: Sequence[Batch],
+        progress: bool,
     ) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -192,7 +198,9 @@ CRITERIA.register("grad", GradImportance)
 CRITERIA.register("taylor", TaylorImportance)
 
 
-def build_importance(cfg: FilterPruningConfig, method: str | None = None, **kwargs) -> FilterImportance:
+def build_importance(
+    cfg: FilterPruningConfig, method: str | None = None, **kwargs
+) -> FilterImportance:
     """The configured criterion (`method` overrides cfg.method)."""
     method = method or cfg.method
     cls = CRITERIA.get(method)

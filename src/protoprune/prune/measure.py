@@ -11,7 +11,9 @@ import torch_pruning as tp
 from torch import nn
 
 
-def count_macs_params(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> tuple[int, int]:
+def count_macs_params(
+    model: nn.Module, image_size: int, device: torch.device | str = "cpu"
+) -> tuple[int, int]:
     """Multiply-accumulates of one image's forward pass and the parameter count.
 
     torch-pruning's `count_ops_and_params` returns MACs (one multiply + one add = 1), not FLOPs.

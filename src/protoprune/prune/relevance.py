@@ -33,14 +33,21 @@ PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 def prunable_modules(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> dict[str, nn.Module]:
     """Conv2d and Linear layers whose output channels (filters / units) may be scored and removed."""
     skip = {id(m) for m in ignored}
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and id(m) not in skip}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, PRUNABLE_TYPES) and id(m) not in skip
+    }
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:
     """The final Linear (the class logits); its outputs are never pruned."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ConfigError("the model has no final Linear layer", "filter pruning needs a classifier ending in nn.Linear")
+        raise ConfigError(
+            "the model has no final Linear layer",
+            "filter pruning needs a classifier ending in nn.Linear",
+        )
     return linears[-1]
 
 
@@ -62,7 +69,11 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     pairs = []
     leaves = list(_leaves(model))
     for (name_a, a), (name_b, b) in zip(leaves, leaves[1:]):
-        if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.out_channels == b.num_features:
+        if (
+            isinstance(a, nn.Conv2d)
+            and isinstance(b, nn.BatchNorm2d)
+            and a.out_channels == b.num_features
+        ):
             pairs.append((name_a, name_b))
     return pairs
 

@@ -1,0 +1,145 @@
+"""Save a pruned classifier so it reloads anywhere, and export it to ONNX.
+
+A pruned model's layers are narrower than the architecture's constructor builds. torch-pruning's
+own `tp.state_dict`/`tp.load_state_dict` pickle every module's `__dict__`, which
+`torch.load(weights_only=True)` rightly refuses. So the file holds only tensors and plain data
+(state_dict, arch, class count, input variant), and `load_pruned` rebuilds the architecture and
+resizes each Conv2d / BatchNorm2d / Linear to the saved tensor shapes before `load_state_dict`.
+That resizing is hand-written because no library does it for torchvision models; it is short and
+checked by a round-trip test (identical outputs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..io import atomic_torch_save
+from ..models.backbones import build_classifier
+
+FORMAT = "protoprune-pruned-classifier"
+
+
+def save_pruned(
+    path: str | Path,
+    model: nn.Module,
+    arch: str,
+    num_classes: int,
+    small_input: bool,
+    class_names: list[str] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a weights-only file from which `load_pruned` rebuilds the pruned model."""
+    data = {
+        "format": FORMAT,
+        "protoprune_version": __version__,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "small_input": bool(small_input),
+        "class_names": list(class_names or []),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    return atomic_torch_save(data, path)
+
+
+def _resized(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> nn.Module | None:
+    w = state.get(f"{prefix}weight")
+    if isinstance(module, nn.Conv2d) and w is not None:
+        out_ch, in_per_group = w.shape[:2]
+        groups = module.groups if module.groups == 1 else out_ch  # depthwise stays depthwise
+        if (out_ch, in_per_group) == module.weight.shape[:2]:
+            return None
+        return nn.Conv2d(
+            in_per_group * groups,
+            out_ch,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups,
+            bias=f"{prefix}bias" in state,
+            padding_mode=module.padding_mode,
+        )
+    if isinstance(module, nn.BatchNorm2d) and w is not None and w.shape[0] != module.num_features:
+        return nn.BatchNorm2d(
+            w.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+    if (
+        isinstance(module, nn.Linear)
+        and w is not None
+        and tuple(w.shape) != tuple(module.weight.shape)
+    ):
+        return nn.Linear(w.shape[1], w.shape[0], bias=f"{prefix}bias" in state)
+    return None
+
+
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Replace every layer whose saved tensors have other shapes by one of the saved shape."""
+    for name, module in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
+        new = _resized(module, prefix, state)
+        if new is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    return model
+
+
+def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by `save_pruned` (eval mode); needs only weights-only loading."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"pruned model {path} does not exist",
+            "give a models/step_XX.pt file of a prune-filters run",
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a pruned protoprune classifier", "use a file written by prune-filters"
+        )
+    model = build_classifier(data["arch"], data["num_classes"], data["small_input"])
+    resize_to_state_dict(model, data["state_dict"])
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"cannot rebuild {path}: {str(exc).splitlines()[0]}",
+            "the file may be from another protoprune version",
+        ) from None
+    return model.eval()
+
+
+def export_onnx(model: nn.Module, path: str | Path, image_size: int, check: bool = True) -> Path:
+    """ONNX export (dynamic batch) with the TorchScript exporter; validated with onnx.checker."""
+    import copy
+    import io
+
+    from ..io import atomic_write_bytes
+
+    cpu = copy.deepcopy(model).to("cpu").eval()
+    x = torch.zeros(1, 3, image_size, image_size)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        cpu,
+        (x,),
+        buffer,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    path = atomic_write_bytes(path, buffer.getvalue())
+    if check:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(path)))
+    return path
