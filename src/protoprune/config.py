@@ -97,6 +97,8 @@ class ProtoPNetConfig:
     sep: float = -0.08
     l1: float = 1e-4
     save_push_images: bool = True
+    # class index of each prototype after prototype pruning (None: prototypes_per_class each)
+    prototype_classes: list[int] | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ j // per_class) and the last layer starts at +1 for a prototype's own class and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,10 @@ class ProtoPNet(nn.Module):
         add_on: str = "regular",
         similarity: str = "log",
         epsilon: float = 1e-4,
+        prototype_classes: Sequence[int] | None = None,
     ):
+        """`prototype_classes` (class of each prototype) replaces `prototypes_per_class` for a model
+        whose prototypes were pruned, so classes may hold different numbers of prototypes."""
         super().__init__()
         if similarity not in ("log", "cosine"):
             raise ConfigError(
@@ -73,7 +77,22 @@ class ProtoPNet(nn.Module):
         self.features = features
         self.num_classes = num_classes
         self.prototypes_per_class = prototypes_per_class
-        self.num_prototypes = prototypes_per_class * num_classes
+        if prototype_classes is None:
+            classes = torch.arange(prototypes_per_class * num_classes) // prototypes_per_class
+        else:
+            classes = torch.as_tensor(list(prototype_classes), dtype=torch.long)
+            if (
+                classes.ndim != 1
+                or len(classes) == 0
+                or classes.min() < 0
+                or classes.max() >= num_classes
+            ):
+                raise ConfigError(
+                    f"protopnet.prototype_classes must list one class index in 0..{num_classes - 1} "
+                    "per prototype",
+                    "leave it unset (prototypes_per_class each) or use the list a pruned checkpoint stores",
+                )
+        self.num_prototypes = len(classes)
         self.prototype_size = prototype_size
         self.similarity = similarity
         self.epsilon = epsilon
@@ -81,7 +100,6 @@ class ProtoPNet(nn.Module):
         self.prototype_vectors = nn.Parameter(
             torch.rand(self.num_prototypes, prototype_dim, prototype_size, prototype_size)
         )
-        classes = torch.arange(self.num_prototypes) // prototypes_per_class
         # buffers: saved in checkpoints, moved with .to(device), never trained
         self.register_buffer("prototype_classes", classes)
         self.register_buffer("prototype_class_identity", F.one_hot(classes, num_classes).float())
@@ -196,6 +214,7 @@ def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
         add_on=p.add_on,
         similarity=p.similarity,
         epsilon=p.epsilon,
+        prototype_classes=p.prototype_classes,
     )
 
 
