@@ -1,0 +1,132 @@
+"""`protoprune prune-filters CHECKPOINT`: iterative explanation-guided filter pruning (Yeom et al. 2021).
+
+Also `protoprune prune-filters --plot RUN_DIR [RUN_DIR ...] --out curves.png` to compare criteria.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import apply_override, config_from_dict
+from ..errors import ConfigError
+
+NAME = "prune-filters"
+HELP = "prune filters of a trained classifier by lrp | weight | grad | taylor, fine-tuning between steps"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="baseline checkpoint .pt (or its run folder) from `protoprune train`",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["lrp", "weight", "grad", "taylor"],
+        help="pruning criterion (default: lrp)",
+    )
+    parser.add_argument(
+        "--total-pr",
+        type=float,
+        help="fraction of the original filters removed in total (default 0.6)",
+    )
+    parser.add_argument(
+        "--pr-step",
+        type=float,
+        help="fraction of the original filters removed per step (default 0.15)",
+    )
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs after each step (default 1)")
+    parser.add_argument(
+        "--scope",
+        choices=["global", "layer"],
+        help="one ranking over all layers (default) or per layer",
+    )
+    parser.add_argument(
+        "--ref-per-class", type=int, help="reference images per class for the scores (default 10)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the checkpoint's config, e.g. --set data.root=PATH (repeatable)",
+    )
+    parser.add_argument(
+        "--out", help="run folder (default: <output_dir>/<name>-prune-<method>-<scope>)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in an existing --out (the old one is kept as .old-N)",
+    )
+    parser.add_argument(
+        "--no-export", action="store_true", help="do not save each step's model (.pt + .onnx)"
+    )
+    parser.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="instead of pruning: plot accuracy vs pruned ratio of these runs into --out (a .png)",
+    )
+    parser.add_argument(
+        "--metric", default="test_accuracy", help="results column to plot (default test_accuracy)"
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    from ..prune.filters import plot_pruning_curves, prune_filters
+
+    if args.plot:
+        if not args.out:
+            raise ConfigError("--plot needs --out FILE.png", "e.g. --out runs/pruning_curves.png")
+        path = plot_pruning_curves(args.plot, args.out, args.metric)
+        print(f"wrote {path}")
+        return 0
+    if not args.checkpoint:
+        raise ConfigError(
+            "no checkpoint given",
+            "protoprune prune-filters runs/<name>/checkpoints/best.pt --method lrp",
+        )
+    from ..train.checkpoint import checkpoint_config, load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    data = checkpoint_config(ckpt).to_dict()
+    options = {
+        "method": args.method,
+        "total_pr": args.total_pr,
+        "pr_step": args.pr_step,
+        "epochs": args.epochs,
+        "scope": args.scope,
+        "ref_per_class": args.ref_per_class,
+    }
+    for key, value in options.items():
+        if value is not None:
+            data["prune_filters"][key] = value
+    for item in args.overrides:
+        apply_override(data, item)
+    cfg = config_from_dict(data)
+    df = prune_filters(
+        ckpt["path"],
+        cfg,
+        Path(args.out) if args.out else None,
+        force=args.force,
+        export=not args.no_export,
+    )
+    cols = [
+        "step",
+        "pruned_ratio",
+        "test_accuracy_pruned",
+        "test_accuracy",
+        "test_balanced_accuracy",
+        "macs",
+        "params",
+        "latency_ms_b1",
+    ]
+    print(
+        df[[c for c in cols if c in df.columns]].to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"
+        )
+    )
+    return 0

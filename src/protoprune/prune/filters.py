@@ -1,0 +1,321 @@
+"""The iterative filter-pruning experiment of Yeom et al. (2021) on a trained classifier.
+
+From a baseline checkpoint: score filters on a reference set (N images per class from the
+training split, explaining the true class), remove `pr_step` of the ORIGINAL filters, fine-tune,
+repeat until `total_pr` is removed. Scores are recomputed on the pruned model before every step.
+Each step records accuracy and balanced accuracy right after pruning and after fine-tuning (val
+and test), parameters, MACs, FLOPs (= 2 x MACs) and measured CPU latency (batch 1 and 32), and
+saves the pruned model (weights-only `.pt` + ONNX). Results: results.csv / .md / .json.
+
+Scope ``global`` (default) ranks all filters together, ``layer`` removes the same fraction from
+every layer (see `structural`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, save_config
+from ..data.base import ImageDataset
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..models.factory import small_input as uses_small_input
+from ..seed import resolve_device
+from .export import export_onnx, save_pruned
+from .importance import FilterImportance, build_importance
+from .measure import measure_model
+from .structural import FilterPruner
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def schedule(total_pr: float, pr_step: float) -> list[float]:
+    """Cumulative fractions of the original filters after each step: 0.15, 0.30, ... total_pr."""
+    if total_pr <= 0:
+        return []
+    n = math.ceil(total_pr / pr_step - 1e-9)
+    return [round(min((k + 1) * pr_step, total_pr), 10) for k in range(n)]
+
+
+def reference_set(
+    dataset: ImageDataset, per_class: int, seed: int, batch_size: int = 32
+) -> list[Batch]:
+    """`per_class` images of each class drawn (seeded) from `dataset`, as preloaded batches."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(len(dataset.class_names)):
+        idx = np.flatnonzero(dataset.targets == c)
+        if len(idx):
+            chosen.extend(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
+    chosen.sort()
+    batches = []
+    for start in range(0, len(chosen), batch_size):
+        items = [dataset[i] for i in chosen[start : start + batch_size]]
+        batches.append((torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])))
+    return batches
+
+
+def _metrics(
+    evaluate: Callable, model: nn.Module, loaders: Any, device: torch.device, prefix: str
+) -> dict:
+    out = {}
+    for split in ("val", "test"):
+        m = evaluate(model, getattr(loaders, split), loaders.class_names, device)
+        out[f"{split}_accuracy{prefix}"] = m["accuracy"]
+        out[f"{split}_balanced_accuracy{prefix}"] = m["balanced_accuracy"]
+    return out
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(run_dir: Path, df: pd.DataFrame, meta: dict) -> None:
+    atomic_write_text(run_dir / "results.csv", df.to_csv(index=False))
+    title = f"# Filter pruning: {meta['method']} ({meta['scope']}), {meta['arch']}\n\n"
+    note = "macs: multiply-accumulates per image; flops = 2 x macs; latency: median CPU ms per batch.\n\n"
+    atomic_write_text(run_dir / "results.md", title + note + markdown_table(df))
+    atomic_write_json(run_dir / "results.json", {**meta, "steps": df.to_dict(orient="records")})
+
+
+def run_schedule(
+    model: nn.Module,
+    importance: FilterImportance,
+    loaders: Any,
+    reference: Sequence[Batch],
+    ratios: Sequence[float],
+    image_size: int,
+    finetune: Callable[[nn.Module], Any] | None,
+    evaluate: Callable,
+    device: torch.device,
+    scope: str = "global",
+    on_step: Callable[[int, nn.Module, pd.DataFrame], None] | None = None,
+    latency: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step."""
+    model.to(device).eval()
+    example = torch.zeros(1, 3, image_size, image_size, device=device)
+    pruner = FilterPruner(model, importance, ratios, example, scope=scope)
+    base = {"step": 0, "target_ratio": 0.0, "pruned_ratio": 0.0, "channels": pruner.channels()}
+    base.update(_metrics(evaluate, model, loaders, device, "_pruned"))
+    base.update({k.replace("_pruned", ""): v for k, v in base.items() if k.endswith("_pruned")})
+    base.update(measure_model(model, image_size, latency=latency))
+    base.update({"score_seconds": 0.0, "finetune_seconds": 0.0})
+    rows = [base]
+    df = pd.DataFrame(rows)
+    if on_step:
+        on_step(0, model, df)
+    for k, ratio in enumerate(
+        tqdm(ratios, desc=f"{importance.name} pruning", disable=not progress), 1
+    ):
+        t0 = time.perf_counter()
+        importance.prepare(model, reference, progress=progress)  # on the CURRENT model
+        score_seconds = time.perf_counter() - t0
+        pruner.step()
+        row: dict[str, Any] = {
+            "step": k,
+            "target_ratio": ratio,
+            "pruned_ratio": pruner.pruned_fraction(),
+        }
+        row["channels"] = pruner.channels()
+        row.update(_metrics(evaluate, model, loaders, device, "_pruned"))
+        t0 = time.perf_counter()
+        if finetune is not None:
+            finetune(model)
+            row.update(_metrics(evaluate, model, loaders, device, ""))
+        else:
+            row.update(
+                {key.replace("_pruned", ""): v for key, v in row.items() if key.endswith("_pruned")}
+            )
+        row.update(measure_model(model, image_size, latency=latency))
+        row.update({"score_seconds": score_seconds, "finetune_seconds": time.perf_counter() - t0})
+        rows.append(row)
+        df = pd.DataFrame(rows)
+        log.info(
+            "step %d: %.0f%% of filters removed, test acc %.4f -> %.4f after fine-tuning, MACs %.3g",
+            k,
+            100 * row["pruned_ratio"],
+            row["test_accuracy_pruned"],
+            row["test_accuracy"],
+            row["macs"],
+        )
+        if on_step:
+            on_step(k, model, df)
+    return df
+
+
+def prune_filters(
+    checkpoint_path: str | Path,
+    cfg: RunConfig | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    force: bool = False,
+    export: bool = True,
+    latency: bool = True,
+) -> pd.DataFrame:
+    """Run the iterative pruning experiment on a baseline checkpoint; returns the per-step table.
+
+    `cfg` defaults to the config stored in the checkpoint (its data section decides the data);
+    `cfg.prune_filters` sets method, total_pr, pr_step, epochs, scope, ref_per_class.
+    """
+    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.evaluate import evaluate_model
+    from ..train.loop import fit
+    from ..train.run import prepare_data
+
+    ckpt = load_checkpoint(checkpoint_path)
+    cfg = cfg or checkpoint_config(ckpt)
+    if cfg.model.type != "classifier":
+        raise ConfigError(
+            f"prune-filters needs a classifier checkpoint, got model type {cfg.model.type!r}",
+            "train a baseline with `protoprune train` (model.type: classifier)",
+        )
+    pf = cfg.prune_filters
+    run_dir = prepare_run_dir(
+        run_dir or Path(cfg.output_dir) / f"{cfg.name}-prune-{pf.method}-{pf.scope}", force=force
+    )
+    save_config(cfg, run_dir / "config.yaml", {"checkpoint": str(ckpt["path"])})
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    loaders, splits = prepare_data(cfg, run_dir)
+    device = resolve_device(cfg.train.device)
+    model = model_from_checkpoint(ckpt).to(device)
+    reference = reference_set(loaders.push.dataset, pf.ref_per_class, cfg.seed, cfg.data.batch_size)
+    importance = build_importance(pf)
+    ratios = schedule(pf.total_pr, pf.pr_step)
+    small = uses_small_input(cfg)
+    meta = {
+        "method": pf.method,
+        "scope": pf.scope,
+        "arch": cfg.model.arch,
+        "checkpoint": str(ckpt["path"]),
+        "total_pr": pf.total_pr,
+        "pr_step": pf.pr_step,
+        "epochs": pf.epochs,
+        "ref_per_class": pf.ref_per_class,
+        "reference_images": sum(len(y) for _, y in reference),
+        "lrp_composite": pf.lrp_composite,
+        "image_size": cfg.data.image_size,
+        "device": str(device),
+    }
+    log.info(
+        "pruning %s by %s (%s): steps %s, %d reference images -> %s",
+        cfg.model.arch,
+        pf.method,
+        pf.scope,
+        ratios,
+        meta["reference_images"],
+        run_dir,
+    )
+
+    def finetune(m: nn.Module) -> None:
+        fit(m, loaders, cfg, run_dir=None, epochs=pf.epochs, device=device)
+
+    def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
+        if export:
+            stem = run_dir / "models" / f"step_{k:02d}"
+            save_pruned(
+                stem.with_suffix(".pt"),
+                m,
+                cfg.model.arch,
+                len(loaders.class_names),
+                small,
+                loaders.class_names,
+                step=k,
+                pruned_ratio=float(df.iloc[-1]["pruned_ratio"]),
+                config=cfg.to_dict(),
+            )
+            export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
+        write_results(run_dir, df, meta)
+
+    return run_schedule(
+        model,
+        importance,
+        loaders,
+        reference,
+        ratios,
+        cfg.data.image_size,
+        finetune if pf.epochs > 0 else None,
+        evaluate_model,
+        device,
+        pf.scope,
+        on_step,
+        latency,
+        cfg.train.progress,
+    )
+
+
+def plot_pruning_curves(
+    run_dirs: Sequence[str | Path],
+    out_path: str | Path,
+    metric: str = "test_accuracy",
+    title: str | None = None,
+) -> Path:
+    """Accuracy (or another results column) vs removed-filter ratio, one line per run (criterion)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rd in run_dirs:
+        rd = Path(rd)
+        if not (rd / "results.csv").is_file():
+            raise ConfigError(
+                f"{rd} holds no results.csv", "give folders written by `protoprune prune-filters`"
+            )
+        df = pd.read_csv(rd / "results.csv")
+        if metric not in df.columns:
+            raise ConfigError(
+                f"{rd / 'results.csv'} has no column {metric!r}",
+                f"choose one of: {', '.join(df.columns)}",
+            )
+        import json
+
+        meta = (
+            json.loads((rd / "results.json").read_text()) if (rd / "results.json").is_file() else {}
+        )
+        label = f"{meta.get('method', rd.name)} ({meta.get('scope', '?')})"
+        ax.plot(df["pruned_ratio"], df[metric], marker="o", label=label)
+        if f"{metric}_pruned" in df.columns:  # before fine-tuning, dashed, same colour
+            ax.plot(
+                df["pruned_ratio"],
+                df[f"{metric}_pruned"],
+                ls="--",
+                color=ax.lines[-1].get_color(),
+                alpha=0.6,
+            )
+    ax.set_xlabel("fraction of filters removed")
+    ax.set_ylabel(metric.replace("_", " ") + " (dashed: before fine-tuning)")
+    ax.set_title(title or "Filter pruning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = atomic_save_figure(fig, out_path, dpi=150)
+    plt.close(fig)
+    return path

@@ -1,0 +1,299 @@
+"""Prototype pruning (Chen et al. 2019, run_pruning.py) plus merging of duplicate prototypes.
+
+1. For each prototype, its k nearest training patches (one per image at most, explain.nearest).
+2. Prune a prototype when fewer than `threshold` of them come from its own class: it encodes
+   something shared with other classes (often background), not its class.
+3. Merge duplicates: prototypes of one class with identical vectors (two prototypes pushed onto
+   the same image patch). Their similarities are equal for every input, so keeping one and adding
+   the other's last-layer column to it leaves every logit unchanged.
+4. Remove the pruned/merged prototypes physically (prototype tensor, last-layer columns, class
+   identity), then fine-tune the last layer on cached similarity vectors (train.protopnet).
+
+The pruned checkpoint stores the class of each remaining prototype in
+`protopnet.prototype_classes`, so `model_from_checkpoint` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..errors import CheckpointError
+from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..models.protopnet import ProtoPNet
+from ..seed import resolve_device
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
+
+
+@dataclass
+class PruningPlan:
+    """Which prototypes go and why; indices refer to the unpruned model."""
+
+    prune: list[int]  # too few own-class neighbours
+    merge: dict[int, int]  # removed duplicate -> the prototype that absorbs its weights
+    num_prototypes: int
+
+    @property
+    def keep(self) -> list[int]:
+        gone = set(self.prune) | set(self.merge)
+        return [j for j in range(self.num_prototypes) if j not in gone]
+
+
+def select_low_purity(own_class_neighbours: torch.Tensor, threshold: int) -> list[int]:
+    """Prototypes with fewer than `threshold` own-class patches among their k nearest."""
+    return torch.nonzero(own_class_neighbours < threshold).flatten().tolist()
+
+
+def find_duplicates(prototypes: torch.Tensor, classes: torch.Tensor, exclude: list[int]) -> dict[int, int]:
+    """Map each duplicate prototype to the first identical prototype of the same class.
+
+    Identical vectors are what pushing two prototypes onto the same patch (same image, same latent
+    position) produces; comparing vectors also catches it without the push's provenance files.
+    """
+    skip = set(exclude)
+    kept = [j for j in range(len(prototypes)) if j not in skip]
+    if not kept:
+        return {}
+    flat = prototypes[kept].flatten(1)
+    key = torch.cat([flat, classes[kept, None].to(flat.dtype)], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first: dict[int, int] = {}
+    merge: dict[int, int] = {}
+    for j, group in zip(kept, inverse.tolist()):
+        if group in first:
+            merge[j] = first[group]
+        else:
+            first[group] = j
+    return merge
+
+
+@torch.no_grad()
+def apply_plan(model: ProtoPNet, plan: PruningPlan) -> ProtoPNet:
+    """Shrink `model` in place to the kept prototypes; merged columns are added to their keepers."""
+    keep = torch.tensor(plan.keep, dtype=torch.long, device=model.prototype_vectors.device)
+    weight = model.last_layer.weight.detach().clone()  # (C, P)
+    for removed, kept in plan.merge.items():
+        weight[:, kept] += weight[:, removed]
+    classes = model.prototype_classes[keep].clone()
+    model.prototype_vectors = nn.Parameter(
+        model.prototype_vectors.detach()[keep].clone(),
+        requires_grad=model.prototype_vectors.requires_grad,
+    )
+    model.prototype_classes = classes
+    model.prototype_class_identity = nn.functional.one_hot(classes, model.num_classes).to(
+        model.prototype_class_identity.dtype
+    )
+    last = nn.Linear(len(keep), model.num_classes, bias=False).to(weight.device, weight.dtype)
+    last.weight.copy_(weight[:, keep])
+    model.last_layer = last
+    model.num_prototypes = len(keep)
+    return model
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics.get(k) for k in HEADLINE}
+
+
+def _run_dir_of(ckpt_path: Path) -> Path:
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def prune_prototypes(
+    checkpoint: str | Path | dict,
+    cfg: RunConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    k: int | None = None,
+    threshold: int | None = None,
+    finetune_iterations: int | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Prune a trained, pushed ProtoPNet; writes the pruned checkpoint and a report.
+
+    `cfg` (default: the checkpoint's) gives the data and `prune_prototypes` settings; k,
+    threshold and finetune_iterations override them. `out_dir` defaults to
+    `<run folder>/prototype_pruning`. Returns the summary written to prototype_pruning.json.
+    """
+    from ..explain.nearest import k_nearest_patches
+    from ..train.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+        save_checkpoint,
+    )
+    from ..train.evaluate import evaluate_model
+    from ..train.protopnet import build_optimizers, last_layer_stage, similarity_vectors
+    from ..train.run import prepare_data
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if ckpt.get("model_type") != "protopnet":
+        raise CheckpointError(
+            f"{ckpt.get('path')} holds a {ckpt.get('model_type')!r} model, not a ProtoPNet",
+            "give a checkpoint of a run trained with model.type: protopnet",
+        )
+    cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
+    q = cfg.prune_prototypes
+    q.k = q.k if k is None else k
+    q.threshold = q.threshold if threshold is None else threshold
+    q.finetune_iterations = q.finetune_iterations if finetune_iterations is None else finetune_iterations
+    cfg.validate()
+    progress = cfg.train.progress if progress is None else progress
+    ckpt_path = Path(ckpt["path"])
+    out = prepare_run_dir(out_dir or _run_dir_of(ckpt_path) / "prototype_pruning", force=force)
+
+    loaders, _ = prepare_data(cfg)
+    class_names = loaders.class_names
+    if class_names != ckpt["class_names"]:
+        raise CheckpointError(
+            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
+            "prune with the data set the model was trained on",
+        )
+    dev = resolve_device(device)
+    model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
+
+    def evaluate() -> dict[str, Any]:
+        return {s: evaluate_model(model, getattr(loaders, s), class_names, dev) for s in ("val", "test")}
+
+    before = evaluate()
+    n_before = model.num_prototypes
+    classes_before = model.prototype_classes.cpu().clone()
+    nearest = k_nearest_patches(model, loaders.push, q.k, dev, progress, "prune: nearest patches")
+    own = nearest.own_class_count(classes_before)
+    pruned = select_low_purity(own, q.threshold)
+    merge = find_duplicates(model.prototype_vectors.detach().cpu(), classes_before, pruned)
+    plan = PruningPlan(pruned, merge, n_before)
+    with torch.no_grad():
+        logits_before = model.last_layer(similarity_vectors(model, loaders.push, dev)[0])
+    apply_plan(model, plan)
+    after_pruning = evaluate()
+    sims, targets = similarity_vectors(model, loaders.push, dev)
+    merge_max_change = float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
+
+    ft = copy.deepcopy(cfg.protopnet)
+    ft.last_layer_iterations = q.finetune_iterations
+    optimizer = build_optimizers(model, ft)["last"]
+    weights = loaders.loss_weights.to(dev) if loaders.loss_weights is not None else None
+    iterations = last_layer_stage(
+        model, sims, targets, optimizer, ft, cfg.data.batch_size, weights,
+        cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
+    )  # fmt: skip
+    model.eval()
+    after_finetune = evaluate()
+
+    per_class = []
+    for c, name in enumerate(class_names):
+        in_class = classes_before == c
+        n_pruned = sum(1 for j in pruned if classes_before[j] == c)
+        n_merged = sum(1 for j in merge if classes_before[j] == c)
+        per_class.append(
+            {
+                "class": name,
+                "before": int(in_class.sum()),
+                "pruned": n_pruned,
+                "merged": n_merged,
+                "after": int(in_class.sum()) - n_pruned - n_merged,
+            }
+        )
+    empty = [r["class"] for r in per_class if r["after"] == 0 and r["before"] > 0]
+    if empty:
+        log.warning("prototype pruning removed every prototype of class(es) %s", ", ".join(empty))
+    counts = nearest.class_counts(len(class_names))
+    records = [
+        {
+            "prototype": j,
+            "class": class_names[int(classes_before[j])],
+            "own_class_neighbours": int(own[j]),
+            "neighbour_classes": {class_names[c]: int(n) for c, n in enumerate(counts[j]) if n > 0},
+            "status": "pruned" if j in set(pruned) else ("merged" if j in merge else "kept"),
+            "merged_into": merge.get(j),
+            "new_index": plan.keep.index(j) if j in set(plan.keep) else None,
+        }
+        for j in range(n_before)
+    ]
+    pruned_cfg = copy.deepcopy(cfg)
+    pruned_cfg.protopnet.prototype_classes = [int(c) for c in model.prototype_classes.cpu()]
+    summary = {
+        "source_checkpoint": str(ckpt_path),
+        "k": q.k,
+        "threshold": q.threshold,
+        "finetune_iterations": q.finetune_iterations,
+        "prototypes_before": n_before,
+        "prototypes_after": model.num_prototypes,
+        "pruned": len(pruned),
+        "merged": len(merge),
+        "classes_without_prototypes": empty,
+        "merge_max_logit_change": merge_max_change,
+        "per_class": per_class,
+        "kept_indices": plan.keep,
+        "prototypes": records,
+        "headline": {
+            "before": {s: _headline(m) for s, m in before.items()},
+            "after_pruning": {s: _headline(m) for s, m in after_pruning.items()},
+            "after_finetuning": {s: _headline(m) for s, m in after_finetune.items()},
+        },
+        "metrics": {"before": before, "after_pruning": after_pruning, "after_finetuning": after_finetune},
+        "finetune_history": iterations,
+    }
+    save_checkpoint(
+        out / "checkpoints" / "pruned.pt", model, pruned_cfg, class_names,
+        stage="prune_prototypes", prototype_pruning={k: v for k, v in summary.items() if k != "metrics"},
+    )  # fmt: skip
+    table = pd.DataFrame(records).drop(columns=["neighbour_classes"])
+    atomic_write_text(out / "prototypes.csv", table.to_csv(index=False))
+    atomic_write_json(out / "prototype_pruning.json", summary)
+    atomic_write_text(out / "prototype_pruning.md", pruning_markdown(summary))
+    summary["out_dir"] = str(out)
+    summary["checkpoint"] = str(out / "checkpoints" / "pruned.pt")
+    log.info(
+        "pruned %d and merged %d of %d prototypes; test balanced accuracy %.4f -> %.4f -> %.4f (fine-tuned) -> %s",
+        len(pruned), len(merge), n_before, before["test"]["balanced_accuracy"],
+        after_pruning["test"]["balanced_accuracy"], after_finetune["test"]["balanced_accuracy"], out,
+    )  # fmt: skip
+    return summary
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def pruning_markdown(summary: dict[str, Any]) -> str:
+    """The human-readable report: counts per class and the metrics at the three stages."""
+    lines = [
+        "# Prototype pruning",
+        "",
+        f"Source: `{summary['source_checkpoint']}`  ",
+        f"k = {summary['k']} nearest training patches (one per image), threshold = "
+        f"{summary['threshold']} own-class patches, last layer fine-tuned for "
+        f"{summary['finetune_iterations']} iterations.",
+        "",
+        f"Prototypes: {summary['prototypes_before']} -> {summary['prototypes_after']} "
+        f"({summary['pruned']} pruned, {summary['merged']} merged duplicates).",
+        "",
+        "| class | before | pruned | merged | after |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['before']} | {r['pruned']} | {r['merged']} | {r['after']} |"
+        for r in summary["per_class"]
+    ]
+    if summary["classes_without_prototypes"]:
+        lines += ["", f"**Warning:** no prototypes left for {', '.join(summary['classes_without_prototypes'])}."]
+    lines += ["", "| stage | split | " + " | ".join(HEADLINE) + " |", "|---|---|" + "---:|" * len(HEADLINE)]
+    for stage, label in (("before", "before pruning"), ("after_pruning", "after pruning"),
+                         ("after_finetuning", "after fine-tuning")):  # fmt: skip
+        for split, m in summary["headline"][stage].items():
+            lines.append(f"| {label} | {split} | " + " | ".join(_fmt(m[k]) for k in HEADLINE) + " |")
+    return "\n".join(lines) + "\n"
