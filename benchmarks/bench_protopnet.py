@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Throughput of protoprune's ProtoPNet beside the ORIGINAL implementation, same sizes, same run.
+
+Measures, for each scale, protoprune's joint epoch, push (with the rendering of every prototype's
+images), the cached last-layer stage, test inference and one no-grad forward pass over the push
+set (the floor any push must pay), then runs /work/shared/bench/peer_protopnet.py (the original
+ProtoPNet code, unedited) on the same sizes in a subprocess and reports the ratios.
+
+Scales: small (7 classes x 10 prototypes, 700 train images) and paper (200 classes x 10 = 2000
+prototypes, 2000 train images); resnet18, 64 px, batch 64, 2 threads. The data is the peer's
+synthetic deterministic images, held as tensors by both. For parity with the original's
+ResNet18 (7x7 stride-2 stem + max-pool), protoprune's trunk is built with small_input=False.
+
+    python benchmarks/bench_protopnet.py --repeats 1 --out results/bench_protopnet.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PEER = Path(os.environ.get("PROTOPRUNE_PEER_BENCH", "/work/shared/bench/peer_protopnet.py"))
+SCALES = {
+    "small": {"n_classes": 7, "protos_per_class": 10, "n_train": 700, "n_test": 350},
+    "paper": {"n_classes": 200, "protos_per_class": 10, "n_train": 2000, "n_test": 350},
+    "tiny": {"n_classes": 3, "protos_per_class": 2, "n_train": 48, "n_test": 24},  # smoke test only
+}
+TARGETS = {
+    "push_over_forward": 1.15,
+    "joint_speedup": 1.2,
+    "last_layer_speedup": 10.0,
+    "push_speedup_paper": 3.0,
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scales", default="small,paper", help="comma-separated: small, paper")
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="median of this many timings per phase")
+    p.add_argument("--skip-peer", action="store_true", help="time protoprune only (no ratios)")
+    p.add_argument("--out", default="results/bench_protopnet.json")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
+os.environ.setdefault("MKL_NUM_THREADS", str(ARGS.threads))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from protoprune.config import ProtoPNetConfig  # noqa: E402
+from protoprune.io import atomic_write_json  # noqa: E402
+from protoprune.models.backbones import build_classifier, feature_extractor  # noqa: E402
+from protoprune.models.protopnet import ProtoPNet  # noqa: E402
+from protoprune.train.protopnet import (  # noqa: E402
+    build_optimizers,
+    last_layer_stage,
+    similarity_vectors,
+    train_epoch,
+)
+from protoprune.train.push import push_prototypes  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the original's preprocess.py
+
+
+def make_images(n: int, n_classes: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The peer's synthetic images (same generator, same seed): noise plus a per-class tint."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), int(np.ceil(n / n_classes)))[:n]
+    tints = rng.integers(0, 256, size=(n_classes, 3))
+    noise = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.int64)
+    imgs = (0.6 * noise + 0.4 * tints[labels][:, None, None, :]).astype(np.uint8)
+    return imgs, labels.astype(np.int64)
+
+
+def tensors(imgs: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def timed(fn, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "seconds_all": times}
+
+
+def bench_protoprune(scale: dict, seed: int = 0) -> dict:
+    n_classes, ppc = scale["n_classes"], scale["protos_per_class"]
+    tr_imgs, tr_lab = make_images(scale["n_train"], n_classes, ARGS.img_size, seed)
+    te_imgs, te_lab = make_images(scale["n_test"], n_classes, ARGS.img_size, seed + 1)
+    train_ds = TensorDataset(tensors(tr_imgs), torch.from_numpy(tr_lab))
+    test_ds = TensorDataset(tensors(te_imgs), torch.from_numpy(te_lab))
+    train = DataLoader(
+        train_ds, batch_size=ARGS.batch, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    push = DataLoader(train_ds, batch_size=ARGS.batch, shuffle=False)
+    test = DataLoader(test_ds, batch_size=ARGS.batch, shuffle=False)
+    class_names = [f"class_{c:03d}" for c in range(n_classes)]
+
+    torch.manual_seed(seed)
+    p = ProtoPNetConfig(prototypes_per_class=ppc)
+    trunk = feature_extractor(build_classifier(ARGS.arch, n_classes, small_input=False))
+    model = ProtoPNet(
+        trunk, n_classes, ppc, p.prototype_dim, p.prototype_size, p.add_on, p.similarity, p.epsilon
+    )
+    opt = build_optimizers(model, p)
+    device = torch.device("cpu")
+    xb, yb = next(iter(train))  # warm-up, not timed
+    model.train()
+    torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    model.zero_grad(set_to_none=True)
+
+    res = {}
+    model.set_trainable(features=True, add_on=True, prototypes=True, last_layer=False)
+    res["joint_epoch"] = timed(
+        lambda: train_epoch(model, train, opt["joint"], p, device, progress=False), ARGS.repeats
+    )
+    res["joint_epoch"]["images_per_s"] = len(train_ds) / res["joint_epoch"]["seconds"]
+
+    @torch.no_grad()
+    def forward_all(loader):
+        model.eval()
+        for x, _ in loader:
+            model(x)
+
+    res["test"] = timed(lambda: forward_all(test), ARGS.repeats)
+    res["test"]["images_per_s"] = len(test_ds) / res["test"]["seconds"]
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_push_"))
+    results = []
+
+    def one_push(render: bool):
+        model.load_state_dict(state)  # every repeat pushes the same (unpushed) model
+        out = tmp / "prototypes" if render else None
+        results.append(
+            push_prototypes(
+                model, push, device, class_names, out, mean=MEAN, std=STD, progress=False
+            )
+        )
+
+    # interleaved, so the floor and the push see the same machine load (the CPU may be shared)
+    runs = {"forward_push_set": [], "push": [], "push_no_render": []}
+    for _ in range(ARGS.repeats):
+        for key, fn in (("forward_push_set", lambda: forward_all(push)), ("push", lambda: one_push(True)),
+                        ("push_no_render", lambda: one_push(False))):  # fmt: skip
+            runs[key].append(timed(fn, 1)["seconds"])
+    for key, times in runs.items():
+        res[key] = {"seconds": statistics.median(times), "seconds_all": times}
+    res["push_over_forward_each_repeat"] = [
+        a / b for a, b in zip(runs["push"], runs["forward_push_set"])
+    ]
+    res["push"]["files_written"] = len(list((tmp / "prototypes").iterdir()))
+    res["push"]["timings_last_no_render"] = results[-1].timings
+    res["push"]["timings_last_render"] = results[-2].timings
+    pushed = results[-1]
+
+    model.set_trainable(features=False, add_on=False, prototypes=False, last_layer=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def stage():
+        last_layer_stage(
+            model,
+            pushed.similarities,
+            pushed.targets,
+            opt["last"],
+            p,
+            ARGS.batch,
+            oversample=True,
+            generator=gen,
+            progress=False,
+        )
+
+    res["last_layer_stage"] = timed(stage, ARGS.repeats)  # 20 iterations, vectors from the push
+    res["last_layer_stage"]["iterations"] = p.last_layer_iterations
+
+    def stage_with_vectors():  # as when resuming between push and stage: one extra forward
+        sims, ys = similarity_vectors(model, push, device)
+        last_layer_stage(
+            model,
+            sims,
+            ys,
+            opt["last"],
+            p,
+            ARGS.batch,
+            oversample=True,
+            generator=gen,
+            progress=False,
+        )
+
+    res["last_layer_stage_incl_vectors"] = timed(stage_with_vectors, ARGS.repeats)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def run_peer(scale: dict) -> dict | None:
+    if ARGS.skip_peer or not PEER.is_file():
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "peer.json"
+        cmd = [
+            sys.executable, str(PEER), "--arch", ARGS.arch, "--img-size", str(ARGS.img_size),
+            "--n-train", str(scale["n_train"]), "--n-test", str(scale["n_test"]), "--n-classes", str(scale["n_classes"]),
+            "--protos-per-class", str(scale["protos_per_class"]), "--batch", str(ARGS.batch),
+            "--threads", str(ARGS.threads), "--repeats", str(ARGS.repeats), "--no-extras", "--quiet", "--out", str(out),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=d)
+        if proc.returncode != 0:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"peer benchmark failed ({proc.returncode})")
+        import json
+
+        return json.loads(out.read_text())["results"]
+
+
+def compare(ours: dict, peer: dict | None) -> dict:
+    fwd = ours["forward_push_set"]["seconds"]
+    row = {
+        "push_s": ours["push"]["seconds"],
+        "push_no_render_s": ours["push_no_render"]["seconds"],
+        "forward_push_set_s": fwd,
+        "push_over_forward": ours["push"]["seconds"] / fwd,
+        "joint_img_s": ours["joint_epoch"]["images_per_s"],
+        "last_layer_stage_s": ours["last_layer_stage"]["seconds"],
+        "last_layer_stage_incl_vectors_s": ours["last_layer_stage_incl_vectors"]["seconds"],
+        "test_img_s": ours["test"]["images_per_s"],
+    }
+    if peer:
+        row.update(
+            {
+                "peer_push_s": peer["push"]["seconds"],
+                "peer_joint_img_s": peer["joint_epoch"]["images_per_s"],
+                "peer_last_layer_epoch_s": peer["last_only_epoch"]["seconds"],
+                "peer_test_img_s": peer["test"]["images_per_s"],
+                "push_speedup": peer["push"]["seconds"] / ours["push"]["seconds"],
+                "joint_speedup": ours["joint_epoch"]["images_per_s"]
+                / peer["joint_epoch"]["images_per_s"],
+                # our whole 20-iteration stage against ONE of the original's 20 last-layer epochs
+                "last_layer_speedup": peer["last_only_epoch"]["seconds"]
+                / ours["last_layer_stage"]["seconds"],
+                "last_layer_stage_speedup_vs_20_epochs": 20
+                * peer["last_only_epoch"]["seconds"]
+                / ours["last_layer_stage"]["seconds"],
+                "test_speedup": ours["test"]["images_per_s"] / peer["test"]["images_per_s"],
+            }
+        )
+    return row
+
+
+def main() -> None:
+    report = {
+        "config": vars(ARGS),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "scales": {},
+    }
+    for name in ARGS.scales.split(","):
+        scale = SCALES[name]
+        print(f"== {name}: {scale}", flush=True)
+        ours = bench_protoprune(scale)
+        print("   protoprune done", flush=True)
+        peer = run_peer(scale)
+        print("   original done" if peer else "   original skipped", flush=True)
+        report["scales"][name] = {
+            "sizes": scale,
+            "protoprune": ours,
+            "original": peer,
+            "summary": compare(ours, peer),
+        }
+    report["targets"] = TARGETS
+    atomic_write_json(ARGS.out, report)
+
+    print(
+        f"\nProtoPNet, {ARGS.arch} {ARGS.img_size}px, batch {ARGS.batch}, {ARGS.threads} threads, median of {ARGS.repeats}"
+    )
+    header = f"{'scale':6} {'metric':34} {'protoprune':>11} {'original':>11} {'ratio':>8}"
+    print(header + "\n" + "-" * len(header))
+    for name, r in report["scales"].items():
+        s = r["summary"]
+        lines = [
+            ("push (s, incl. rendering)", s["push_s"], s.get("peer_push_s"), s.get("push_speedup"), "x faster"),
+            ("push without rendering (s)", s["push_no_render_s"], None, None, ""),
+            ("no-grad forward, push set (s)", s["forward_push_set_s"], None, s["push_over_forward"], "push/fwd"),
+            ("joint epoch (img/s)", s["joint_img_s"], s.get("peer_joint_img_s"), s.get("joint_speedup"), "x"),
+            ("last-layer stage (s) vs 1 epoch", s["last_layer_stage_s"], s.get("peer_last_layer_epoch_s"), s.get("last_layer_speedup"), "x faster"),
+            ("last-layer stage incl. vectors (s)", s["last_layer_stage_incl_vectors_s"], None, None, ""),
+            ("test inference (img/s)", s["test_img_s"], s.get("peer_test_img_s"), s.get("test_speedup"), "x"),
+        ]  # fmt: skip
+        for label, ours, theirs, ratio, unit in lines:
+            t = "" if theirs is None else f"{theirs:11.2f}"
+            q = "" if ratio is None else f"{ratio:8.2f} {unit}"
+            print(f"{name:6} {label:34} {ours:11.2f} {t:>11} {q}")
+    print(f"targets: {TARGETS}\nsaved {ARGS.out}")
+
+
+if __name__ == "__main__":
+    main()
