@@ -160,34 +160,39 @@ def push_prototypes(
     t_boxes = time.perf_counter()
 
     image_ids = getattr(dataset, "image_ids", None)
-    idx_cpu = best_img.cpu().tolist()
+    # one device -> host copy per quantity (no per-prototype syncs on CUDA)
+    idx_cpu, cls_cpu = best_img.cpu().tolist(), classes.cpu().tolist()
+    rows_cpu, cols_cpu, dist_cpu = (
+        rows.cpu().tolist(),
+        cols.cpu().tolist(),
+        best_dist.cpu().tolist(),
+    )
+    y_cpu, box_cpu = y_all.cpu().tolist(), boxes.tolist()
     records = []
     for j in range(n_protos):
-        i = idx_cpu[j]
-        cls = int(classes[j])
+        i, cls = idx_cpu[j], cls_cpu[j]
+        ok = i >= 0
         records.append(
             {
                 "prototype": j,
                 "class_index": cls,
                 "class": class_names[cls],
-                "pushed": i >= 0,
+                "pushed": ok,
                 "image_index": i,
-                "image_id": (str(image_ids[i]) if image_ids is not None else str(i))
-                if i >= 0
-                else "",
-                "image_class": class_names[int(y_all[i])] if i >= 0 else "",
-                "latent_h": int(rows[j]) if i >= 0 else -1,
-                "latent_w": int(cols[j]) if i >= 0 else -1,
-                "distance": float(best_dist[j]) if i >= 0 else float("nan"),
-                "box_y0": int(boxes[j, 0]) if i >= 0 else -1,
-                "box_y1": int(boxes[j, 1]) if i >= 0 else -1,
-                "box_x0": int(boxes[j, 2]) if i >= 0 else -1,
-                "box_x1": int(boxes[j, 3]) if i >= 0 else -1,
+                "image_id": (str(image_ids[i]) if image_ids is not None else str(i)) if ok else "",
+                "image_class": class_names[y_cpu[i]] if ok else "",
+                "latent_h": rows_cpu[j] if ok else -1,
+                "latent_w": cols_cpu[j] if ok else -1,
+                "distance": dist_cpu[j] if ok else float("nan"),
+                **{
+                    key: (box_cpu[j][n] if ok else -1)
+                    for n, key in enumerate(("box_y0", "box_y1", "box_x0", "box_x1"))
+                },
             }
         )
     unpushed = [j for j in range(n_protos) if idx_cpu[j] < 0]
     if unpushed:
-        missing = sorted({class_names[int(classes[j])] for j in unpushed})
+        missing = sorted({class_names[cls_cpu[j]] for j in unpushed})
         log.warning(
             "push: no push images of class(es) %s; %d prototypes kept unchanged",
             ", ".join(missing),
