@@ -191,3 +191,15 @@ def test_resume_after_interruption_continues_in_the_right_phase(tmp_path, monkey
     # the interrupted + resumed run ends where the uninterrupted one does
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_class_weights_enter_the_cross_entropy() -> None:
+    model = tiny_model().eval()
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 0, 0, 0, 1, 2])
+    w = torch.tensor([0.5, 2.0, 2.0])
+    with torch.no_grad():
+        out = model.forward_details(x)
+        terms = tp.protopnet_loss(out, y, model, RunConfig().protopnet, class_weights=w)
+    expected = torch.nn.functional.cross_entropy(out.logits, y, weight=w)
+    torch.testing.assert_close(terms["cross_entropy"], expected)
+    assert not torch.allclose(expected, torch.nn.functional.cross_entropy(out.logits, y))
