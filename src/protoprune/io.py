@@ -73,22 +73,40 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def check_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+    """Refuse an unusable output path before any work is done; changes nothing on disk.
+
+    Run as root (containers, CI), permission bits do not stop writes, so a path under a regular
+    file is the common "cannot write there" case: name the file that is in the way.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is not a folder", "choose another --out")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ProtopruneError(
+                    f"cannot create run folder {path}: {parent} is a file, not a folder",
+                    "choose an --out whose parent folders are folders (or can be created)",
+                )
+            break
+    if path.is_dir() and any(path.iterdir()) and not resume and not force:
+        raise OutputExistsError(
+            f"run folder {path} already holds results",
+            "pass --resume to continue it, --force to start over (the old folder is kept as "
+            f"{path.name}.old-N), or choose another --out",
+        )
+    return path
+
+
 def prepare_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
     """Create a run folder; refuse to reuse a non-empty one unless resuming or forced.
 
     `force` moves the old folder aside to `<name>.old-N` instead of deleting it, so results are
     never silently lost.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"output path {path} exists and is not a folder", "choose another --out")
+    path = check_run_dir(path, force, resume)
     if path.is_dir() and any(path.iterdir()) and not resume:
-        if not force:
-            raise OutputExistsError(
-                f"run folder {path} already holds results",
-                "pass --resume to continue it, --force to start over (the old folder is kept as "
-                f"{path.name}.old-N), or choose another --out",
-            )
         n = 1
         while path.with_name(f"{path.name}.old-{n}").exists():
             n += 1
@@ -101,6 +119,7 @@ def prepare_run_dir(path: str | Path, force: bool = False, resume: bool = False)
     except OSError as exc:
         raise ProtopruneError(
             f"cannot write to run folder {path}: {exc.strerror}",
-            "choose a writable output folder with --out",
+            "choose a writable output folder with --out (this one is read-only, or lies in a "
+            "virtual file system such as /proc or /sys)",
         ) from None
     return path

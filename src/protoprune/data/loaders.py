@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ from .base import DataSplits, ImageDataset
 from .registry import DATASETS
 from .sampling import class_balanced_sampler, class_weights
 from .transforms import build_transform
+
+log = logging.getLogger(__name__)
 
 
 def _cap(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
@@ -37,6 +40,33 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
         if len(getattr(splits, name)) == 0:
             raise DataError(f"the {name} split of {cfg.dataset!r} is empty", "check the data and data.split_ratios")
     return splits
+
+
+def check_class_coverage(splits: DataSplits) -> None:
+    """Training needs every class in the train split; a class missing from val or test only warns.
+
+    A class without training images still gets an output unit, which is never trained yet is
+    scored in every metric: the run would look valid and be meaningless, so it is an error. A
+    class missing from val/test (common with tiny or partial data) leaves its per-class metrics
+    undefined but the run is still sound, so it is a loud warning.
+    """
+    names = splits.class_names
+    absent = [names[k] for k, n in enumerate(splits.train.class_counts()) if n == 0]
+    if absent:
+        raise DataError(
+            f"class(es) {', '.join(absent)} have no images in the train split "
+            f"({len(splits.train)} training images)",
+            "use more data or another seed/data.split_ratios so every class reaches the train "
+            "split, or remove the class from the data set",
+        )
+    for split in ("val", "test"):
+        missing = [names[k] for k, n in enumerate(getattr(splits, split).class_counts()) if n == 0]
+        if missing:
+            log.warning(
+                "WARNING: class(es) %s have no images in the %s split: their recall and the "
+                "AUROC over classes are undefined there; use more data for reliable metrics",
+                ", ".join(missing), split,
+            )
 
 
 @dataclass

@@ -11,11 +11,11 @@ import torch
 
 from ..config import RunConfig, save_config
 from ..data import build_loaders, build_splits
-from ..data.loaders import Loaders
-from ..errors import CheckpointError
-from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..data.loaders import Loaders, check_class_coverage
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_run_dir
 from ..metrics import metrics_markdown
-from ..models.factory import build_model
+from ..models.factory import build_model, small_input
 from ..report.figures import plot_confusion_matrix, plot_training_curves
 from ..seed import resolve_device, set_seed
 from .checkpoint import load_checkpoint, load_state
@@ -53,16 +53,22 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
 
     Model selection uses validation only; the test split is evaluated once, with the selected model.
     """
-    run_dir = prepare_run_dir(run_dir or default_run_dir(cfg), force=force, resume=resume)
+    # everything that can fail on bad input (folder, config, data, model) is checked before the
+    # run folder is touched, so a failed start never leaves a half-made or moved-aside folder
+    run_dir = check_run_dir(run_dir or default_run_dir(cfg), force=force, resume=resume)
     if resume:
         _check_resume_config(cfg, run_dir)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    save_config(cfg, run_dir / "config.yaml", {"split": "split.csv"})
-    loaders, splits = prepare_data(cfg, run_dir)
+    loaders, splits = prepare_data(cfg)
+    check_class_coverage(splits)
     class_names = loaders.class_names
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, len(class_names))
+    check_input_size(model, cfg)
+    run_dir = prepare_run_dir(run_dir, force=force, resume=resume)
+    save_config(cfg, run_dir / "config.yaml", {"split": "split.csv"})
+    atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
     log.info("%s: %s on %s (%s), %d train / %d val / %d test images, device %s", cfg.name, cfg.model.arch,
              cfg.data.dataset, splits.description, len(splits.train), len(splits.val), len(splits.test), device)
     t0 = time.perf_counter()
@@ -85,6 +91,30 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     log.info("test: accuracy %.4f, balanced accuracy %.4f -> %s", results["test"]["accuracy"],
              results["test"]["balanced_accuracy"], run_dir)
     return results
+
+
+def check_input_size(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """One forward pass on a blank image, so a too-small data.image_size fails now, clearly.
+
+    Each architecture shrinks the image by its own factor (VGG: 32, ResNet: 32 with the standard
+    stem); below that a pooling layer gets an empty input and torch fails mid-training with a
+    message about kernel sizes. Eval mode and no_grad: no random numbers or statistics change.
+    """
+    size = cfg.data.image_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"data.image_size = {size} is too small for {cfg.model.type} {cfg.model.arch} "
+            f"(small_input={small_input(cfg)}): {str(exc).splitlines()[0]}",
+            "use a larger data.image_size (e.g. 28 with model.small_input=true, 224 otherwise), "
+            "or model.small_input=true, or a smaller protopnet.prototype_size",
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def _check_resume_config(cfg: RunConfig, run_dir: Path) -> None:

@@ -1,0 +1,486 @@
+"""Catalogue of bad inputs: each gives a ProtopruneError naming the problem and its fix, and the
+failing call writes, overwrites or moves nothing (the whole tmp folder is compared byte for byte).
+
+Policy on classes missing from a split: a class with no TRAIN images is an error for training
+(its output unit would never be trained yet be scored); a class missing from val/test is a loud
+warning only (the run is sound, only that class's metrics are undefined).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from protoprune.cli import main
+from protoprune.config import load_config
+from protoprune.data import build_splits
+from protoprune.data.base import FileImageDataset, open_rgb
+from protoprune.data.registry import bundled_path
+from protoprune.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    OutputExistsError,
+    ProtopruneError,
+)
+from protoprune.models.backbones import build_classifier
+from protoprune.models.factory import build_model
+from protoprune.train.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, save_checkpoint
+from protoprune.train.run import run_training
+from tests.conftest import tiny_overrides
+
+HAM = bundled_path("ham10000")
+NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+# --- helpers that build the bad inputs -----------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for folders): a failed call must not change it."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def jpeg_bytes(size=(32, 24), color=(200, 80, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def ham_copy(tmp: Path) -> Path:
+    """The bundled 21-image HAM10000 folder, copied so its metadata can be broken."""
+    return Path(shutil.copytree(HAM, tmp / "ham"))
+
+
+def edit_metadata(root: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = root / "HAM10000_metadata.csv"
+    edit(pd.read_csv(path)).to_csv(path, index=False)
+
+
+def ham_cfg(root: Path, *extra: str):
+    return load_config(
+        None, tiny_overrides(**{"data.dataset": "ham10000", "data.root": str(root)}) + list(extra)
+    )
+
+
+def existing_run(tmp: Path) -> Path:
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"test": {"accuracy": 0.9}}')
+    (run / "checkpoints" / "best.pt").write_bytes(b"weights of an earlier run")
+    return run
+
+
+@functools.cache
+def _checkpoint_bytes() -> bytes:
+    """One untrained resnet18 checkpoint for all cases (building and saving 11M weights is slow)."""
+    cfg = load_config(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_checkpoint(Path(tmp) / "c.pt", build_model(cfg, 7), cfg, NAMES).read_bytes()
+
+
+def small_checkpoint(tmp: Path) -> Path:
+    path = tmp / "resnet18-7.pt"
+    path.write_bytes(_checkpoint_bytes())
+    return path
+
+
+# --- the cases: setup(tmp) -> the failing call ---------------------------------------------------
+
+
+def corrupt_jpeg(tmp):
+    (tmp / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return lambda: open_rgb(tmp / "bad.jpg")
+
+
+def truncated_jpeg(tmp):
+    (tmp / "half.jpg").write_bytes(jpeg_bytes()[:300])
+    return lambda: open_rgb(tmp / "half.jpg")
+
+
+def missing_image(tmp):
+    ds = FileImageDataset([tmp / "ISIC_0000000.jpg"], [0], NAMES)
+    return lambda: ds[0]
+
+
+def image_path_is_folder(tmp):
+    (tmp / "ISIC_0000001.jpg").mkdir()
+    ds = FileImageDataset([tmp / "ISIC_0000001.jpg"], [0], NAMES)
+    return lambda: ds.load_image(0)
+
+
+def empty_imagefolder(tmp):
+    (tmp / "images").mkdir()
+    cfg = load_config(None, ["data.dataset=imagefolder", f"data.root={tmp / 'images'}"])
+    return lambda: build_splits(cfg.data, 0)
+
+
+def imagefolder_class_without_images(tmp):
+    for cls in ("benign", "malignant"):
+        (tmp / "images" / cls).mkdir(parents=True)
+    (tmp / "images" / "benign" / "a.jpg").write_bytes(jpeg_bytes())
+    cfg = load_config(None, ["data.dataset=imagefolder", f"data.root={tmp / 'images'}"])
+    return lambda: build_splits(cfg.data, 0)
+
+
+def metadata_missing_column(tmp):
+    root = ham_copy(tmp)
+    edit_metadata(root, lambda df: df.drop(columns=["dx"]))
+    cfg = ham_cfg(root)
+    return lambda: build_splits(cfg.data, 0)
+
+
+def unknown_dx_label(tmp):
+    root = ham_copy(tmp)
+    edit_metadata(root, lambda df: df.assign(dx=df["dx"].replace("nv", "naevus")))
+    cfg = ham_cfg(root)
+    return lambda: build_splits(cfg.data, 0)
+
+
+def duplicate_image_ids(tmp):
+    root = ham_copy(tmp)
+    edit_metadata(root, lambda df: pd.concat([df, df.iloc[[3]]], ignore_index=True))
+    cfg = ham_cfg(root)
+    return lambda: build_splits(cfg.data, 0)
+
+
+def class_absent_from_train(tmp):
+    """A split file that sends every vasc image to test: training must refuse."""
+    meta = pd.read_csv(HAM / "HAM10000_metadata.csv")
+    split = meta[["image_id", "dx"]].assign(
+        split=["test" if d == "vasc" else "train" for d in meta["dx"]]
+    )
+    split.loc[split.index[(split["dx"] != "vasc")][:3], "split"] = "val"
+    split.to_csv(tmp / "split.csv", index=False)
+    cfg = ham_cfg(HAM, f"data.split_file={tmp / 'split.csv'}")
+    return lambda: run_training(cfg, tmp / "out")
+
+
+def image_size_zero(tmp):
+    return lambda: load_config(None, ["data.image_size=0"])
+
+
+def image_size_too_small_for_architecture(tmp):
+    # DenseNet's standard stem and three transitions shrink 16 px to 0 px before the last pool
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            **{"model.arch": "densenet121", "data.image_size": 16, "model.small_input": "false"}
+        ),
+    )
+    return lambda: run_training(cfg, tmp / "out")
+
+
+def negative_total_pr(tmp):
+    return lambda: load_config(None, ["prune_filters.total_pr=-0.2"])
+
+
+def total_pr_above_one(tmp):
+    return lambda: load_config(None, ["prune_filters.total_pr=1.5"])
+
+
+def pr_step_above_one(tmp):
+    return lambda: load_config(None, ["prune_filters.pr_step=1.2", "prune_filters.total_pr=0.5"])
+
+
+def pr_step_larger_than_total(tmp):
+    return lambda: load_config(None, ["prune_filters.total_pr=0.3", "prune_filters.pr_step=0.5"])
+
+
+def k_below_threshold(tmp):
+    return lambda: load_config(None, ["prune_prototypes.k=2", "prune_prototypes.threshold=3"])
+
+
+def unknown_architecture(tmp):
+    cfg = load_config(None, tiny_overrides(**{"model.arch": "resnet19"}))
+    return lambda: run_training(cfg, tmp / "out")
+
+
+def unknown_dataset(tmp):
+    cfg = load_config(None, ["data.dataset=ham1000"])
+    return lambda: build_splits(cfg.data, 0)
+
+
+def dataset_root_not_set(tmp):
+    cfg = load_config(None, ["data.dataset=ham10000"])
+    return lambda: build_splits(cfg.data, 0)
+
+
+def bad_yaml(tmp):
+    (tmp / "bad.yaml").write_text("data:\n  image_size: [28\n  batch_size: 4\n")
+    return lambda: load_config(tmp / "bad.yaml")
+
+
+def unknown_config_key(tmp):
+    (tmp / "c.yaml").write_text("train:\n  epoch: 3\n")
+    return lambda: load_config(tmp / "c.yaml")
+
+
+def wrong_value_type(tmp):
+    return lambda: load_config(None, ["train.epochs=three"])
+
+
+def bad_split_ratios(tmp):
+    return lambda: load_config(None, ["data.split_ratios=[0.8,0.3,0.1]"])
+
+
+def checkpoint_of_another_architecture(tmp):
+    ckpt = load_checkpoint(small_checkpoint(tmp))
+    model = build_classifier("vgg11", 7, small_input=True)
+    return lambda: load_state(model, ckpt)
+
+
+def checkpoint_of_another_class_count(tmp):
+    ckpt = load_checkpoint(small_checkpoint(tmp))
+    model = build_classifier("resnet18", 3, small_input=True)
+    return lambda: load_state(model, ckpt)
+
+
+def checkpoint_from_newer_format(tmp):
+    ckpt = torch.load(small_checkpoint(tmp), weights_only=True)
+    ckpt["format_version"] = FORMAT_VERSION + 1
+    torch.save(ckpt, tmp / "future.pt")
+    return lambda: load_checkpoint(tmp / "future.pt")
+
+
+def truncated_checkpoint(tmp):
+    path = small_checkpoint(tmp)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return lambda: load_checkpoint(path)
+
+
+def output_folder_exists(tmp):
+    run = existing_run(tmp)
+    cfg = load_config(None, tiny_overrides())
+    return lambda: run_training(cfg, run)
+
+
+def output_parent_is_a_file(tmp):
+    (tmp / "results").write_text("a file where a folder should be")
+    cfg = load_config(None, tiny_overrides())
+    return lambda: run_training(cfg, tmp / "results" / "run")
+
+
+def output_in_proc(tmp):
+    cfg = load_config(None, tiny_overrides())
+    return lambda: run_training(cfg, Path("/proc/protoprune-test-run"))
+
+
+CASES = [
+    # (setup, error type, problem pattern, fix pattern)
+    (corrupt_jpeg, DataError, r"bad\.jpg is corrupt or truncated", r"re-download|re-export"),
+    (truncated_jpeg, DataError, r"half\.jpg is corrupt or truncated", r"re-download|re-export"),
+    (missing_image, DataError, r"ISIC_0000000\.jpg is missing", r"restore the file"),
+    (image_path_is_folder, DataError, r"is a folder, not an image", r"image file itself"),
+    (empty_imagefolder, DataError, r"no class folders", r"<root>/<class>/<image>"),
+    (imagefolder_class_without_images, DataError, r"malignant", r"put the images of each class"),
+    (
+        metadata_missing_column,
+        DataError,
+        r"lacks the column\(s\) dx",
+        r"official HAM10000_metadata\.csv",
+    ),
+    (unknown_dx_label, DataError, r"unknown dx label\(s\) 'naevus'", r"HAM10000 codes akiec"),
+    (duplicate_image_ids, DataError, r"more than once: ISIC_", r"one row per image"),
+    (class_absent_from_train, DataError, r"vasc have no images in the train split", r"every class"),
+    (image_size_zero, ConfigError, r"image_size = 0 is too small", r"at least 8 pixels"),
+    (
+        image_size_too_small_for_architecture,
+        ConfigError,
+        r"image_size = 16 is too small for classifier densenet121",
+        r"larger data\.image_size",
+    ),
+    (
+        negative_total_pr,
+        ConfigError,
+        r"total_pr = -0\.2 must be in \[0, 1\)",
+        r"fraction of filters",
+    ),
+    (
+        total_pr_above_one,
+        ConfigError,
+        r"total_pr = 1\.5 must be in \[0, 1\)",
+        r"fraction of filters",
+    ),
+    (pr_step_above_one, ConfigError, r"pr_step = 1\.2 must be in \(0, 1\]", r"pr-step"),
+    (
+        pr_step_larger_than_total,
+        ConfigError,
+        r"pr_step = 0\.5 is larger than total_pr = 0\.3",
+        r"at most the total",
+    ),
+    (k_below_threshold, ConfigError, r"k = 2, threshold = 3", r"k = 6 nearest patches"),
+    (
+        unknown_architecture,
+        ConfigError,
+        r"unknown architecture 'resnet19'",
+        r"did you mean 'resnet18'",
+    ),
+    (unknown_dataset, ConfigError, r"unknown dataset 'ham1000'", r"ham10000"),
+    (dataset_root_not_set, ConfigError, r"data\.root is not set", r"HAM10000_metadata\.csv"),
+    (bad_yaml, ConfigError, r"bad\.yaml is not valid YAML", r"YAML syntax"),
+    (
+        unknown_config_key,
+        ConfigError,
+        r"unknown config key train\.epoch",
+        r"did you mean train\.epochs",
+    ),
+    (wrong_value_type, ConfigError, r"train\.epochs must be an integer", None),
+    (bad_split_ratios, ConfigError, r"split_ratios .* summing to 1", r"0\.7,0\.15,0\.15"),
+    (
+        checkpoint_of_another_architecture,
+        CheckpointError,
+        r"resnet18.* does not fit this model",
+        r"architecture",
+    ),
+    (
+        checkpoint_of_another_class_count,
+        CheckpointError,
+        r"7 classes\) does not fit.*fc\.weight: \(7, 512\) vs \(3, 512\)",
+        r"class count",
+    ),
+    (
+        checkpoint_from_newer_format,
+        CheckpointError,
+        rf"format {FORMAT_VERSION + 1}, newer",
+        r"upgrade protoprune",
+    ),
+    (truncated_checkpoint, CheckpointError, r"cannot load checkpoint", r"truncated, corrupt"),
+    (output_folder_exists, OutputExistsError, r"already holds results", r"--resume .* --force"),
+    (output_parent_is_a_file, ProtopruneError, r"results is a file, not a folder", r"--out"),
+    (
+        output_in_proc,
+        ProtopruneError,
+        r"cannot write to run folder /proc/",
+        r"writable output folder",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "error", "problem", "fix"), CASES, ids=[c[0].__name__ for c in CASES]
+)
+def test_bad_input_fails_clearly_and_changes_nothing(tmp_path, setup, error, problem, fix):
+    call = setup(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(error) as info:
+        call()
+    exc = info.value
+    assert isinstance(exc, ProtopruneError)
+    assert exc.problem, "the error names no problem"
+    assert re.search(problem, exc.problem), exc.problem
+    if fix is not None:
+        assert exc.fix and re.search(fix, exc.fix), exc.fix
+    assert "fix:" in str(exc) or fix is None
+    assert snapshot(tmp_path) == before, "a failed call changed files"
+    assert not Path("/proc/protoprune-test-run").exists()
+
+
+def test_class_missing_from_val_or_test_only_warns(caplog):
+    from protoprune.data.loaders import check_class_coverage
+
+    splits = build_splits(ham_cfg(HAM).data, 0)  # 21 images: some classes miss val/test
+    assert (splits.train.class_counts() > 0).all()
+    with caplog.at_level("WARNING"):
+        check_class_coverage(splits)
+    assert (
+        "no images in the val split" in caplog.text or "no images in the test split" in caplog.text
+    )
+
+
+def test_resnet_standard_stem_on_8px_trains():
+    """8 px through the standard ResNet stem leaves a 1x1 grid: it must still train."""
+    cfg = load_config(None, ["data.image_size=8", "model.small_input=false"])
+    model = build_model(cfg, 7)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and model.fc.weight.grad is not None
+
+
+# --- the same problems through the command line: status 2, "error: ...", no traceback ----------
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_unknown_architecture(tmp_path, capsys):
+    code, err = run_cli(
+        ["train", "--set", "model.arch=resnet19", "--out", str(tmp_path / "out")], capsys
+    )
+    assert code == 2 and err.startswith("error: unknown architecture 'resnet19'") and "fix:" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_cli_bad_yaml(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("model: {arch: resnet18\n")
+    code, err = run_cli(
+        ["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")], capsys
+    )
+    assert code == 2 and err.startswith("error: config file") and "not valid YAML" in err
+    assert "Traceback" not in err
+
+
+def test_cli_existing_output_folder_is_kept(tmp_path, capsys):
+    run = existing_run(tmp_path)
+    before = snapshot(tmp_path)
+    code, err = run_cli(
+        ["train", *sum((["--set", o] for o in tiny_overrides()), []), "--out", str(run)], capsys
+    )
+    assert (
+        code == 2 and "already holds results" in err and "--force" in err and "Traceback" not in err
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_truncated_checkpoint(tmp_path, capsys):
+    path = small_checkpoint(tmp_path)
+    path.write_bytes(path.read_bytes()[:4096])
+    code, err = run_cli(["evaluate", str(path)], capsys)
+    assert code == 2 and err.startswith("error: cannot load checkpoint") and "truncated" in err
+    assert "Traceback" not in err
+
+
+def test_cli_pr_step_larger_than_total(tmp_path, capsys):
+    path = small_checkpoint(tmp_path)
+    code, err = run_cli(
+        [
+            "prune-filters",
+            str(path),
+            "--total-pr",
+            "0.2",
+            "--pr-step",
+            "0.4",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        capsys,
+    )
+    assert (
+        code == 2
+        and "pr_step = 0.4 is larger than total_pr = 0.2" in err
+        and "Traceback" not in err
+    )
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_output_under_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, err = run_cli(["train", "--out", str(tmp_path / "f" / "run")], capsys)
+    assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "f").read_text() == "x"
