@@ -54,7 +54,9 @@ def test_prunes_exactly_the_prototypes_below_the_threshold() -> None:
     # prototype 0 (class 0, colour 0): 3 own-class neighbours; prototype 1 (class 0, colour 5):
     # 2 of class 1 nearest, then 1 of class 0 -> 1 own; prototype 2 (class 1, colour 5): 2 own
     model = identity_protopnet(torch.tensor([[0.0] * 3, [5.0] * 3, [5.1] * 3]), [0, 0, 1], 2)
-    nearest = k_nearest_patches(model, DataLoader(TensorDataset(x, y), batch_size=5), k=3, progress=False)
+    nearest = k_nearest_patches(
+        model, DataLoader(TensorDataset(x, y), batch_size=5), k=3, progress=False
+    )
     own = nearest.own_class_count(model.prototype_classes)
     assert own.tolist() == [3, 1, 2]
     assert select_low_purity(own, 2) == [1]
@@ -80,13 +82,17 @@ def test_merging_duplicates_keeps_logits_and_shrinks_the_model() -> None:
     assert model.prototype_class_identity.shape == (4, 3)
     torch.testing.assert_close(model(x), before)
     # a duplicate of a pruned prototype is not merged into it
-    assert find_duplicates(protos.view(5, 3, 1, 1), torch.tensor([0, 1, 2, 1, 2]), exclude=[1]) == {}
+    assert (
+        find_duplicates(protos.view(5, 3, 1, 1), torch.tensor([0, 1, 2, 1, 2]), exclude=[1]) == {}
+    )
 
 
 def test_prune_prototypes_end_to_end_reloads_smaller(tmp_path) -> None:
     run = trained_run()
     out = tmp_path / "pruned"
-    summary = prune_prototypes(run, out_dir=out, k=6, threshold=4, finetune_iterations=2, progress=False)
+    summary = prune_prototypes(
+        run, out_dir=out, k=6, threshold=4, finetune_iterations=2, progress=False
+    )
     n_before = summary["prototypes_before"]
     removed = summary["pruned"] + summary["merged"]
     assert n_before == 14

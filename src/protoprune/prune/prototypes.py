@@ -55,7 +55,9 @@ def select_low_purity(own_class_neighbours: torch.Tensor, threshold: int) -> lis
     return torch.nonzero(own_class_neighbours < threshold).flatten().tolist()
 
 
-def find_duplicates(prototypes: torch.Tensor, classes: torch.Tensor, exclude: list[int]) -> dict[int, int]:
+def find_duplicates(
+    prototypes: torch.Tensor, classes: torch.Tensor, exclude: list[int]
+) -> dict[int, int]:
     """Map each duplicate prototype to the first identical prototype of the same class.
 
     Identical vectors are what pushing two prototypes onto the same patch (same image, same latent
@@ -148,7 +150,9 @@ def prune_prototypes(
     q = cfg.prune_prototypes
     q.k = q.k if k is None else k
     q.threshold = q.threshold if threshold is None else threshold
-    q.finetune_iterations = q.finetune_iterations if finetune_iterations is None else finetune_iterations
+    q.finetune_iterations = (
+        q.finetune_iterations if finetune_iterations is None else finetune_iterations
+    )
     cfg.validate()
     progress = cfg.train.progress if progress is None else progress
     ckpt_path = Path(ckpt["path"])
@@ -165,7 +169,9 @@ def prune_prototypes(
     model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
 
     def evaluate() -> dict[str, Any]:
-        return {s: evaluate_model(model, getattr(loaders, s), class_names, dev) for s in ("val", "test")}
+        return {
+            s: evaluate_model(model, getattr(loaders, s), class_names, dev) for s in ("val", "test")
+        }
 
     before = evaluate()
     n_before = model.num_prototypes
@@ -180,7 +186,9 @@ def prune_prototypes(
     apply_plan(model, plan)
     after_pruning = evaluate()
     sims, targets = similarity_vectors(model, loaders.push, dev)
-    merge_max_change = float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
+    merge_max_change = (
+        float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
+    )
 
     ft = copy.deepcopy(cfg.protopnet)
     ft.last_layer_iterations = q.finetune_iterations
@@ -244,7 +252,11 @@ def prune_prototypes(
             "after_pruning": {s: _headline(m) for s, m in after_pruning.items()},
             "after_finetuning": {s: _headline(m) for s, m in after_finetune.items()},
         },
-        "metrics": {"before": before, "after_pruning": after_pruning, "after_finetuning": after_finetune},
+        "metrics": {
+            "before": before,
+            "after_pruning": after_pruning,
+            "after_finetuning": after_finetune,
+        },
         "finetune_history": iterations,
     }
     save_checkpoint(
@@ -290,10 +302,19 @@ def pruning_markdown(summary: dict[str, Any]) -> str:
         for r in summary["per_class"]
     ]
     if summary["classes_without_prototypes"]:
-        lines += ["", f"**Warning:** no prototypes left for {', '.join(summary['classes_without_prototypes'])}."]
-    lines += ["", "| stage | split | " + " | ".join(HEADLINE) + " |", "|---|---|" + "---:|" * len(HEADLINE)]
+        lines += [
+            "",
+            f"**Warning:** no prototypes left for {', '.join(summary['classes_without_prototypes'])}.",
+        ]
+    lines += [
+        "",
+        "| stage | split | " + " | ".join(HEADLINE) + " |",
+        "|---|---|" + "---:|" * len(HEADLINE),
+    ]
     for stage, label in (("before", "before pruning"), ("after_pruning", "after pruning"),
                          ("after_finetuning", "after fine-tuning")):  # fmt: skip
         for split, m in summary["headline"][stage].items():
-            lines.append(f"| {label} | {split} | " + " | ".join(_fmt(m[k]) for k in HEADLINE) + " |")
+            lines.append(
+                f"| {label} | {split} | " + " | ".join(_fmt(m[k]) for k in HEADLINE) + " |"
+            )
     return "\n".join(lines) + "\n"

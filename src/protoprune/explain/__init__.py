@@ -1,0 +1,1 @@
+"""Explanations of ProtoPNet decisions: nearest patches, local and global analysis, quality."""
