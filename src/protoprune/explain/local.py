@@ -1,0 +1,249 @@
+"""Local explanations: why the network classified one image ("this looks like that").
+
+The logit of class c is sum_j similarity_j * w[c, j] (the last layer has no bias), so each
+prototype's contribution to the prediction is its similarity times its weight for the predicted
+class, and the contributions add up to the predicted logit exactly. An ensemble (a list of
+models, logits summed) is explained over the prototypes of all members, each tagged by member.
+
+The model sees the image resized to its input size; with `hires` the heatmaps and boxes are drawn
+on the image at its own resolution (the similarity map upsampled to it), so a clinician sees the
+lesion rather than 28 x 28 pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.transforms import build_transform
+from ..io import atomic_save_figure, atomic_write_json
+from ..models.protopnet import ProtoPNet
+from .nearest import NearestPatches
+from .render import crop, draw_box, heat_overlay, image_array, scaled_box, similarity_boxes
+
+
+@dataclass
+class PrototypeSources:
+    """Each prototype's source patch: the training image it was pushed onto, boxed, and the crop.
+
+    Found as the prototype's nearest training patch (distance 0 after a push), so no push files
+    are needed and pruned models (renumbered prototypes) work the same way.
+    """
+
+    image_index: list[int]
+    image_id: list[str]
+    image_class: list[str]
+    distance: list[float]
+    boxes: list[list[int] | None]  # in drawing pixels
+    framed: list[np.ndarray | None]  # source image with the box
+    crops: list[np.ndarray | None]
+
+
+@torch.no_grad()
+def prototype_sources(
+    model: ProtoPNet,
+    nearest: NearestPatches,
+    dataset: Any,
+    class_names: Sequence[str],
+    device: torch.device | str = "cpu",
+    hires: bool = False,
+) -> PrototypeSources:
+    """Render every prototype's nearest training patch (`nearest` from the push set, rank 1)."""
+    device = torch.device(device)
+    model.eval()
+    first = nearest.image_index[:, 0].tolist()
+    unique = sorted({i for i in first if i >= 0})
+    n = model.num_prototypes
+    out = PrototypeSources([], [], [], [], [None] * n, [None] * n, [None] * n)
+    if unique:
+        x = torch.stack([dataset[i][0] for i in unique]).to(device)
+        z = model.conv_features(x)
+        row = {i: r for r, i in enumerate(unique)}
+        valid = [j for j in range(n) if first[j] >= 0]
+        zj = z[torch.tensor([row[first[j]] for j in valid], device=device)]
+        protos = model.prototype_vectors[torch.tensor(valid, device=device)]
+        maps = model.distance_to_similarity(model.paired_distances(zj, protos)).cpu()
+        images = {i: dataset.load_image(i) for i in unique}
+        for m, j in enumerate(valid):
+            pil = images[first[j]]
+            pixels = image_array(pil, None if hires else nearest.input_hw)
+            boxes, _ = similarity_boxes(maps[m : m + 1], pixels.shape[:2])
+            out.boxes[j] = boxes[0].tolist()
+            out.framed[j] = draw_box(pixels, boxes[0])
+            out.crops[j] = crop(pixels, boxes[0])
+    ids = getattr(dataset, "image_ids", None)
+    for j in range(n):
+        i = first[j]
+        out.image_index.append(i)
+        out.image_id.append("" if i < 0 else (ids[i] if ids is not None else str(i)))
+        out.image_class.append("" if i < 0 else class_names[int(nearest.image_class[j, 0])])
+        out.distance.append(float(nearest.distances[j, 0]))
+    return out
+
+
+@dataclass
+class Explanation:
+    """A local explanation: `record` is plain data (JSON); the arrays are for drawing."""
+
+    record: dict[str, Any]
+    drawing: np.ndarray  # the image at drawing resolution, uint8 (H, W, 3)
+    maps: torch.Tensor  # (top, H, W) upsampled similarity maps of the listed prototypes
+
+
+@torch.no_grad()
+def explain_image(
+    model: ProtoPNet | Sequence[ProtoPNet],
+    image: Image.Image | str | Path,
+    class_names: Sequence[str],
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    top: int = 10,
+    hires: bool = False,
+    device: torch.device | str = "cpu",
+    label: int | None = None,
+    image_id: str | None = None,
+) -> Explanation:
+    """Prediction, probabilities and the `top` most similar prototypes with their contributions.
+
+    `model` may be a list (an ensemble: logits summed); each listed prototype then names its
+    member. `label` (if known) is recorded so reports can show correct and wrong cases.
+    """
+    from ..data.base import open_rgb
+
+    if isinstance(image, (str, Path)):
+        image_id = image_id or Path(image).name
+        image = open_rgb(image)
+    image = image.convert("RGB")
+    members = [model] if isinstance(model, ProtoPNet) else list(model)
+    device = torch.device(device)
+    x = build_transform(image_size, mean, std, train=False)(image)[None].to(device)
+    outs, sims = [], []
+    for m in members:
+        m.eval()
+        out = m.forward_details(x)
+        outs.append(out)
+        sims.append(m.distance_to_similarity(out.min_distances)[0])
+    logits = torch.stack([o.logits[0].float() for o in outs]).sum(0)
+    probs = torch.softmax(logits, 0)
+    pred = int(logits.argmax())
+    member_of = torch.cat([torch.full((len(s),), i) for i, s in enumerate(sims)])
+    proto_of = torch.cat([torch.arange(len(s)) for s in sims])
+    sim_all = torch.cat(sims).float().cpu()
+    weights = torch.cat([m.last_layer.weight[pred].float().cpu() for m in members])
+    contrib = sim_all * weights
+    order = sim_all.argsort(descending=True)[:top].tolist()
+
+    drawing = image_array(image, None if hires else (image_size, image_size))
+    size = drawing.shape[:2]
+    maps = torch.stack(
+        [
+            members[int(member_of[r])].distance_to_similarity(
+                outs[int(member_of[r])].distances[0, int(proto_of[r])]
+            )
+            for r in order
+        ]
+    ).cpu()
+    boxes, up = similarity_boxes(maps, size)
+    listed = []
+    for rank, r in enumerate(order):
+        mi, j = int(member_of[r]), int(proto_of[r])
+        cls = int(members[mi].prototype_classes[j])
+        listed.append(
+            {
+                "rank": rank + 1,
+                "member": mi,
+                "prototype": j,
+                "prototype_class": class_names[cls],
+                "similarity": float(sim_all[r]),
+                "weight": float(weights[r]),
+                "contribution": float(contrib[r]),
+                "box": boxes[rank].tolist(),
+                "box_input": scaled_box(boxes[rank], size, (image_size, image_size)),
+            }
+        )
+    per_class = {
+        name: float(
+            (sim_all * torch.cat([m.last_layer.weight[c].float().cpu() for m in members])).sum()
+        )
+        for c, name in enumerate(class_names)
+    }
+    record = {
+        "image_id": image_id,
+        "label": None if label is None else class_names[label],
+        "predicted_class": class_names[pred],
+        "predicted_index": pred,
+        "correct": None if label is None else label == pred,
+        "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
+        "logits": {name: float(v) for name, v in zip(class_names, logits)},
+        "contributions_sum": float(contrib.sum()),
+        "class_evidence": per_class,
+        "members": len(members),
+        "drawing_size": list(size),
+        "hires": hires,
+        "top_prototypes": listed,
+    }
+    return Explanation(record, drawing, up)
+
+
+def render_explanation(
+    expl: Explanation,
+    sources: PrototypeSources | Sequence[PrototypeSources] | None,
+    path: str | Path,
+) -> Path:
+    """One PNG: per listed prototype, where it matched on the image beside its source patch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    srcs = [sources] if isinstance(sources, PrototypeSources) else list(sources or [])
+    rows = expl.record["top_prototypes"]
+    r = expl.record
+    fig, axes = plt.subplots(len(rows) + 1, 3, figsize=(9, 2.3 * (len(rows) + 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    probs = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+    head = f"predicted: {r['predicted_class']}" + (f"   (true: {r['label']})" if r["label"] else "")
+    head += "\n" + ", ".join(f"{k} {v:.2f}" for k, v in probs)
+    axes[0, 0].imshow(expl.drawing, interpolation="nearest")
+    axes[0, 0].set_title(r["image_id"] or "image", fontsize=8)
+    axes[0, 1].text(0, 0.5, head, fontsize=10, va="center")
+    for k, p in enumerate(rows, start=1):
+        overlay = draw_box(heat_overlay(expl.drawing, expl.maps[k - 1]), p["box"])
+        axes[k, 0].imshow(overlay, interpolation="nearest")
+        axes[k, 0].set_title(
+            f"#{p['rank']} sim {p['similarity']:.2f} x w {p['weight']:.2f} = {p['contribution']:.2f}",
+            fontsize=7,
+        )
+        member = f"m{p['member']} " if r["members"] > 1 else ""
+        src = srcs[p["member"]] if p["member"] < len(srcs) else None
+        if src is not None and src.framed[p["prototype"]] is not None:
+            j = p["prototype"]
+            axes[k, 1].imshow(src.framed[j], interpolation="nearest")
+            axes[k, 1].set_title(
+                f"looks like {member}prototype {j} ({p['prototype_class']})", fontsize=7
+            )
+            axes[k, 2].imshow(src.crops[j], interpolation="nearest")
+            axes[k, 2].set_title(f"from {src.image_id[j]}", fontsize=7)
+        else:
+            axes[k, 1].set_title(f"{member}prototype {p['prototype']} (no source)", fontsize=7)
+    fig.tight_layout()
+    out = atomic_save_figure(fig, path, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def save_explanation(expl: Explanation, sources, out_dir: str | Path, stem: str) -> dict[str, str]:
+    """Write `<stem>.png` and `<stem>.json` into out_dir; returns the file names."""
+    out_dir = Path(out_dir)
+    png = render_explanation(expl, sources, out_dir / f"{stem}.png")
+    atomic_write_json(out_dir / f"{stem}.json", {**expl.record, "figure": png.name})
+    return {"figure": png.name, "json": f"{stem}.json"}
