@@ -43,6 +43,7 @@ class PrototypeSources:
     boxes: list[list[int] | None]  # in drawing pixels
     framed: list[np.ndarray | None]  # source image with the box
     crops: list[np.ndarray | None]
+    plain: list[np.ndarray | None]  # source image without the box (for measurements)
 
 
 @torch.no_grad()
@@ -60,7 +61,7 @@ def prototype_sources(
     first = nearest.image_index[:, 0].tolist()
     unique = sorted({i for i in first if i >= 0})
     n = model.num_prototypes
-    out = PrototypeSources([], [], [], [], [None] * n, [None] * n, [None] * n)
+    out = PrototypeSources([], [], [], [], [None] * n, [None] * n, [None] * n, [None] * n)
     if unique:
         x = torch.stack([dataset[i][0] for i in unique]).to(device)
         z = model.conv_features(x)
@@ -77,6 +78,7 @@ def prototype_sources(
             out.boxes[j] = boxes[0].tolist()
             out.framed[j] = draw_box(pixels, boxes[0])
             out.crops[j] = crop(pixels, boxes[0])
+            out.plain[j] = pixels
     ids = getattr(dataset, "image_ids", None)
     for j in range(n):
         i = first[j]

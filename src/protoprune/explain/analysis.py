@@ -1,0 +1,222 @@
+"""All explanations of one ProtoPNet checkpoint in one folder (used by `explain` and `report`).
+
+out_dir/
+  gallery/          prototype_<j>_source.png (source image, boxed) and _crop.png, gallery.csv
+  local/            sample_<n>_<image id>.png/.json: local explanations of test images
+  global/           nearest_{train,test}.csv and per-class neighbour grids
+  quality/          prototype_quality.csv/.png
+  explanations.json index of everything above
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..config import RunConfig
+from ..errors import CheckpointError
+from ..io import atomic_write_json, atomic_write_text
+from ..seed import resolve_device
+from .global_ import global_analysis
+from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
+from .nearest import k_nearest_patches
+from .quality import prototype_quality, top_match_counts, write_quality
+
+log = logging.getLogger(__name__)
+
+MELANOMA = "mel"
+
+
+def choose_samples(y: np.ndarray, pred: np.ndarray, class_names: list[str], n: int) -> list[int]:
+    """Test images to explain: melanoma first (a correct and a wrong one), then per class one
+    correct and one wrong, round-robin, until n are chosen."""
+    order = sorted(range(len(class_names)), key=lambda c: class_names[c] != MELANOMA)
+    queues = []
+    for c in order:
+        for correct in (True, False):
+            idx = np.nonzero((y == c) & ((pred == y) == correct))[0].tolist()
+            queues.append(idx)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(chosen) < n:
+                chosen.append(q[depth])
+        depth += 1
+    return chosen
+
+
+def _save_gallery(sources: PrototypeSources, classes: list[str], out: Path) -> pd.DataFrame:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for j in range(len(sources.image_index)):
+        row = {"prototype": j, "class": classes[j], "source_image": sources.image_id[j],
+               "source_class": sources.image_class[j], "distance": sources.distance[j],
+               "source": "", "crop": ""}  # fmt: skip
+        if sources.framed[j] is not None:
+            stem = f"prototype_{j:04d}"
+            Image.fromarray(sources.framed[j]).save(out / f"{stem}_source.png")
+            Image.fromarray(sources.crops[j]).save(out / f"{stem}_crop.png")
+            row.update(source=f"{stem}_source.png", crop=f"{stem}_crop.png")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    atomic_write_text(out / "gallery.csv", table.to_csv(index=False))
+    return table
+
+
+def analyse_checkpoint(
+    checkpoint: str | Path | dict,
+    out_dir: str | Path,
+    *,
+    cfg: RunConfig | None = None,
+    k: int | None = None,
+    samples: int = 8,
+    top: int = 10,
+    hires: bool = True,
+    device: str = "auto",
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Gallery, local explanations of `samples` test images, global analysis and quality."""
+    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.evaluate import predict
+    from ..train.run import prepare_data
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if ckpt.get("model_type") != "protopnet":
+        raise CheckpointError(
+            f"{ckpt.get('path')} holds a {ckpt.get('model_type')!r} model: only ProtoPNets are explained",
+            "give a checkpoint of a run trained with model.type: protopnet",
+        )
+    cfg = cfg or checkpoint_config(ckpt)
+    k = k or cfg.prune_prototypes.k
+    progress = cfg.train.progress if progress is None else progress
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    loaders, _ = prepare_data(cfg)
+    class_names = loaders.class_names
+    if class_names != ckpt["class_names"]:
+        raise CheckpointError(
+            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
+            "explain with the data set the model was trained on",
+        )
+    model = model_from_checkpoint(ckpt).to(dev)
+    train_ds, test_ds = loaders.push.dataset, loaders.test.dataset
+    nearest_train = k_nearest_patches(model, loaders.push, k, dev, progress, "nearest train")
+    sources = prototype_sources(model, nearest_train, train_ds, class_names, dev, hires=hires)
+    proto_classes = [class_names[int(c)] for c in model.prototype_classes.cpu()]
+    gallery = _save_gallery(sources, proto_classes, out / "gallery")
+
+    y, probs = predict(model, loaders.test, dev)
+    pred = probs.argmax(1)
+    local = []
+    for n, i in enumerate(choose_samples(y, pred, class_names, samples)):
+        expl = explain_image(
+            model, test_ds.load_image(i), class_names, image_size=cfg.data.image_size,
+            mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
+            label=int(y[i]), image_id=test_ds.image_ids[i],
+        )  # fmt: skip
+        files = save_explanation(
+            expl, sources, out / "local", f"sample_{n:02d}_{test_ds.image_ids[i]}"
+        )
+        local.append(
+            {
+                **files,
+                **{
+                    k_: expl.record[k_]
+                    for k_ in ("image_id", "label", "predicted_class", "correct")
+                },
+            }
+        )
+
+    glob = global_analysis(
+        model, {"train": (loaders.push, train_ds), "test": (loaders.test, test_ds)}, class_names,
+        out / "global", k, dev, sources, {"train": nearest_train}, progress,
+    )  # fmt: skip
+    counts = top_match_counts(model, loaders.test, dev)
+    quality = prototype_quality(model, nearest_train, sources, counts, class_names)
+    qfiles = write_quality(quality, class_names, out / "quality")
+    index = {
+        "checkpoint": ckpt.get("path"),
+        "k": k,
+        "hires": hires,
+        "prototypes": model.num_prototypes,
+        "gallery": gallery.to_dict(orient="records"),
+        "local": local,
+        "global": glob["files"],
+        "quality": {
+            **qfiles,
+            "background_prototypes": quality.loc[quality["background"], "prototype"].tolist(),
+            "mean_purity": float(quality["purity"].mean()),
+        },
+    }
+    atomic_write_json(out / "explanations.json", index)
+    log.info(
+        "explanations of %d prototypes and %d test images -> %s",
+        model.num_prototypes,
+        len(local),
+        out,
+    )
+    return index
+
+
+@torch.no_grad()
+def explain_files(
+    checkpoints: list[str | Path],
+    images: list[str | Path],
+    out_dir: str | Path,
+    *,
+    top: int = 10,
+    hires: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Explain image files with one model or an ensemble (logits summed; prototypes per member)."""
+    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.run import prepare_data
+
+    dev = resolve_device(device)
+    ckpts = [load_checkpoint(c) for c in checkpoints]
+    for c in ckpts:
+        if c.get("model_type") != "protopnet":
+            raise CheckpointError(
+                f"{c.get('path')} holds a {c.get('model_type')!r} model: only ProtoPNets are explained",
+                "give checkpoints of runs trained with model.type: protopnet",
+            )
+    names = ckpts[0]["class_names"]
+    if any(c["class_names"] != names for c in ckpts):
+        raise CheckpointError(
+            "the ensemble members have different classes", "combine models of one data set"
+        )
+    models, sources, cfgs = [], [], []
+    for c in ckpts:
+        cfg = checkpoint_config(c)
+        model = model_from_checkpoint(c).to(dev)
+        loaders, _ = prepare_data(cfg)
+        nearest = k_nearest_patches(model, loaders.push, 1, dev, progress, "prototype sources")
+        sources.append(
+            prototype_sources(model, nearest, loaders.push.dataset, names, dev, hires=hires)
+        )
+        models.append(model)
+        cfgs.append(cfg)
+    sizes = {c.data.image_size for c in cfgs}
+    if len(sizes) > 1:
+        raise CheckpointError(
+            f"ensemble members use different input sizes {sorted(sizes)}",
+            "explain an ensemble of models trained at one data.image_size",
+        )
+    cfg = cfgs[0]
+    results = []
+    for n, path in enumerate(images):
+        expl = explain_image(
+            models if len(models) > 1 else models[0], path, names, image_size=cfg.data.image_size,
+            mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
+        )  # fmt: skip
+        files = save_explanation(expl, sources, out_dir, f"{n:02d}_{Path(path).stem}")
+        results.append({**files, **expl.record})
+    return results
