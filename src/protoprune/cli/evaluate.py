@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="folder for metrics.json, metrics.md and the confusion matrix")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder (kept as .old-N)")
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
+                        help="further checkpoints: evaluate the ensemble (logits summed) and each member")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -38,10 +40,34 @@ def execute(args: argparse.Namespace) -> int:
             for item in args.overrides:
                 apply_override(base, item)
             cfg = config_from_dict(base)
+    if args.ensemble:
+        return _evaluate_ensemble(args, ckpt, cfg)
     metrics = evaluate_checkpoint(ckpt["path"], cfg, args.split, args.device)
     headline = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")}
     print(json.dumps(headline, indent=2))
     if args.out:
         out = prepare_run_dir(Path(args.out), force=args.force)
         write_metrics(out, {args.split: metrics}, f"evaluation of {ckpt['path']}", ckpt["class_names"])
+    return 0
+
+
+def _evaluate_ensemble(args: argparse.Namespace, ckpt: dict, cfg) -> int:
+    """Each member's and the summed-logit ensemble's metrics (explain.ensemble)."""
+    from ..explain.ensemble import evaluate_ensemble
+    from ..io import atomic_write_json
+
+    result = evaluate_ensemble([ckpt, *args.ensemble], cfg, args.split, args.device)
+    keys = ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
+    members = [
+        {"checkpoint": m["checkpoint"], **{k: m["metrics"][k] for k in keys}}
+        for m in result["members"]
+    ]
+    ensemble = {k: result["ensemble"][k] for k in keys}
+    print(json.dumps({"members": members, "ensemble": ensemble}, indent=2))
+    if args.out:
+        out = prepare_run_dir(Path(args.out), force=args.force)
+        title = f"ensemble of {len(members)} models (logits summed)"
+        write_metrics(out, {args.split: result["ensemble"]}, title, ckpt["class_names"])
+        keep = {"split": args.split, "members": result["members"], "ensemble": result["ensemble"]}
+        atomic_write_json(out / "ensemble.json", keep)
     return 0
