@@ -1,0 +1,289 @@
+"""A self-contained HTML report of a run folder: index.html + images, no external URLs.
+
+Sections: configuration, metrics and confusion matrix, training curves; for a ProtoPNet also the
+prototype gallery by class (pruned prototypes marked when RUN/prototype_pruning exists), local
+explanations of sample test images (melanoma first, correct and wrong), global analysis and
+prototype quality. A baseline-classifier run gets the first sections only.
+
+The page carries a small inline script that, once loaded, checks that every image decoded
+(naturalWidth > 0) and writes the result into #image-check; the report test reads it back from
+headless Chromium.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ProtopruneError
+from ..io import atomic_write_text, prepare_run_dir
+
+HEADLINE = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("auroc_macro", "macro AUROC"),
+    ("melanoma_sensitivity", "melanoma sensitivity"),
+)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ccc; padding-top: 0.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc;
+padding: 3px 8px; text-align: right; } th:first-child, td:first-child { text-align: left; }
+pre { background: #f5f5f5; padding: 0.8em; overflow-x: auto; font-size: 12px; }
+nav a { margin-right: 1em; } .muted { color: #777; } img { max-width: 100%; }
+.gallery { display: flex; flex-wrap: wrap; gap: 8px; }
+.card { border: 2px solid #8c8; border-radius: 4px; padding: 4px; width: 150px; font-size: 11px; }
+.card img { width: 70px; height: 70px; image-rendering: pixelated; object-fit: contain; }
+.card.pruned { border-color: #d44; background: #fee; } .card.merged { border-color: #d90; background: #ffe; }
+.card.background { outline: 2px dashed #888; }
+.badge { font-weight: bold; } .pruned .badge { color: #c00; } .merged .badge { color: #b70; }
+.sample { display: inline-block; vertical-align: top; width: 380px; margin: 4px; }
+.ok { color: #080; } .wrong { color: #c00; }
+"""
+
+CHECK_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  var div = document.getElementById('image-check');
+  div.setAttribute('data-images', imgs.length);
+  div.setAttribute('data-broken', broken.length);
+  div.setAttribute('data-broken-src', broken.map(function (i) { return i.getAttribute('src'); }).join(' '));
+  div.textContent = imgs.length + ' images, ' + broken.length + ' not loaded';
+});
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else _e(v))
+
+
+def _img(src: str, alt: str, **attrs: str) -> str:
+    extra = "".join(f' {k}="{_e(v)}"' for k, v in attrs.items())
+    return f'<img src="{_e(src)}" alt="{_e(alt)}"{extra}>'
+
+
+def _copy(src: Path, out: Path, name: str | None = None) -> str | None:
+    if not src.is_file():
+        return None
+    target = out / "assets" / (name or src.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, target)
+    return f"assets/{target.name}"
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    splits = [s for s in ("val", "test") if isinstance(results.get(s), dict)]
+    if not splits:
+        return "<p class=muted>no metrics.json in this run</p>"
+    head = "".join(f"<th>{label}</th>" for _, label in HEADLINE)
+    rows = "".join(
+        f"<tr><td>{s}</td><td>{results[s].get('n', '')}</td>"
+        + "".join(f"<td>{_fmt(results[s].get(k))}</td>" for k, _ in HEADLINE)
+        + "</tr>"
+        for s in splits
+    )
+    out = f"<table><tr><th>split</th><th>n</th>{head}</tr>{rows}</table>"
+    per = results.get("test", {}).get("per_class") or {}
+    if per:
+        out += "<h3>Per class (test)</h3><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+        out += "".join(
+            f"<tr><td>{_e(c)}</td><td>{_fmt(m.get('precision'))}</td><td>{_fmt(m.get('recall'))}</td>"
+            f"<td>{_fmt(m.get('f1'))}</td><td>{_e(m.get('support', ''))}</td></tr>"
+            for c, m in per.items()
+        )
+        out += "</table>"
+    return out
+
+
+def _pruning_section(pruning: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(r['class'])}</td><td>{r['before']}</td><td>{r['pruned']}</td>"
+        f"<td>{r['merged']}</td><td>{r['after']}</td></tr>"
+        for r in pruning["per_class"]
+    )
+    stages = ""
+    for stage, label in (("before", "before pruning"), ("after_pruning", "after pruning"),
+                         ("after_finetuning", "after fine-tuning")):  # fmt: skip
+        for split, m in pruning["headline"][stage].items():
+            stages += (
+                f"<tr><td>{label}</td><td>{split}</td>"
+                + "".join(f"<td>{_fmt(m.get(k))}</td>" for k, _ in HEADLINE)
+                + "</tr>"
+            )
+    head = "".join(f"<th>{label}</th>" for _, label in HEADLINE)
+    return (
+        f"<p>k = {pruning['k']} nearest training patches, threshold = {pruning['threshold']}: "
+        f"{pruning['prototypes_before']} &rarr; {pruning['prototypes_after']} prototypes "
+        f"({pruning['pruned']} pruned, {pruning['merged']} merged duplicates).</p>"
+        "<table><tr><th>class</th><th>before</th><th>pruned</th><th>merged</th><th>after</th></tr>"
+        f"{rows}</table><table><tr><th>stage</th><th>split</th>{head}</tr>{stages}</table>"
+    )
+
+
+def _gallery(index: dict[str, Any], status: dict[int, dict[str, Any]], background: set[int]) -> str:
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for g in index["gallery"]:
+        by_class.setdefault(g["class"], []).append(g)
+    parts = []
+    for cls, items in by_class.items():
+        cards = []
+        for g in items:
+            j = g["prototype"]
+            st = status.get(j, {}).get("status", "kept")
+            classes = ["card", st] + (["background"] if j in background else [])
+            label = {
+                "pruned": "PRUNED",
+                "merged": f"MERGED into {status.get(j, {}).get('merged_into')}",
+            }.get(st, "")
+            imgs = ""
+            if g["crop"]:
+                imgs = _img(f"explain/gallery/{g['crop']}", f"prototype {j} patch") + _img(
+                    f"explain/gallery/{g['source']}", f"prototype {j} source"
+                )
+            cards.append(
+                f'<div class="{" ".join(classes)}">{imgs}<br><b>prototype {j}</b> '
+                f'<span class="badge">{_e(label)}</span><br>from {_e(g["source_image"])} '
+                f"({_e(g['source_class'])})"
+                + ("<br><i>background?</i>" if j in background else "")
+                + "</div>"
+            )
+        parts.append(f"<h3>{_e(cls)}</h3><div class=gallery>{''.join(cards)}</div>")
+    return "".join(parts)
+
+
+def render_html(title: str, sections: list[tuple[str, str, str]]) -> str:
+    """The page: sections are (anchor, heading, body html)."""
+    nav = "".join(f'<a href="#{a}">{_e(h)}</a>' for a, h, _ in sections)
+    body = "".join(f'<section id="{a}"><h2>{_e(h)}</h2>{b}</section>' for a, h, b in sections)
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{_e(title)}</h1><nav>{nav}</nav>{body}"
+        '<p id="image-check" class="muted"></p>'
+        f"<script>{CHECK_SCRIPT}</script></body></html>"
+    )
+
+
+def build_report(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    samples: int = 8,
+    k: int | None = None,
+    hires: bool = True,
+    device: str = "auto",
+    progress: bool | None = None,
+) -> Path:
+    """Write the report of run folder `run` into `out` (default RUN/report); returns index.html."""
+    from .. import __version__
+    from ..train.checkpoint import load_checkpoint
+
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise ProtopruneError(
+            f"run folder {run_dir} does not exist", "give a folder written by protoprune train"
+        )
+    ckpt = load_checkpoint(run_dir)
+    out_dir = prepare_run_dir(Path(out) if out else run_dir / "report", force=force)
+    cfg_text = (
+        (run_dir / "config.yaml").read_text()
+        if (run_dir / "config.yaml").is_file()
+        else yaml.safe_dump(ckpt["config"], sort_keys=False)
+    )
+    results = (
+        json.loads((run_dir / "metrics.json").read_text())
+        if (run_dir / "metrics.json").is_file()
+        else {}
+    )
+    cfg = ckpt["config"]
+    title = f"{cfg.get('name', run_dir.name)}: {ckpt.get('model_type')} {ckpt.get('arch')}"
+    summary = (
+        f"<p>Data set: {_e(cfg['data']['dataset'])} ({cfg['data']['image_size']} px), "
+        f"{len(ckpt['class_names'])} classes: {_e(', '.join(ckpt['class_names']))}. Checkpoint: "
+        f"<code>{_e(ckpt['path'])}</code>. protoprune {__version__}.</p>"
+    )
+    sections = [
+        (
+            "config",
+            "Configuration",
+            summary
+            + f"<details><summary>full configuration (YAML)</summary><pre>{_e(cfg_text)}</pre></details>",
+        )
+    ]
+    body = metrics_table(results)
+    cm = _copy(run_dir / "confusion_matrix.png", out_dir)
+    if cm:
+        body += "<h3>Confusion matrix (test)</h3>" + _img(cm, "confusion matrix", width="520")
+    sections.append(("metrics", "Metrics", body))
+    curves = _copy(run_dir / "training_curves.png", out_dir)
+    if curves:
+        sections.append(("curves", "Training curves", _img(curves, "training curves")))
+
+    if ckpt.get("model_type") == "protopnet":
+        from ..explain.analysis import analyse_checkpoint
+
+        index = analyse_checkpoint(ckpt, out_dir / "explain", k=k, samples=samples, hires=hires,
+                                   device=device, progress=progress)  # fmt: skip
+        pruning_file = run_dir / "prototype_pruning" / "prototype_pruning.json"
+        pruning = json.loads(pruning_file.read_text()) if pruning_file.is_file() else None
+        status = {r["prototype"]: r for r in pruning["prototypes"]} if pruning else {}
+        background = set(index["quality"]["background_prototypes"])
+        legend = (
+            "<p class=muted>Each card: the prototype's patch and its source training image (box: the "
+            "95th-percentile region of its similarity map). Red: pruned; orange: merged duplicate; "
+            "dashed outline: source patch flagged as background.</p>"
+        )
+        if not pruning:
+            legend += "<p class=muted>No prototype pruning in this run (protoprune prune-prototypes RUN).</p>"
+        sections.append(
+            ("gallery", "Prototypes by class", legend + _gallery(index, status, background))
+        )
+        if pruning:
+            sections.append(("pruning", "Prototype pruning", _pruning_section(pruning)))
+        cases = "".join(
+            f'<div class=sample><p class="{"ok" if s["correct"] else "wrong"}">{_e(s["image_id"])}: '
+            f"true {_e(s['label'])}, predicted {_e(s['predicted_class'])} "
+            f"({'correct' if s['correct'] else 'wrong'})</p>"
+            f"{_img('explain/local/' + s['figure'], 'explanation of ' + s['image_id'])}"
+            f'<br><a href="explain/local/{_e(s["json"])}">data (JSON)</a></div>'
+            for s in index["local"]
+        )
+        sections.append(("local", "Local explanations (test images)",
+                         "<p class=muted>Per image the most similar prototypes: where each matched "
+                         "(heatmap, box), similarity x last-layer weight = contribution to the "
+                         "predicted class, and the prototype's source patch.</p>" + cases))  # fmt: skip
+        glob = "".join(
+            f"<h3>{_e(f['class'])}: nearest {_e(f['split'])} patches</h3>"
+            + _img("explain/global/" + f["figure"], f"{f['class']} {f['split']} neighbours")
+            for f in index["global"]
+        )
+        sections.append(("global", "Global analysis",
+                         '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
+                         '<a href="explain/global/nearest_test.csv">test</a>.</p>' + glob))  # fmt: skip
+        q = index["quality"]
+        sections.append(("quality", "Prototype quality",
+                         f"<p>Mean class purity of the {index['k']} nearest training patches: "
+                         f"{q['mean_purity']:.3f}. Source patches flagged as background "
+                         "(box mostly in the outer 1/8 border ring, or grey-level contrast below half "
+                         f"the image's): {_e(q['background_prototypes'] or 'none')}.</p>"
+                         + _img("explain/quality/" + q["figure"], "prototype quality")
+                         + '<p><a href="explain/quality/prototype_quality.csv">table</a></p>'))  # fmt: skip
+    else:
+        sections.append(("interpretability", "Prototypes",
+                         "<p class=muted>A baseline classifier has no prototypes; train with "
+                         "model.type: protopnet for explanations.</p>"))  # fmt: skip
+    page = out_dir / "index.html"
+    atomic_write_text(page, render_html(title, sections))
+    return page
