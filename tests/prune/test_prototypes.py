@@ -14,6 +14,7 @@ from protoprune.prune.prototypes import (
     PruningPlan,
     apply_plan,
     find_duplicates,
+    protect_classes,
     prune_prototypes,
     select_low_purity,
 )
@@ -120,3 +121,16 @@ def test_prune_prototypes_end_to_end_reloads_smaller(tmp_path) -> None:
 
     with pytest.raises(OutputExistsError):
         prune_prototypes(run, out_dir=out, finetune_iterations=1, progress=False)
+
+
+def test_min_per_class_spares_the_best_prototypes_of_an_emptied_class() -> None:
+    classes = torch.tensor([0, 0, 0, 1, 1])
+    own = torch.tensor([0, 2, 1, 5, 0])
+    pruned = select_low_purity(own, 3)  # [0, 1, 2, 4]: class 0 would lose everything
+    assert pruned == [0, 1, 2, 4]
+    assert protect_classes(pruned, own, classes, 0) == pruned  # the original criterion
+    assert protect_classes(pruned, own, classes, 1) == [0, 2, 4]  # spares prototype 1 (2 own)
+    assert protect_classes(pruned, own, classes, 2) == [
+        0,
+        4,
+    ]  # then prototype 2; class 1 has one kept

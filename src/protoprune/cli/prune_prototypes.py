@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prune when fewer than this many of them are of the prototype's class (default 3)")  # fmt: skip
     parser.add_argument("--finetune-iterations", type=int,
                         help="last-layer iterations after pruning (default 100)")  # fmt: skip
+    parser.add_argument("--min-per-class", type=int, default=0,
+                        help="never prune a class below this many prototypes (default 0: the original criterion)")  # fmt: skip
     parser.add_argument("--out", help="output folder (default: <run folder>/prototype_pruning)")
     parser.add_argument(
         "--force", action="store_true", help="replace an existing output folder (kept as .old-N)"
@@ -45,7 +47,7 @@ def execute(args: argparse.Namespace) -> int:
         apply_override(data, item)
     summary = prune_prototypes(
         ckpt, config_from_dict(data), args.out, k=args.k, threshold=args.threshold,
-        finetune_iterations=args.finetune_iterations, device=args.device, force=args.force,
+        finetune_iterations=args.finetune_iterations, min_per_class=args.min_per_class, device=args.device, force=args.force,
     )  # fmt: skip
     print(
         json.dumps(

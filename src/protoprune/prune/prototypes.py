@@ -55,6 +55,30 @@ def select_low_purity(own_class_neighbours: torch.Tensor, threshold: int) -> lis
     return torch.nonzero(own_class_neighbours < threshold).flatten().tolist()
 
 
+def protect_classes(
+    pruned: list[int], own_class_neighbours: torch.Tensor, classes: torch.Tensor, min_per_class: int
+) -> list[int]:
+    """Spare pruned prototypes so every class keeps at least `min_per_class` (if it had them).
+
+    On class-imbalanced data (HAM10000: 67 % nevi) the nearest patches of a weak model's minority
+    prototypes are mostly of the majority class, and the original criterion can remove every
+    prototype of e.g. melanoma. Per class the spared ones are those with the most own-class
+    neighbours (ties: lower index). min_per_class = 0 is the original behaviour.
+    """
+    if min_per_class <= 0:
+        return list(pruned)
+    gone = set(pruned)
+    spared: set[int] = set()
+    for c in classes.unique().tolist():
+        members = (classes == c).nonzero().flatten().tolist()
+        kept = sum(1 for j in members if j not in gone)
+        candidates = sorted(
+            (j for j in members if j in gone), key=lambda j: (-int(own_class_neighbours[j]), j)
+        )
+        spared.update(candidates[: max(0, min_per_class - kept)])
+    return [j for j in pruned if j not in spared]
+
+
 def find_duplicates(
     prototypes: torch.Tensor, classes: torch.Tensor, exclude: list[int]
 ) -> dict[int, int]:
@@ -119,6 +143,7 @@ def prune_prototypes(
     k: int | None = None,
     threshold: int | None = None,
     finetune_iterations: int | None = None,
+    min_per_class: int = 0,
     device: str = "auto",
     force: bool = False,
     progress: bool | None = None,
@@ -126,7 +151,8 @@ def prune_prototypes(
     """Prune a trained, pushed ProtoPNet; writes the pruned checkpoint and a report.
 
     `cfg` (default: the checkpoint's) gives the data and `prune_prototypes` settings; k,
-    threshold and finetune_iterations override them. `out_dir` defaults to
+    threshold and finetune_iterations override them; `min_per_class` > 0 never lets a class drop
+    below that many prototypes (see protect_classes). `out_dir` defaults to
     `<run folder>/prototype_pruning`. Returns the summary written to prototype_pruning.json.
     """
     from ..explain.nearest import k_nearest_patches
@@ -178,7 +204,8 @@ def prune_prototypes(
     classes_before = model.prototype_classes.cpu().clone()
     nearest = k_nearest_patches(model, loaders.push, q.k, dev, progress, "prune: nearest patches")
     own = nearest.own_class_count(classes_before)
-    pruned = select_low_purity(own, q.threshold)
+    below = select_low_purity(own, q.threshold)
+    pruned = protect_classes(below, own, classes_before, min_per_class)
     merge = find_duplicates(model.prototype_vectors.detach().cpu(), classes_before, pruned)
     plan = PruningPlan(pruned, merge, n_before)
     with torch.no_grad():
@@ -225,7 +252,9 @@ def prune_prototypes(
             "class": class_names[int(classes_before[j])],
             "own_class_neighbours": int(own[j]),
             "neighbour_classes": {class_names[c]: int(n) for c, n in enumerate(counts[j]) if n > 0},
-            "status": "pruned" if j in set(pruned) else ("merged" if j in merge else "kept"),
+            "status": "pruned"
+            if j in set(pruned)
+            else ("merged" if j in merge else ("spared" if j in set(below) else "kept")),
             "merged_into": merge.get(j),
             "new_index": plan.keep.index(j) if j in set(plan.keep) else None,
         }
@@ -242,6 +271,8 @@ def prune_prototypes(
         "prototypes_after": model.num_prototypes,
         "pruned": len(pruned),
         "merged": len(merge),
+        "min_per_class": min_per_class,
+        "spared": sorted(set(below) - set(pruned)),
         "classes_without_prototypes": empty,
         "merge_max_logit_change": merge_max_change,
         "per_class": per_class,
@@ -289,7 +320,13 @@ def pruning_markdown(summary: dict[str, Any]) -> str:
         f"Source: `{summary['source_checkpoint']}`  ",
         f"k = {summary['k']} nearest training patches (one per image), threshold = "
         f"{summary['threshold']} own-class patches, last layer fine-tuned for "
-        f"{summary['finetune_iterations']} iterations.",
+        f"{summary['finetune_iterations']} iterations."
+        + (
+            f" At least {summary['min_per_class']} prototype(s) kept per class "
+            f"({len(summary['spared'])} spared)."
+            if summary.get("min_per_class")
+            else ""
+        ),
         "",
         f"Prototypes: {summary['prototypes_before']} -> {summary['prototypes_after']} "
         f"({summary['pruned']} pruned, {summary['merged']} merged duplicates).",

@@ -43,7 +43,7 @@ nav a { margin-right: 1em; } .muted { color: #777; } img { max-width: 100%; }
 .card.pruned { border-color: #d44; background: #fee; } .card.merged { border-color: #d90; background: #ffe; }
 .card.background { outline: 2px dashed #888; }
 .badge { font-weight: bold; } .pruned .badge { color: #c00; } .merged .badge { color: #b70; }
-.sample { display: inline-block; vertical-align: top; width: 380px; margin: 4px; }
+.sample { display: inline-block; vertical-align: top; width: 560px; margin: 4px; }
 .ok { color: #080; } .wrong { color: #c00; }
 """
 
@@ -256,7 +256,8 @@ def build_report(
             f'<div class=sample><p class="{"ok" if s["correct"] else "wrong"}">{_e(s["image_id"])}: '
             f"true {_e(s['label'])}, predicted {_e(s['predicted_class'])} "
             f"({'correct' if s['correct'] else 'wrong'})</p>"
-            f"{_img('explain/local/' + s['figure'], 'explanation of ' + s['image_id'])}"
+            f'<a href="explain/local/{_e(s["figure"])}">'
+            f"{_img('explain/local/' + s['figure'], 'explanation of ' + s['image_id'])}</a>"
             f'<br><a href="explain/local/{_e(s["json"])}">data (JSON)</a></div>'
             for s in index["local"]
         )
