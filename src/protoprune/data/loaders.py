@@ -94,7 +94,11 @@ def build_loaders(splits: DataSplits, cfg: DataConfig, generator: torch.Generato
     weights = class_weights(splits.train.targets, n_classes) if cfg.balance == "weighted_loss" else None
     common = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
     return Loaders(
-        train=DataLoader(train_ds, sampler=sampler, shuffle=sampler is None, generator=generator, drop_last=False, **common),
+        train=DataLoader(
+            train_ds, sampler=sampler, shuffle=sampler is None, generator=generator,
+            # a last batch of one image breaks BatchNorm on 1x1 maps: drop just that case
+            drop_last=len(train_ds) % cfg.batch_size == 1, **common,
+        ),
         push=DataLoader(splits.train.with_transform(t_eval), shuffle=False, **common),
         val=DataLoader(splits.val.with_transform(t_eval), shuffle=False, **common),
         test=DataLoader(splits.test.with_transform(t_eval), shuffle=False, **common),

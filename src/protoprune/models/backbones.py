@@ -93,7 +93,13 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> None
             f"weights file {path} does not exist",
             "model.weights must be a local state_dict file (nothing is downloaded); leave it empty for random init",
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, or pickled code that weights_only refuses
+        raise CheckpointError(
+            f"cannot read weights file {path}: {str(exc).splitlines()[0]}",
+            "model.weights must be a plain state_dict saved with torch.save(model.state_dict(), PATH)",
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = model.state_dict()
