@@ -21,15 +21,17 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import ProtoPNetConfig, RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
-from .loop import restore_rng_state, rng_state
+from .loop import rank_rng_states, restore_rank_rng
 from .push import push_prototypes
 
 log = logging.getLogger(__name__)
@@ -142,16 +144,22 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = True,
     desc: str = "",
+    forward: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One epoch of warm-up or joint training; returns the mean of each loss term and the accuracy."""
+    """One epoch of warm-up or joint training; returns the mean of each loss term and the accuracy.
+
+    `forward` (default `model.forward_details`) is the DDP-wrapped forward under torchrun; the
+    returned means are over all ranks.
+    """
     model.train()
+    forward = forward if forward is not None else model.forward_details
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     n = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=scaler is not None):
-            out = model.forward_details(x)
+            out = forward(x)
         terms = protopnet_loss(out, y, model, p, class_weights)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -165,9 +173,22 @@ def train_epoch(
             sums[key] = sums.get(key, 0) + value.detach() * len(y)
         correct += (out.logits.argmax(1) == y).sum()
         n += len(y)
-    row = {key: (value / max(n, 1)).item() for key, value in sums.items()}
-    row["train_accuracy"] = correct.item() / max(n, 1)
+    keys = list(sums)
+    *totals, correct_, n = distributed.all_reduce_sum(*(sums[k] for k in keys), correct, n)
+    row = {key: total / max(n, 1) for key, total in zip(keys, totals, strict=True)}
+    row["train_accuracy"] = correct_ / max(n, 1)
     return row
+
+
+class _DetailsForward(nn.Module):
+    """forward = ProtoPNet.forward_details, so DDP (which hooks forward) syncs its gradients."""
+
+    def __init__(self, net: ProtoPNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        return self.net.forward_details(x)
 
 
 def last_layer_stage(
@@ -194,6 +215,8 @@ def last_layer_stage(
     if oversample:
         counts = torch.bincount(targets, minlength=model.num_classes).float()
         draw = (1.0 / counts.clamp_min(1))[targets].cpu().double()
+    wrong = 1 - model.prototype_class_identity.t()  # constant mask of the L1 term, built once
+    weight = model.last_layer.weight
     rows = []
     for it in tqdm(
         range(p.last_layer_iterations), desc="last layer", leave=False, disable=not progress
@@ -204,19 +227,24 @@ def last_layer_stage(
             order = torch.randperm(n, generator=generator)
         order = order.to(device)
         total = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             logits = model.last_layer(similarities[idx])
             ce = F.cross_entropy(logits, targets[idx], weight=class_weights)
-            loss = p.crs_ent * ce + p.l1 * wrong_class_l1(model)
+            loss = p.crs_ent * ce + p.l1 * (weight * wrong).abs().sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)
-        with torch.no_grad():
-            acc = (model.last_layer(similarities).argmax(1) == targets).float().mean()
+            correct += (logits.detach().argmax(1) == targets[idx]).sum()
+        # accuracy of the batches as drawn (as the original reports it): no extra pass
         rows.append(
-            {"iteration": it + 1, "loss": (total / n).item(), "push_set_accuracy": acc.item()}
+            {
+                "iteration": it + 1,
+                "loss": (total / n).item(),
+                "train_accuracy": (correct / n).item(),
+            }
         )
     return rows
 
@@ -225,14 +253,18 @@ def last_layer_stage(
 def similarity_vectors(
     model: ProtoPNet, loader, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, P) last-layer inputs and targets of a whole loader (used when resuming mid-stage)."""
+    """(N, P) last-layer inputs and targets of a whole loader (used when resuming mid-stage);
+    under torchrun gathered from all ranks' shards, in dataset order, on every rank."""
     model.eval()
     sims, ys = [], []
     for x, y in loader:
         with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
             sims.append(model.similarity_vectors(x.to(device)).float())
         ys.append(y.to(device))
-    return torch.cat(sims), torch.cat(ys)
+    return (
+        distributed.gather_in_order(torch.cat(sims), loader.sampler),
+        distributed.gather_in_order(torch.cat(ys), loader.sampler),
+    )
 
 
 # --- the whole schedule ---------------------------------------------------------------------------
@@ -258,7 +290,7 @@ def train_protopnet(
     """Run the whole ProtoPNet schedule; returns per-push stage metrics (val and test) and the
     selected model's `val`/`test` metrics. The selected (best validation, pushed) state is loaded
     into `model` at the end."""
-    p, progress = cfg.protopnet, cfg.train.progress
+    p, progress = cfg.protopnet, cfg.train.progress and distributed.is_main()
     device = torch.device(device)
     model.to(device)
     class_names = loaders.class_names
@@ -270,6 +302,8 @@ def train_protopnet(
     generator = getattr(loaders, "generator", None)
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    write = ckpt_dir is not None and distributed.is_main()  # rank 0 writes, the others wait
+    ddp: dict[str, nn.Module] = {}  # per phase: DDP reduces what requires grad when it is built
 
     state: dict[str, Any] = {
         "step": 0,
@@ -298,7 +332,7 @@ def train_protopnet(
         if scaler is not None and last.get("scaler"):
             scaler.load_state_dict(last["scaler"])
         state = copy.deepcopy(last["progress"])
-        restore_rng_state(last["rng"], generator)
+        restore_rank_rng(last, generator, cfg.seed, state["step"])
         if (ckpt_dir / "best.pt").is_file():
             best_state = load_checkpoint(ckpt_dir / "best.pt")["state_dict"]
         log.info(
@@ -314,6 +348,10 @@ def train_protopnet(
     def save_last() -> None:
         if ckpt_dir is None:
             return
+        rng = rank_rng_states(generator)  # a collective: every rank takes part
+        if not write:
+            distributed.barrier()
+            return
         atomic_write_text(
             run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False)
         )
@@ -322,8 +360,9 @@ def train_protopnet(
             stage="protopnet", schedule=[list(s) for s in steps], progress=state,
             optimizers={k: v.state_dict() for k, v in opt.items()},
             scaler=scaler.state_dict() if scaler is not None else None,
-            rng=rng_state(generator),
+            **rng,
         )  # fmt: skip
+        distributed.barrier()
 
     while state["step"] < len(steps):
         phase, epoch = steps[state["step"]]
@@ -334,6 +373,9 @@ def train_protopnet(
             model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
             optimizer = opt["warm"] if warm else opt["joint"]
             row["lr"] = optimizer.param_groups[0]["lr"]
+            if phase not in ddp:
+                ddp[phase] = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
+            distributed.set_epoch(loaders.train, epoch)
             terms = train_epoch(
                 model,
                 loaders.train,
@@ -344,6 +386,7 @@ def train_protopnet(
                 scaler,
                 progress,
                 f"{phase} {epoch + 1}",
+                ddp[phase] if distributed.is_distributed() else None,
             )
             if not warm:
                 opt["joint_scheduler"].step()
@@ -351,7 +394,7 @@ def train_protopnet(
             val = evaluate("val")
         elif phase == "push":
             before = {"val": evaluate("val"), "test": evaluate("test")}
-            out_dir = None
+            out_dir = None  # rendered by rank 0
             if run_dir is not None and p.save_push_images:
                 out_dir = run_dir / "prototypes" / f"epoch-{epoch + 1:03d}"
             result = push_prototypes(
@@ -393,6 +436,7 @@ def train_protopnet(
                 g,
                 progress,
             )
+            distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
             cached = None
             val = evaluate("val")
             record = state["pushes"][-1]
@@ -402,14 +446,14 @@ def train_protopnet(
                 row.update(
                     {
                         "train_loss": iters[-1]["loss"],
-                        "push_set_accuracy": iters[-1]["push_set_accuracy"],
+                        "train_accuracy": iters[-1]["train_accuracy"],
                     }
                 )
             score = _score(val, cfg.train.select_metric)
             if state["best_score"] is None or score > state["best_score"]:
                 state["best_score"], state["best_push"] = score, len(state["pushes"]) - 1
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if ckpt_dir is not None:
+                if write:
                     save_checkpoint(
                         ckpt_dir / "best.pt",
                         model,
@@ -429,6 +473,8 @@ def train_protopnet(
         state["step"] += 1
         save_last()
 
+    if cfg.train.sync_batchnorm:
+        distributed.revert_sync_batchnorm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
     best = state["pushes"][state["best_push"]]
@@ -444,7 +490,7 @@ def train_protopnet(
         "stages": stages,
         "pushes": state["pushes"],
     }
-    if run_dir is not None:
+    if run_dir is not None and distributed.is_main():
         atomic_write_json(
             run_dir / "protopnet_stages.json",
             {"selected_push_epoch": best["epoch"], "pushes": state["pushes"]},
