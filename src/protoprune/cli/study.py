@@ -1,0 +1,37 @@
+"""`protoprune study CONFIG`: the whole comparison end to end, resumable, with one HTML report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "study"
+HELP = (
+    "run the comparison study (baseline, filter pruning per criterion, ProtoPNet + prototype "
+    "pruning) over several seeds; resumes where it stopped and writes tables, plots and index.html"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="study YAML, e.g. configs/study_quick.yaml")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a study value, e.g. --set seeds=[0,1] or --set run.train.epochs=2",
+    )  # fmt: skip
+    parser.add_argument("--out", help="study folder (default: runs/<study name>)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over (an existing folder is kept as <out>.old-N)")  # fmt: skip
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="refuse to continue a folder that already holds results")  # fmt: skip
+
+
+def execute(args: argparse.Namespace) -> int:
+    from ..study import load_study_config, run_study
+    from ..study.aggregate import summarize, summary_markdown
+
+    study = load_study_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / study.name
+    per_seed = run_study(study, out, force=args.force, resume=args.resume)
+    print(summary_markdown(summarize(per_seed), f"Study {study.name}"))
+    print(f"report: {out / 'index.html'}")
+    return 0

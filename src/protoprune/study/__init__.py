@@ -1,0 +1,23 @@
+"""The comparison study: baseline CNN, filter pruning per criterion, ProtoPNet (+ prototype
+pruning), over several seeds, resumable, with one results folder, tables, plots and an HTML report.
+"""
+
+from .aggregate import add_deltas, summarize, summary_markdown
+from .config import ARMS, CRITERIA, StudyConfig, load_study_config, study_from_dict
+from .runner import StudyLog, run_study
+from .units import Unit, plan_units
+
+__all__ = [
+    "ARMS",
+    "CRITERIA",
+    "StudyConfig",
+    "StudyLog",
+    "Unit",
+    "add_deltas",
+    "load_study_config",
+    "plan_units",
+    "run_study",
+    "study_from_dict",
+    "summarize",
+    "summary_markdown",
+]

@@ -1,0 +1,166 @@
+"""From per-seed rows to the study's table: deltas from the baseline, mean +/- std over seeds.
+
+std is the sample standard deviation over seeds (pandas' default, ddof = 1): the seeds are a
+sample of the training randomness, and the spread is what a new seed would show.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_write_json, atomic_write_text
+from ..metrics import HEADLINE
+
+GROUP = ["arch", "arm", "method"]
+ARM_LABELS = {
+    "baseline": "Baseline CNN",
+    "filter": "Filter pruning",
+    "protopnet": "ProtoPNet",
+    "protopnet_pruned": "ProtoPNet + prototype pruning",
+    "protopnet_filter": "ProtoPNet + filter pruning",
+}
+METRIC_LABELS = {
+    "accuracy": "acc.",
+    "balanced_accuracy": "bal. acc.",
+    "melanoma_sensitivity": "mel. sens.",
+    "auroc_macro": "AUROC",
+}
+
+
+def arm_label(arm: str, method: str | None) -> str:
+    label = ARM_LABELS.get(arm, arm)
+    return f"{label} ({method})" if method else label
+
+
+def add_deltas(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """delta_<metric> = final test metric minus the same arch and seed's baseline (NaN without one)."""
+    df = per_seed.copy()
+    for col in [f"test_{k}" for k in HEADLINE] + [f"test_{k}_pruned" for k in HEADLINE]:
+        if col not in df.columns:
+            df[col] = np.nan
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    base = df[df["arm"] == "baseline"].set_index(["arch", "seed"])
+    for k in HEADLINE:
+        ref = df.set_index(["arch", "seed"]).index.map(
+            lambda i, k=k: base[f"test_{k}"].get(i, np.nan)
+        )
+        df[f"delta_{k}"] = df[f"test_{k}"] - np.asarray(ref, dtype=float)
+    return df
+
+
+def numeric_columns(df: pd.DataFrame) -> list[str]:
+    skip = {"seed"}
+    return [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
+
+
+def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """One row per arch x arm x method: n_seeds, and <col>_mean / <col>_std of each number."""
+    df = per_seed.copy()
+    df["method"] = df["method"].fillna("")
+    ok = df[df["status"] == "ok"]
+    cols = numeric_columns(df)
+    rows = []
+    for key, group in df.groupby(GROUP, sort=False):
+        good = ok.loc[ok.index.intersection(group.index)]
+        row: dict[str, Any] = dict(zip(GROUP, key))
+        row["status"] = "ok" if len(good) else str(group["status"].iloc[0])
+        reasons = group.get("reason")
+        row["reason"] = "" if reasons is None or len(good) else str(reasons.dropna().iloc[0])
+        row["n_seeds"] = int(len(good))
+        row["seeds"] = " ".join(str(s) for s in sorted(good["seed"]))
+        for c in cols:
+            values = pd.to_numeric(good[c], errors="coerce").dropna()
+            row[f"{c}_mean"] = float(values.mean()) if len(values) else np.nan
+            row[f"{c}_std"] = float(values.std()) if len(values) > 1 else np.nan  # ddof = 1
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def curves_table(results: list[dict]) -> pd.DataFrame:
+    """Every pruning step of every filter-pruning unit (for the accuracy-vs-ratio plots)."""
+    rows = [r for res in results for r in res.get("curves", [])]
+    return pd.DataFrame(rows)
+
+
+def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = ".3f") -> str:
+    mean, std = row.get(f"{col}_mean", np.nan), row.get(f"{col}_std", np.nan)
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    text = format(mean / scale, fmt)
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += " ± " + format(std / scale, fmt)
+    return text
+
+
+def table_columns(summary: pd.DataFrame) -> list[tuple[str, str, float, str]]:
+    """(heading, column, scale, format) of the results table, in the seed's shape."""
+    cols = [
+        ("after pruning: acc.", "test_accuracy_pruned", 1.0, ".3f"),
+        ("after pruning: bal. acc.", "test_balanced_accuracy_pruned", 1.0, ".3f"),
+    ]
+    cols += [(f"after fine-tuning: {METRIC_LABELS[k]}", f"test_{k}", 1.0, ".3f") for k in HEADLINE]
+    cols += [("Δ acc. vs baseline", "delta_accuracy", 1.0, "+.3f"),
+             ("Δ bal. acc. vs baseline", "delta_balanced_accuracy", 1.0, "+.3f"),
+             ("pruned ratio", "pruned_ratio", 1.0, ".2f"),
+             ("MMACs", "macs", 1e6, ".1f"), ("params (M)", "params", 1e6, ".3f")]  # fmt: skip
+    cols += [
+        (f"latency b{c.rsplit('b', 1)[1]} (ms)", c, 1.0, ".2f")
+        for c in sorted({c[: -len("_mean")] for c in summary.columns if c.startswith("latency_ms_b") and c.endswith("_mean")},
+                        key=lambda c: int(c.rsplit("b", 1)[1]))
+    ]  # fmt: skip
+    if any(c.startswith("ext_") for c in summary.columns):
+        cols += [(f"ISIC 2018: {METRIC_LABELS[k]}", f"ext_{k}", 1.0, ".3f") for k in HEADLINE]
+    return cols
+
+
+def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Headings and formatted cells (mean ± std), shared by the markdown and HTML tables."""
+    cols = table_columns(summary)
+    head = ["arch", "arm", "seeds"] + [h for h, *_ in cols]
+    body = []
+    for _, row in summary.iterrows():
+        cells = [row["arch"], arm_label(row["arm"], row["method"]), str(row["n_seeds"])]
+        if row["status"] != "ok":
+            cells += [row["status"]] + [""] * (len(cols) - 1)
+        else:
+            cells += [_pm(row, c, s, f) for _, c, s, f in cols]
+        body.append(cells)
+    return head, body
+
+
+def summary_markdown(summary: pd.DataFrame, title: str) -> str:
+    head, body = table_cells(summary)
+    lines = [f"# {title}", "",
+             "Test split of each seed (mean ± sample std over seeds); after pruning = before "
+             "fine-tuning; Δ = final minus the same seed's baseline. Pruned ratio: fraction of "
+             "filters (filter pruning) or prototypes (prototype pruning) removed.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    unavailable = summary[summary["status"] != "ok"]
+    for _, row in unavailable.iterrows():
+        lines += [
+            "",
+            f"*{arm_label(row['arm'], row['method'])}: {row['status']}* — {row['reason']}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    folder: Path, per_seed: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame
+) -> None:
+    """results/per_seed, summary (csv, json, md) and curves.csv."""
+    atomic_write_text(folder / "per_seed.csv", per_seed.to_csv(index=False))
+    atomic_write_json(
+        folder / "per_seed.json", per_seed.replace({np.nan: None}).to_dict(orient="records")
+    )
+    atomic_write_text(folder / "summary.csv", summary.to_csv(index=False))
+    atomic_write_json(
+        folder / "summary.json", summary.replace({np.nan: None}).to_dict(orient="records")
+    )
+    atomic_write_text(folder / "summary.md", summary_markdown(summary, "Study results"))
+    atomic_write_text(folder / "curves.csv", curves.to_csv(index=False))

@@ -1,0 +1,138 @@
+"""The study's figures (matplotlib, Agg): pruning curves, accuracy and latency vs MACs, recall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..io import atomic_save_figure  # noqa: E402
+from .aggregate import arm_label  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    path = atomic_save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _empty(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777")
+
+
+def plot_pruning_curves(curves: pd.DataFrame, path: Path, metric: str = "test_accuracy") -> Path:
+    """`metric` vs fraction of filters removed, one colour per criterion, mean over seeds (band: std).
+
+    Solid: after fine-tuning; dashed: right after pruning (before fine-tuning).
+    """
+    archs = sorted(curves["arch"].unique()) if len(curves) else [""]
+    fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        sub = curves[curves["arch"] == arch] if len(curves) else curves
+        if not len(sub):
+            _empty(ax, "no filter-pruning runs")
+        for (arm, method), g in sub.groupby(["arm", "method"], sort=False):
+            stats = g.groupby("step").agg(
+                x=("pruned_ratio", "mean"), y=(metric, "mean"), s=(metric, "std"),
+                yp=(f"{metric}_pruned", "mean"),
+            )  # fmt: skip
+            (line,) = ax.plot(stats.x, stats.y, marker="o", label=arm_label(arm, method))
+            ax.fill_between(stats.x, stats.y - stats.s.fillna(0), stats.y + stats.s.fillna(0),
+                            color=line.get_color(), alpha=0.15)  # fmt: skip
+            ax.plot(stats.x, stats.yp, ls="--", marker="x", color=line.get_color(), alpha=0.7)
+        ax.set_title(f"{arch}: {metric.replace('_', ' ')} (dashed: before fine-tuning)")
+        ax.set_xlabel("fraction of filters removed")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        if len(sub):
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _final_points(per_seed: pd.DataFrame, y: str) -> pd.DataFrame:
+    ok = per_seed[(per_seed["status"] == "ok") & per_seed[y].notna() & per_seed["macs"].notna()]
+    return ok.groupby(["arch", "arm", "method"], sort=False).agg(
+        x=("macs", "mean"), y=(y, "mean"), s=(y, "std")
+    ).reset_index()  # fmt: skip
+
+
+def plot_metric_vs_macs(
+    per_seed: pd.DataFrame, curves: pd.DataFrame, path: Path, y: str, ylabel: str, title: str
+) -> Path:
+    """Each arm's final models (mean over seeds, error bar: std); pruning steps as thin lines."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if y in curves.columns and len(curves):
+        for (arch, method), g in curves.groupby(["arch", "method"], sort=False):
+            stats = g.groupby("step").agg(x=("macs", "mean"), y=(y, "mean"))
+            ax.plot(stats.x / 1e6, stats.y, color="#bbb", lw=1, zorder=1)
+    points = (
+        _final_points(per_seed, y)
+        if y in per_seed.columns and "macs" in per_seed
+        else pd.DataFrame()
+    )
+    if not len(points):
+        _empty(ax, f"no {ylabel} measured")
+    for _, p in points.iterrows():
+        label = f"{p['arch']}: {arm_label(p['arm'], p['method'])}"
+        ax.errorbar(p["x"] / 1e6, p["y"], yerr=0 if np.isnan(p["s"]) else p["s"], fmt="o",
+                    capsize=3, label=label, zorder=2)  # fmt: skip
+    ax.set_xlabel("MMACs per image")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(points):
+        ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_per_class_recall(per_seed: pd.DataFrame, path: Path) -> Path:
+    """Test recall per class and arm (mean over seeds, error bar: std): who loses which class."""
+    cols = [c for c in per_seed.columns if c.startswith("recall_")]
+    ok = per_seed[per_seed["status"] == "ok"]
+    groups = list(ok.groupby(["arch", "arm", "method"], sort=False))
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(cols)), 4.5))
+    if not cols or not groups:
+        _empty(ax, "no per-class recall")
+    width = 0.8 / max(1, len(groups))
+    x = np.arange(len(cols))
+    for i, ((arch, arm, method), g) in enumerate(groups):
+        means = g[cols].astype(float).mean().to_numpy()
+        stds = g[cols].astype(float).std().fillna(0).to_numpy()
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=2,
+               label=f"{arch}: {arm_label(arm, method)}")  # fmt: skip
+    ax.set_xticks(x, [c[len("recall_") :] for c in cols])
+    ax.set_ylabel("test recall")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Per-class recall (mean over seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    if groups:
+        ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def write_plots(out: Path, per_seed: pd.DataFrame, curves: pd.DataFrame) -> dict[str, Path]:
+    """Every figure of the report, next to index.html; returns {name: path}."""
+    lat = sorted((c for c in per_seed.columns if c.startswith("latency_ms_b")),
+                 key=lambda c: int(c.rsplit("b", 1)[1]))  # fmt: skip
+    plots = {
+        "accuracy_vs_ratio": plot_pruning_curves(curves, out / "accuracy_vs_ratio.png"),
+        "balanced_accuracy_vs_ratio": plot_pruning_curves(
+            curves, out / "balanced_accuracy_vs_ratio.png", "test_balanced_accuracy"
+        ),
+        "accuracy_vs_macs": plot_metric_vs_macs(
+            per_seed, curves, out / "accuracy_vs_macs.png", "test_accuracy", "test accuracy",
+            "Accuracy vs compute (grey: pruning steps)",
+        ),
+        "latency_vs_macs": plot_metric_vs_macs(
+            per_seed, pd.DataFrame(), out / "latency_vs_macs.png", lat[0] if lat else "latency",
+            f"CPU latency, {lat[0].rsplit('_', 1)[1] if lat else ''} (ms)", "Measured latency vs MACs",
+        ),
+        "per_class_recall": plot_per_class_recall(per_seed, out / "per_class_recall.png"),
+    }  # fmt: skip
+    return plots

@@ -1,0 +1,106 @@
+"""The study's self-contained HTML report: index.html with its PNGs next to it (no external URLs).
+
+Reuses the page frame of `protoprune.report.html` (style and the in-page image check).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ..io import atomic_write_text
+from ..metrics import HEADLINE
+from ..report.html import render_html
+from .aggregate import arm_label, table_cells
+from .config import StudyConfig
+from .plots import write_plots
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><tr>{th}</tr>{rows}</table>"
+
+
+def _fig(name: str, caption: str) -> str:
+    return f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _stages_table(results: list[dict]) -> str:
+    """ProtoPNet test metrics at its training stages, per seed."""
+    rows = []
+    for res in results:
+        for stage, m in (res.get("stages") or {}).items():
+            rows.append([res["unit"], stage.replace("_", " ")] + [
+                "n/a" if m.get(f"test_{k}") is None else f"{m[f'test_{k}']:.3f}" for k in HEADLINE
+            ])  # fmt: skip
+    if not rows:
+        return "<p class=muted>No ProtoPNet runs in this study.</p>"
+    return _table(["unit", "stage", *HEADLINE], rows)
+
+
+def write_report(
+    out: Path,
+    study: StudyConfig,
+    per_seed: pd.DataFrame,
+    summary: pd.DataFrame,
+    curves: pd.DataFrame,
+    results: list[dict],
+) -> Path:
+    """index.html + the plots in `out`."""
+    write_plots(out, per_seed, curves)
+    head, body = table_cells(summary)
+    unavailable = summary[summary["status"] != "ok"]
+    notes = "".join(
+        f"<li><b>{_e(arm_label(r['arm'], r['method']))}</b> ({_e(r['arch'])}): {_e(r['status'])} — "
+        f"{_e(r['reason'])}</li>"
+        for _, r in unavailable.iterrows()
+    )
+    overview = (
+        f"<p>Architectures: {_e(', '.join(study.archs))}; seeds: {_e(study.seeds)}; arms: "
+        f"{_e(', '.join(study.arms))}; filter-pruning criteria: {_e(', '.join(study.criteria))}.</p>"
+        "<p>Every arm of a seed uses that seed's baseline split (split.csv). Metrics are on each "
+        "seed's test split: mean ± sample standard deviation over seeds. <i>After pruning</i> is "
+        "before fine-tuning; Δ is the final value minus the same seed's baseline. MACs and "
+        "parameters by torch-pruning's counter; latency is the median CPU wall time of one forward "
+        "pass, measured when each model finished (a shared machine makes it noisy).</p>"
+        + (f"<p>External test set (ISIC 2018 Task 3, resized to the model input): "
+           f"<code>{_e(study.external_test)}</code>.</p>" if study.external_test else "")
+        + (f"<ul>{notes}</ul>" if notes else "")
+    )  # fmt: skip
+    per_seed_cols = ["unit", "status"] + [
+        c for c in per_seed.columns
+        if c.startswith(("test_", "delta_", "ext_")) or c in ("pruned_ratio", "macs", "params")
+        or c.startswith("latency_ms_b")
+    ]  # fmt: skip
+    ps = per_seed[per_seed_cols]
+    ps_body = [
+        [("" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))) for v in row]
+        for row in ps.itertuples(index=False)
+    ]
+    sections = [
+        ("overview", "Study", overview),
+        ("results", "Results (mean ± std over seeds)", _table(head, body)),
+        ("pruning", "Accuracy vs pruned ratio",
+         _fig("accuracy_vs_ratio.png", "Test accuracy vs fraction of filters removed, per criterion")
+         + _fig("balanced_accuracy_vs_ratio.png", "Test balanced accuracy vs fraction of filters removed")),
+        ("cost", "Accuracy, latency and MACs",
+         _fig("accuracy_vs_macs.png", "Test accuracy vs MACs of the final models")
+         + _fig("latency_vs_macs.png", "Measured CPU latency vs MACs")),
+        ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
+        ("protopnet", "ProtoPNet stages", _stages_table(results)),
+        ("per-seed", "Per-seed results", _table(per_seed_cols, ps_body)),
+        ("config", "Study configuration",
+         f"<pre>{_e(yaml.safe_dump(study.to_dict(), sort_keys=False))}</pre>"),
+    ]  # fmt: skip
+    return atomic_write_text(
+        out / "index.html", render_html(f"protoprune study: {study.name}", sections)
+    )

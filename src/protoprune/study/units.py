@@ -1,0 +1,283 @@
+"""The units of work of a study (one arm x architecture x seed each) and what each one runs.
+
+Each unit writes its own folder under `<study>/runs/<arch>/seed<k>/<unit>/`, then `result.json`
+(the rows it contributes to the tables) and last `done.json` (its fingerprint). A unit is done
+when `done.json` matches the fingerprint it would have now: the unit's RunConfig and the run ids
+of the units it builds on, so a rerun baseline also reruns the arms that start from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError
+from ..metrics import HEADLINE
+from .config import StudyConfig
+
+KINDS = ("baseline", "filter", "protopnet", "protopnet_pruned", "protopnet_filter")
+ARM_UNITS = {
+    "baseline": ("baseline",),
+    "filter_pruning": ("filter",),
+    "protopnet": ("protopnet", "protopnet_pruned"),
+    "protopnet_filter_pruning": ("protopnet_filter",),
+}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run of the study: `kind` of model on `arch` with `seed` (and a pruning `method`)."""
+
+    arch: str
+    seed: int
+    kind: str
+    method: str | None = None
+
+    @property
+    def name(self) -> str:
+        base = self.kind.replace("_", "-")
+        return f"{base}-{self.method}" if self.method else base
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch}/seed{self.seed}/{self.name}"
+
+    def deps(self) -> list[Unit]:
+        """The units whose outputs (split, checkpoint) this one starts from."""
+        base = Unit(self.arch, self.seed, "baseline")
+        proto = Unit(self.arch, self.seed, "protopnet")
+        return {
+            "baseline": [],
+            "filter": [base],
+            "protopnet": [base],
+            "protopnet_pruned": [base, proto],
+            "protopnet_filter": [base, proto],
+        }[self.kind]
+
+
+def plan_units(study: StudyConfig) -> list[Unit]:
+    """All units, in an order where every unit comes after the units it depends on."""
+    units = []
+    for arch in study.archs:
+        for seed in study.seeds:
+            for arm in study.arms:
+                for kind in ARM_UNITS[arm]:
+                    if kind == "filter":
+                        units += [Unit(arch, seed, kind, m) for m in study.criteria]
+                    elif kind == "protopnet_filter":
+                        units.append(Unit(arch, seed, kind, "lrp"))
+                    else:
+                        units.append(Unit(arch, seed, kind))
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(units, key=lambda u: (u.arch, u.seed, order[u.kind]))
+
+
+def unit_dir(out: Path, unit: Unit) -> Path:
+    return out / "runs" / unit.arch / f"seed{unit.seed}" / unit.name
+
+
+def unit_config(study: StudyConfig, unit: Unit, out: Path) -> RunConfig:
+    """The unit's RunConfig: the shared run section + seed, arch, model type, method, split."""
+    cfg = study.base_config()
+    cfg.seed = unit.seed
+    cfg.model.arch = unit.arch
+    cfg.name = f"{study.name}-{unit.key.replace('/', '-')}"
+    cfg.output_dir = str(out / "runs")
+    if unit.kind != "baseline":  # every arm of a seed on the baseline's split
+        cfg.data.split_file = str(
+            unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "split.csv"
+        )
+    if unit.kind.startswith("protopnet"):
+        cfg.model.type = "protopnet"
+    if unit.method:
+        cfg.prune_filters.method = unit.method
+    return cfg.validate()
+
+
+def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
+    """Hash of everything that decides the unit's result (not paths, progress bars, threads)."""
+    d = cfg.to_dict()
+    for section, key in (("data", "split_file"), ("data", "num_workers"), ("train", "progress"),
+                         ("train", "threads")):  # fmt: skip
+        d[section].pop(key, None)
+    for key in ("name", "output_dir"):
+        d.pop(key, None)
+    payload = {
+        "unit": unit.key,
+        "config": d,
+        "deps": dep_ids,
+        "external_test": study.external_test,
+        "latency": [study.latency_batch_sizes, study.latency_repeats],
+        "min_prototypes_per_class": study.min_prototypes_per_class,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- evaluating a final model --------------------------------------------------------------
+
+
+class ExternalTest:
+    """The external test set (ISIC 2018), decoded and resized once per image size, kept in memory.
+
+    Decoding ~1500 full-size JPEGs per evaluated model would dominate the study; the resized,
+    normalised tensors are the same for every model of one input size, so they are cached.
+    """
+
+    def __init__(self, root: str | None):
+        self.root = root
+        self._cache: dict[tuple, tuple[TensorDataset, list[str]]] = {}
+
+    def loader(self, cfg: RunConfig) -> tuple[DataLoader, list[str]] | None:
+        if not self.root:
+            return None
+        from ..data.isic2018 import load_isic2018
+        from ..data.transforms import build_transform
+
+        d = cfg.data
+        key = (d.image_size, tuple(d.mean), tuple(d.std))
+        if key not in self._cache:
+            ds = load_isic2018(self.root).with_transform(
+                build_transform(d.image_size, d.mean, d.std, train=False)
+            )
+            items = [ds[i] for i in range(len(ds))]
+            x = torch.stack([t for t, _ in items])
+            y = torch.tensor([int(c) for _, c in items])
+            self._cache[key] = (TensorDataset(x, y), list(ds.class_names))
+        data, names = self._cache[key]
+        return DataLoader(data, batch_size=d.batch_size, shuffle=False), names
+
+
+def headline(metrics: dict[str, Any], prefix: str, suffix: str = "") -> dict[str, Any]:
+    return {f"{prefix}{k}{suffix}": metrics.get(k) for k in HEADLINE}
+
+
+def final_row(
+    model: nn.Module,
+    cfg: RunConfig,
+    loaders: Any,
+    external: ExternalTest,
+    study: StudyConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Test (and external) metrics, per-class recall, parameters, MACs and CPU latency."""
+    from ..prune.measure import measure_model
+    from ..train.evaluate import evaluate_model
+
+    model = model.to(device).eval()
+    m = evaluate_model(model, loaders.test, loaders.class_names, device)
+    row = headline(m, "test_")
+    row.update({f"recall_{c}": pc["recall"] for c, pc in m["per_class"].items()})
+    ext = external.loader(cfg)
+    if ext is not None:
+        ext_loader, ext_names = ext
+        if ext_names != loaders.class_names:
+            raise ConfigError(
+                f"the external test set's classes {ext_names} differ from the model's "
+                f"{loaders.class_names}",
+                "use external_test only with HAM10000-class data (DermaMNIST, HAM10000), "
+                "or set external_test: null",
+            )
+        row.update(headline(evaluate_model(model, ext_loader, ext_names, device), "ext_"))
+    sizes = tuple(study.latency_batch_sizes)
+    row.update(
+        measure_model(model, cfg.data.image_size, sizes or (1,), study.latency_repeats, bool(sizes))
+    )
+    return row
+
+
+# --- running one unit ----------------------------------------------------------------------
+
+
+def _label(unit: Unit) -> dict[str, Any]:
+    return {"arch": unit.arch, "seed": unit.seed, "arm": unit.kind, "method": unit.method or "",
+            "unit": unit.key, "status": "ok"}  # fmt: skip
+
+
+def run_unit(
+    unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, external: ExternalTest
+) -> dict[str, Any]:
+    """Run one unit in its folder; returns {"rows": [...], ...} (status "not available" possible)."""
+    from ..seed import resolve_device
+    from ..train.checkpoint import model_from_checkpoint
+    from ..train.run import prepare_data, run_training
+
+    folder = unit_dir(out, unit)
+    base_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "checkpoints" / "best.pt"
+    proto_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "protopnet")) / "checkpoints" / "best.pt"
+    device = resolve_device(cfg.train.device)
+    row = _label(unit)
+    result: dict[str, Any] = {"unit": unit.key, "kind": unit.kind}
+
+    if unit.kind in ("baseline", "protopnet"):
+        trained = run_training(cfg, folder, force=True)
+        loaders, _ = prepare_data(cfg)
+        model = model_from_checkpoint(folder / "checkpoints" / "best.pt")
+        row.update({"pruned": "", "pruned_ratio": 0.0})
+        row.update(final_row(model, cfg, loaders, external, study, device))
+        if "stages" in trained:  # ProtoPNet: before push / after push / after last layer
+            result["stages"] = {
+                s: headline(v["test"], "test_")
+                for s, v in trained["stages"].items()
+                if isinstance(v, dict) and "test" in v
+            }
+        result["train_seconds"] = trained.get("train_seconds")
+
+    elif unit.kind == "protopnet_pruned":
+        from ..prune.prototypes import prune_prototypes
+
+        summary = prune_prototypes(
+            proto_ckpt, cfg, folder, min_per_class=study.min_prototypes_per_class,
+            device=cfg.train.device, force=True,
+        )  # fmt: skip
+        loaders, _ = prepare_data(cfg)
+        model = model_from_checkpoint(summary["checkpoint"])
+        n0, n1 = summary["prototypes_before"], summary["prototypes_after"]
+        row.update({"pruned": "prototypes", "pruned_ratio": 1 - n1 / n0})
+        row.update(headline(summary["metrics"]["after_pruning"]["test"], "test_", "_pruned"))
+        row.update(final_row(model, cfg, loaders, external, study, device))
+        result["prototypes"] = {"before": n0, "after": n1, "per_class": summary["per_class"]}
+
+    else:  # filter pruning of the baseline, or of the ProtoPNet backbone
+        from ..prune.export import load_pruned
+        from ..prune.filters import prune_filters
+
+        source = base_ckpt if unit.kind == "filter" else proto_ckpt
+        try:
+            df = prune_filters(source, cfg, folder, force=True, export=True, latency=False)
+        except ConfigError as exc:
+            if unit.kind != "protopnet_filter":
+                raise
+            # prune_filters refuses ProtoPNet checkpoints (checked before it writes anything):
+            # the arm is listed, reported as not available, and gets no numbers
+            row.update({"status": "not available", "reason": exc.problem})
+            return {**result, "status": "not available", "rows": [row]}
+        last = df.iloc[-1]
+        row.update({"pruned": "filters", "pruned_ratio": float(last["pruned_ratio"])})
+        row.update({f"test_{k}_pruned": last.get(f"test_{k}_pruned") for k in HEADLINE})
+        loaders, _ = prepare_data(cfg)
+        try:
+            model = load_pruned(folder / "models" / f"step_{int(last['step']):02d}.pt")
+        except (
+            CheckpointError
+        ):  # a pruned model this study cannot rebuild: the table's numbers only
+            row.update({f"test_{k}": last.get(f"test_{k}") for k in HEADLINE})
+            row.update({k: last.get(k) for k in ("params", "macs")})
+        else:
+            row.update(final_row(model, cfg, loaders, external, study, device))
+        keep = ["step", "pruned_ratio", "params", "macs"] + [
+            c for c in df.columns if c.startswith("test_")
+        ]
+        curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
+        result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
+    result["status"] = row["status"]
+    result["rows"] = [row]
+    return result
