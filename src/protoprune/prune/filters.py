@@ -30,6 +30,7 @@ from ..config import RunConfig, save_config
 from ..data.base import ImageDataset
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..metrics import HEADLINE
 from ..models.factory import small_input as uses_small_input
 from ..seed import resolve_device
 from .export import export_onnx, save_pruned
@@ -74,8 +75,8 @@ def _metrics(
     out = {}
     for split in ("val", "test"):
         m = evaluate(model, getattr(loaders, split), loaders.class_names, device)
-        out[f"{split}_accuracy{prefix}"] = m["accuracy"]
-        out[f"{split}_balanced_accuracy{prefix}"] = m["balanced_accuracy"]
+        for key in HEADLINE:
+            out[f"{split}_{key}{prefix}"] = m[key]
     return out
 
 
