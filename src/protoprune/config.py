@@ -64,6 +64,8 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads on CPU
     select_metric: str = "balanced_accuracy"  # validation metric that picks the best epoch
     progress: bool = True
+    # under torchrun: BatchNorm statistics over the global batch (CUDA/nccl only)
+    sync_batchnorm: bool = False
 
 
 @dataclass

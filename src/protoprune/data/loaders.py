@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
+from .. import distributed
 from ..config import DataConfig
 from ..errors import DataError
 from .base import DataSplits, ImageDataset
@@ -82,8 +83,15 @@ class Loaders:
     generator: torch.Generator | None = None
 
 
-def build_loaders(splits: DataSplits, cfg: DataConfig, generator: torch.Generator | None = None) -> Loaders:
-    """Transforms and samplers: augmentation and balancing touch the training split only."""
+def build_loaders(
+    splits: DataSplits, cfg: DataConfig, generator: torch.Generator | None = None, seed: int = 0
+) -> Loaders:
+    """Transforms and samplers: augmentation and balancing touch the training split only.
+
+    Inside a torchrun process group every loader gets a distributed sampler: each rank reads
+    its shard (train: reshuffled per epoch from `seed`; push/val/test: in order, gathered back
+    by `distributed.gather_in_order`) and `cfg.batch_size` is the per-rank batch.
+    """
     t_train = build_transform(cfg.image_size, cfg.mean, cfg.std, train=True, augment=cfg.augment)
     t_eval = build_transform(cfg.image_size, cfg.mean, cfg.std, train=False)
     n_classes = len(splits.class_names)
@@ -93,15 +101,25 @@ def build_loaders(splits: DataSplits, cfg: DataConfig, generator: torch.Generato
         sampler = class_balanced_sampler(splits.train.targets, n_classes, generator)
     weights = class_weights(splits.train.targets, n_classes) if cfg.balance == "weighted_loss" else None
     common = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
+    ordered = {}  # push/val/test samplers: sequential in one process
+    if distributed.is_distributed():
+        if sampler is not None:
+            sampler = distributed.DistributedWeightedSampler(sampler.weights, len(train_ds), seed=seed)
+        else:
+            sampler = DistributedSampler(train_ds, shuffle=True, seed=seed)
+        ordered = {
+            name: DistributedSampler(getattr(splits, name), shuffle=False) for name in ("train", "val", "test")
+        }
+    n_train = len(sampler) if sampler is not None else len(train_ds)
     return Loaders(
         train=DataLoader(
             train_ds, sampler=sampler, shuffle=sampler is None, generator=generator,
             # a last batch of one image breaks BatchNorm on 1x1 maps: drop just that case
-            drop_last=len(train_ds) % cfg.batch_size == 1, **common,
+            drop_last=n_train % cfg.batch_size == 1, **common,
         ),
-        push=DataLoader(splits.train.with_transform(t_eval), shuffle=False, **common),
-        val=DataLoader(splits.val.with_transform(t_eval), shuffle=False, **common),
-        test=DataLoader(splits.test.with_transform(t_eval), shuffle=False, **common),
+        push=DataLoader(splits.train.with_transform(t_eval), sampler=ordered.get("train"), shuffle=False, **common),
+        val=DataLoader(splits.val.with_transform(t_eval), sampler=ordered.get("val"), shuffle=False, **common),
+        test=DataLoader(splits.test.with_transform(t_eval), sampler=ordered.get("test"), shuffle=False, **common),
         class_names=list(splits.class_names),
         loss_weights=weights,
         generator=generator,

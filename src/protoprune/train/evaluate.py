@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..metrics import compute_metrics
 
 
@@ -15,7 +16,11 @@ from ..metrics import compute_metrics
 def predict(
     model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu", progress: bool = False, desc: str = "predict"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and softmax probabilities for every sample of `loader`, in loader order."""
+    """Targets and softmax probabilities for every sample of `loader`, in loader order.
+
+    Under torchrun (a DistributedSampler) each rank predicts its shard and the predictions of
+    all ranks are gathered in dataset order, so every rank returns the whole split once.
+    """
     was_training = model.training
     model.eval()
     targets, probs = [], []
@@ -24,7 +29,10 @@ def predict(
         probs.append(torch.softmax(logits.float(), 1).cpu())
         targets.append(y)
     model.train(was_training)
-    return torch.cat(targets).numpy(), torch.cat(probs).numpy()
+    y, p = torch.cat(targets), torch.cat(probs)
+    y = distributed.gather_in_order(y, loader.sampler)  # no-op in a single process
+    p = distributed.gather_in_order(p, loader.sampler)
+    return y.numpy(), p.numpy()
 
 
 def evaluate_model(

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import RunConfig, TrainConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_text
-from ..seed import resolve_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
 
@@ -51,6 +51,35 @@ def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
         "python": repr(random.getstate()),
         "loader": generator.get_state() if generator is not None else None,
     }
+
+
+def rank_rng_states(generator: torch.Generator | None) -> dict[str, Any]:
+    """Checkpoint entries for the random states: rank 0's (`rng`) and, under DDP, every rank's.
+
+    A collective: every rank must call it, also those that do not write the checkpoint.
+    """
+    own = rng_state(generator)
+    if not distributed.is_distributed():
+        return {"rng": own}
+    return {"rng": own, "rng_per_rank": distributed.all_gather_object(own)}
+
+
+def restore_rank_rng(ckpt: dict[str, Any], generator: torch.Generator | None, seed: int, step: int) -> None:
+    """Restore this rank's random state; with another world size, re-derive it from the seed.
+
+    Resume is exact only at the world size that wrote the checkpoint: the random stream of a rank
+    that did not exist (or a different sharding) cannot be continued, so it restarts from
+    (seed, rank, step), which is reproducible but not the uninterrupted run's stream.
+    """
+    per_rank = ckpt.get("rng_per_rank")
+    size = len(per_rank) if per_rank is not None else 1
+    if size == distributed.world_size():
+        restore_rng_state(per_rank[distributed.rank()] if per_rank is not None else ckpt["rng"], generator)
+        return
+    log.warning("resuming a %d-process checkpoint with %d processes: random states re-derived from the seed "
+                "(the run continues reproducibly, but not bit-identical to an uninterrupted run)",
+                size, distributed.world_size())  # fmt: skip
+    distributed.seed_ranks(seed, step, generator, all_ranks=True)
 
 
 def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
@@ -94,6 +123,7 @@ def train_one_epoch(
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}")
+    total, count = distributed.all_reduce_sum(total, count)  # the global mean under DDP
     return total / max(count, 1)
 
 
@@ -115,9 +145,10 @@ def fit(
     """
     tc = cfg.train
     epochs = tc.epochs if epochs is None else epochs
-    device = torch.device(device) if device is not None else resolve_device(tc.device)
+    device = torch.device(device) if device is not None else distributed.resolve_device(tc.device)
     class_names = class_names or loaders.class_names
     model.to(device)
+    write = run_dir is not None and distributed.is_main()  # rank 0 writes, the others wait
     optimizer = build_optimizer(model.parameters(), tc)
     scheduler = build_scheduler(optimizer, tc, epochs)
     scaler = torch.amp.GradScaler("cuda") if tc.amp and device.type == "cuda" else None
@@ -143,20 +174,25 @@ def fit(
         start = int(last["epoch"]) + 1
         best_score, best_epoch = float(last["best_score"]), int(last["best_epoch"])
         best_state = load_checkpoint(ckpt_dir / "best.pt")["state_dict"] if (ckpt_dir / "best.pt").is_file() else None
-        restore_rng_state(last["rng"], generator)
+        restore_rank_rng(last, generator, cfg.seed, start)
         log.info("resuming at epoch %d of %d", start + 1, epochs)
+    # DDP after the resumed weights are loaded (it broadcasts rank 0's) and the optimiser built on
+    # the same parameter objects; evaluation uses the unwrapped model
+    train_model = distributed.wrap_model(model, device, tc.sync_batchnorm)
 
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        distributed.set_epoch(loaders.train, epoch)
         train_loss = train_one_epoch(
-            model, loaders.train, optimizer, loss_fn, device, scaler, tc.progress, desc=f"epoch {epoch + 1}/{epochs}"
+            train_model, loaders.train, optimizer, loss_fn, device, scaler, tc.progress and distributed.is_main(), desc=f"epoch {epoch + 1}/{epochs}"
         )
         train_seconds = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
         val = evaluate_model(model, loaders.val, class_names, device)
         n_train = len(loaders.train.dataset) if loaders.train.sampler is None else len(loaders.train.sampler)
+        n_train *= distributed.world_size()
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -177,7 +213,8 @@ def fit(
             "n/a" if val["auroc_macro"] is None else f"{val['auroc_macro']:.4f}",
             train_seconds, row["train_images_per_s"], "  *best*" if improved else "",
         )
-        if run_dir is not None:
+        rng = rank_rng_states(generator) if run_dir is not None else {}  # collective: all ranks
+        if write:
             atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
             if improved:
                 save_checkpoint(ckpt_dir / "best.pt", model, cfg, class_names, stage="best", epoch=epoch, val=val)
@@ -187,8 +224,11 @@ def fit(
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
                 scaler=scaler.state_dict() if scaler is not None else None,
-                rng=rng_state(generator),
+                **rng,
             )
+        distributed.barrier()
+    if tc.sync_batchnorm:
+        distributed.revert_sync_batchnorm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
     val = evaluate_model(model, loaders.val, class_names, device)

@@ -7,6 +7,12 @@ so afterwards the pushed model's similarity vectors of the whole push set (for t
 the push and the cached last-layer stage) and the winners' heatmaps cost no second forward pass.
 Images are rendered for the final winners only.
 
+Under torchrun each rank searches its shard of the push set (an unshuffled DistributedSampler)
+with running minima as above; the global winner per prototype is the smallest (distance, global
+image index) over all ranks (the same tie-break as one process, where the first image wins), and
+the winner's latent patch and similarity map come from the rank that holds it. Similarity vectors
+are gathered in dataset order, so every rank gets the same result as one process; rank 0 renders.
+
 Memory: the kept latents take N x D x H x W floats (e.g. 7,000 images x 128 x 8 x 8 = 229 MB).
 """
 
@@ -31,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
@@ -90,7 +97,10 @@ def push_prototypes(
     With `out_dir`, each prototype gets its source image with the box, the crop and the
     similarity heatmap, plus prototypes.csv/json; the folder is replaced as a whole (atomically).
     """
-    if not isinstance(push_loader.sampler, SequentialSampler):
+    shard = distributed.shard_indices(push_loader.sampler)  # None in a single process
+    if not isinstance(push_loader.sampler, SequentialSampler) and (
+        shard is None or push_loader.sampler.shuffle
+    ):
         raise DataError(
             "the push loader shuffles or samples its images, so image indices would be wrong",
             "push over a loader with shuffle=False and no sampler (Loaders.push)",
@@ -103,7 +113,7 @@ def push_prototypes(
     classes = model.prototype_classes
     n_protos, k = model.num_prototypes, model.prototype_size
     best_dist = torch.full((n_protos,), float("inf"), device=device)
-    best_img = torch.full((n_protos,), -1, dtype=torch.long, device=device)
+    best_img = torch.full((n_protos,), -1, dtype=torch.long, device=device)  # local position
     best_pos = torch.zeros(n_protos, dtype=torch.long, device=device)
     latents, targets, logits_before = [], [], []
     offset, input_hw = 0, None
@@ -130,7 +140,9 @@ def push_prototypes(
 
     z_all = torch.cat(latents)
     y_all = torch.cat(targets)
-    acc_before = (torch.cat(logits_before).argmax(1) == y_all).float().mean().item()
+    # the whole push set's logits and targets in dataset order (gathered from all ranks)
+    logits_all = distributed.gather_in_order(torch.cat(logits_before), push_loader.sampler)
+    y_global = distributed.gather_in_order(y_all, push_loader.sampler)
     pushed = best_img >= 0
     w_lat = z_all.shape[3] - k + 1
     rows, cols = best_pos // w_lat, best_pos % w_lat
@@ -139,6 +151,19 @@ def push_prototypes(
     hh = (rows[:, None] + offsets)[:, :, None]  # (P, k, 1)
     ww = (cols[:, None] + offsets)[:, None, :]  # (P, 1, k)
     patches = z_all[src[:, None, None], :, hh, ww].permute(0, 3, 1, 2)  # (P, D, k, k)
+    # each winner's similarity map on its own source image, before the prototypes change
+    candidates = torch.where(pushed[:, None, None, None], patches, model.prototype_vectors.float())
+    maps = _winner_maps(model, z_all[src], candidates)  # (P, H', W')
+    if shard is None:
+        winner = best_img
+    else:  # the global winner of every prototype over all ranks; its patch and map from its rank
+        global_idx = torch.as_tensor(shard, device=device)
+        winner = torch.where(pushed, global_idx[src], -1)
+        best_dist, winner, best_pos, rows, cols, patches, maps = _global_winners(
+            best_dist, winner, best_pos, rows, cols, patches, maps
+        )
+        pushed = winner >= 0
+    acc_before = (logits_all.argmax(1) == y_global).float().mean().item()
     new_protos = torch.where(pushed[:, None, None, None], patches, model.prototype_vectors.float())
     model.prototype_vectors.data.copy_(new_protos.to(model.prototype_vectors.dtype))
 
@@ -152,22 +177,22 @@ def push_prototypes(
             for i in range(0, len(z_all), batch)
         ]
     )
-    acc_after = (model.last_layer(sims).argmax(1) == y_all).float().mean().item()
+    sims = distributed.gather_in_order(sims, push_loader.sampler)  # whole push set, in order
+    acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
 
-    # each winner's similarity map on its own source image, upsampled to input pixels -> box
-    maps = model.distance_to_similarity(model.paired_distances(z_all[src]))  # (P, H', W')
+    # the winners' similarity maps upsampled to input pixels -> box
     boxes, upsampled = _boxes(maps, input_hw)
     t_boxes = time.perf_counter()
 
     image_ids = getattr(dataset, "image_ids", None)
     # one device -> host copy per quantity (no per-prototype syncs on CUDA)
-    idx_cpu, cls_cpu = best_img.cpu().tolist(), classes.cpu().tolist()
+    idx_cpu, cls_cpu = winner.cpu().tolist(), classes.cpu().tolist()
     rows_cpu, cols_cpu, dist_cpu = (
         rows.cpu().tolist(),
         cols.cpu().tolist(),
         best_dist.cpu().tolist(),
     )
-    y_cpu, box_cpu = y_all.cpu().tolist(), boxes.tolist()
+    y_cpu, box_cpu = y_global.cpu().tolist(), boxes.tolist()
     records = []
     for j in range(n_protos):
         i, cls = idx_cpu[j], cls_cpu[j]
@@ -201,7 +226,10 @@ def push_prototypes(
 
     target = None
     if out_dir is not None:
-        target = render_prototypes(records, upsampled, dataset, input_hw, Path(out_dir), mean, std)
+        target = Path(out_dir)
+        if distributed.is_main():  # images are loaded by their global index
+            render_prototypes(records, upsampled, dataset, input_hw, target, mean, std)
+        distributed.barrier()
     t_end = time.perf_counter()
     model.train(was_training)
     return PushResult(
@@ -210,7 +238,7 @@ def push_prototypes(
         accuracy_after=acc_after,
         unpushed=unpushed,
         similarities=sims,
-        targets=y_all,
+        targets=y_global,
         seconds=t_end - t_start,
         out_dir=target,
         timings={
@@ -219,6 +247,35 @@ def push_prototypes(
             "render": t_end - t_boxes,
         },
     )
+
+
+def _winner_maps(model: ProtoPNet, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(P, H', W') similarity map of each (pushed) prototype on its source latent map `z`.
+
+    Computed from the candidate prototypes before the push, so that under DDP each rank
+    provides the maps of its own candidates (identical to the pushed model's maps).
+    """
+    return model.distance_to_similarity(model.paired_distances(z, prototypes))
+
+
+def _global_winners(dist_, img, pos, rows, cols, patches, maps):
+    """Per prototype, the rank with the smallest (distance, global image index); its values.
+
+    All-gathers the P running minima of every rank (a few floats per prototype, plus the P
+    candidate patches and maps) instead of any latent map.
+    """
+    d = torch.cat(distributed.all_gather_tensor(dist_[None]))  # (W, P)
+    i = torch.cat(distributed.all_gather_tensor(img[None]))
+    best = d.amin(0)
+    candidate = (d == best) & (i >= 0)
+    big = torch.iinfo(i.dtype).max
+    win = torch.where(candidate, i, big).argmin(0)  # ties: lowest global index, as in one process
+    cols_ = torch.arange(d.shape[1], device=d.device)
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat(distributed.all_gather_tensor(t[None]))[win, cols_]
+
+    return best, i[win, cols_], pick(pos), pick(rows), pick(cols), pick(patches), pick(maps)
 
 
 def _boxes(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .. import distributed
 from ..config import RunConfig, save_config
 from ..data import build_loaders, build_splits
 from ..data.loaders import Loaders, check_class_coverage
@@ -35,7 +36,7 @@ def prepare_data(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Loaders, 
     splits = build_splits(cfg.data, cfg.seed)
     if run_dir is not None:
         atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
-    return build_loaders(splits, cfg.data, generator), splits
+    return build_loaders(splits, cfg.data, generator, seed=cfg.seed), splits
 
 
 def write_metrics(run_dir: Path, results: dict[str, dict], title: str, class_names: list[str]) -> None:
@@ -52,23 +53,29 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     """Train the configured model in `run_dir`; returns the final metrics (val and test).
 
     Model selection uses validation only; the test split is evaluated once, with the selected model.
+    Under torchrun every rank runs this; rank 0 alone writes the run folder (shared by all ranks
+    for --resume across nodes), the others wait for it at barriers.
     """
+    device = distributed.init_distributed(cfg.train.device)  # a no-op without torchrun
     # everything that can fail on bad input (folder, config, data, model) is checked before the
     # run folder is touched, so a failed start never leaves a half-made or moved-aside folder
     run_dir = check_run_dir(run_dir or default_run_dir(cfg), force=force, resume=resume)
     if resume:
         _check_resume_config(cfg, run_dir)
+    distributed.barrier()  # every rank has checked the folder before rank 0 changes it
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     loaders, splits = prepare_data(cfg)
     check_class_coverage(splits)
     class_names = loaders.class_names
-    device = resolve_device(cfg.train.device)
     model = build_model(cfg, len(class_names))
     check_input_size(model, cfg)
-    run_dir = prepare_run_dir(run_dir, force=force, resume=resume)
-    save_config(cfg, run_dir / "config.yaml", {"split": "split.csv"})
-    atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
+    distributed.seed_ranks(cfg.seed, generator=loaders.generator)  # own augmentations per rank
+    if distributed.is_main():
+        run_dir = prepare_run_dir(run_dir, force=force, resume=resume)
+        save_config(cfg, run_dir / "config.yaml", {"split": "split.csv"})
+        atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
+    distributed.barrier()
     log.info("%s: %s on %s (%s), %d train / %d val / %d test images, device %s", cfg.name, cfg.model.arch,
              cfg.data.dataset, splits.description, len(splits.train), len(splits.val), len(splits.test), device)
     t0 = time.perf_counter()
@@ -85,9 +92,11 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
         }
     results["train_seconds"] = time.perf_counter() - t0
     history = run_dir / "history.csv"
-    if history.is_file():
-        plot_training_curves(pd.read_csv(history), run_dir / "training_curves.png")
-    write_metrics(run_dir, results, f"{cfg.name}: {cfg.model.type} {cfg.model.arch}", class_names)
+    if distributed.is_main():
+        if history.is_file():
+            plot_training_curves(pd.read_csv(history), run_dir / "training_curves.png")
+        write_metrics(run_dir, results, f"{cfg.name}: {cfg.model.type} {cfg.model.arch}", class_names)
+    distributed.barrier()
     log.info("test: accuracy %.4f, balanced accuracy %.4f -> %s", results["test"]["accuracy"],
              results["test"]["balanced_accuracy"], run_dir)
     return results
