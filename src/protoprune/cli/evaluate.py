@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import load_config
 from ..io import prepare_run_dir
 from ..train.checkpoint import checkpoint_config, load_checkpoint
-from ..train.run import evaluate_checkpoint, write_metrics
+from ..train.run import evaluate_checkpoint, evaluate_external_isic2018, write_metrics
 
 NAME = "evaluate"
 HELP = "evaluate a checkpoint (or run folder) on the test split, or on another data set via --config/--set"
@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML whose data section replaces the checkpoint's (e.g. an external test set)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the data config, e.g. --set data.dataset=isic2018 --set data.root=PATH")
+    parser.add_argument("--external-isic2018", metavar="DIR",
+                        help="evaluate on every image of an ISIC 2018 Task 3 folder (external test set) instead")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="folder for metrics.json, metrics.md and the confusion matrix")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder (kept as .old-N)")
@@ -42,7 +44,11 @@ def execute(args: argparse.Namespace) -> int:
             cfg = config_from_dict(base)
     if args.ensemble:
         return _evaluate_ensemble(args, ckpt, cfg)
-    metrics = evaluate_checkpoint(ckpt["path"], cfg, args.split, args.device)
+    if args.external_isic2018:
+        args.split = "isic2018"
+        metrics = evaluate_external_isic2018(ckpt["path"], args.external_isic2018, args.device)
+    else:
+        metrics = evaluate_checkpoint(ckpt["path"], cfg, args.split, args.device)
     headline = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")}
     print(json.dumps(headline, indent=2))
     if args.out:

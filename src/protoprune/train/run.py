@@ -167,4 +167,28 @@ def evaluate_checkpoint(
     return evaluate_model(model.to(dev), getattr(loaders, split), ckpt["class_names"], dev)
 
 
-__all__ = ["run_training", "evaluate_checkpoint", "prepare_data", "write_metrics", "load_state"]
+def evaluate_external_isic2018(checkpoint: str | Path, root: str | Path, device: str = "auto") -> dict:
+    """Metrics of a saved model on every image of an ISIC 2018 Task 3 folder (an external test set:
+    other patients than HAM10000), each resized to the model's input size and normalised as in training."""
+    from torch.utils.data import DataLoader
+
+    from ..data.isic2018 import load_isic2018
+    from ..data.transforms import build_transform
+    from .checkpoint import checkpoint_config, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt)
+    data = load_isic2018(root).with_transform(
+        build_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std, train=False)
+    )
+    if list(data.class_names) != list(ckpt["class_names"]):
+        raise CheckpointError(
+            f"the model's classes {ckpt['class_names']} differ from ISIC 2018's {data.class_names}",
+            "evaluate a model trained on HAM10000-class data (DermaMNIST, HAM10000)",
+        )
+    dev = resolve_device(device)
+    loader = DataLoader(data, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    return evaluate_model(model_from_checkpoint(ckpt).to(dev), loader, ckpt["class_names"], dev)
+
+
+__all__ = ["run_training", "evaluate_checkpoint", "evaluate_external_isic2018", "prepare_data", "write_metrics", "load_state"]
