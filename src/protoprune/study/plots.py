@@ -68,7 +68,7 @@ def plot_metric_vs_macs(
     """Each arm's final models (mean over seeds, error bar: std); pruning steps as thin lines."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if y in curves.columns and len(curves):
-        for (arch, method), g in curves.groupby(["arch", "method"], sort=False):
+        for _, g in curves.groupby(["arch", "method"], sort=False):
             stats = g.groupby("step").agg(x=("macs", "mean"), y=(y, "mean"))
             ax.plot(stats.x / 1e6, stats.y, color="#bbb", lw=1, zorder=1)
     points = (
