@@ -213,9 +213,10 @@ def prune_prototypes(
     apply_plan(model, plan)
     after_pruning = evaluate()
     sims, targets = similarity_vectors(model, loaders.push, dev)
-    merge_max_change = (
-        float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
-    )
+    with torch.no_grad():
+        merge_max_change = (
+            float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
+        )
 
     ft = copy.deepcopy(cfg.protopnet)
     ft.last_layer_iterations = q.finetune_iterations
