@@ -55,7 +55,7 @@ def run_demo(out: str | Path = "runs/demo", force: bool = False, epochs: int | N
     prune_cfg = load_config(
         packaged_config("demo.yaml"),
         overrides + ["prune_filters.method=lrp", "prune_filters.total_pr=0.3", "prune_filters.pr_step=0.15",
-                     "prune_filters.epochs=1"],
+                     "prune_filters.epochs=1", "train.lr=0.0001"],  # fine-tune gently
     )
     table = prune_filters(out / "baseline" / "checkpoints" / "best.pt", prune_cfg, out / "prune-filters-lrp")
     results["prune_filters"] = table.to_dict("records")
@@ -64,7 +64,11 @@ def run_demo(out: str | Path = "runs/demo", force: bool = False, epochs: int | N
             rows.append({"stage": f"LRP-pruned {step['pruned_ratio']:.0%} filters, fine-tuned",
                          **{k: step.get(f"test_{k}") for k in HEADLINE}})
 
-    proto_cfg = load_config(packaged_config("demo_protopnet.yaml"))
+    # the ProtoPNet starts from the baseline's trained trunk (model.weights), as ProtoPNet starts
+    # from a pretrained backbone: a from-scratch ProtoPNet needs far more than a demo's epochs
+    proto_cfg = load_config(
+        packaged_config("demo_protopnet.yaml"), [f"model.weights={out / 'baseline' / 'checkpoints' / 'best.pt'}"]
+    )
     results["protopnet"] = run_training(proto_cfg, out / "protopnet")
     stages = results["protopnet"]["stages"]
     rows.append(_row("ProtoPNet before push", stages["before_push"]["test"]))
