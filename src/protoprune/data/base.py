@@ -7,6 +7,7 @@ prototypes and explanations), so training, push and reports never care about the
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 
 
-class ImageDataset(Dataset):
+class ImageDataset(Dataset, abc.ABC):
     """Base class: subclasses implement `load_image(i) -> PIL.Image` (RGB)."""
 
     def __init__(
@@ -51,8 +52,9 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def load_image(self, index: int) -> Image.Image:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_image(self, index: int) -> Image.Image:
+        """The untransformed RGB image at `index`."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.load_image(index)

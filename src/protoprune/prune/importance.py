@@ -14,6 +14,7 @@ et al. 2017). `normalize="none"` ranks raw scores.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import torch
@@ -71,14 +72,15 @@ class FilterImportance(tp.importance.Importance):
         self.scores = {layers[n]: s.detach().float().cpu() for n, s in raw.items()}
         return raw
 
+    @abc.abstractmethod
     def _compute(
         self,
         model: nn.Module,
         layers: dict[str, nn.Module],
         reference: Sequence[Batch],
         progress: bool,
-    ) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    ) -> dict[str, torch.Tensor]:
+        """Raw per-channel scores of every prunable layer, keyed by layer name."""
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
