@@ -63,3 +63,16 @@ def test_pickled_code_is_never_loaded(tmp_path):
     torch.save({"format_version": 1, "state_dict": {}, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="cannot load"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_checkpoint_config_applies_overrides_and_validates_them(tmp_path):
+    from protoprune.errors import ConfigError
+    from protoprune.train.checkpoint import checkpoint_config
+
+    cfg = load_config(None, ["train.epochs=4"])
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", build_model(cfg, 7), cfg, NAMES))
+    assert checkpoint_config(ckpt).train.epochs == 4
+    changed = checkpoint_config(ckpt, ["data.root=/data/ham", "prune_filters.total_pr=0.3"])
+    assert (changed.data.root, changed.prune_filters.total_pr, changed.train.epochs) == ("/data/ham", 0.3, 4)
+    with pytest.raises(ConfigError, match="total_pr"):
+        checkpoint_config(ckpt, ["prune_filters.total_pr=2"])

@@ -33,15 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     cfg = None
-    if args.config or args.overrides:
-        base = checkpoint_config(ckpt).to_dict()
-        cfg = load_config(args.config, args.overrides) if args.config else None
-        if cfg is None:
-            from ..config import apply_override, config_from_dict
-
-            for item in args.overrides:
-                apply_override(base, item)
-            cfg = config_from_dict(base)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    elif args.overrides:
+        cfg = checkpoint_config(ckpt, args.overrides)
     if args.ensemble:
         return _evaluate_ensemble(args, ckpt, cfg)
     if args.external_isic2018:

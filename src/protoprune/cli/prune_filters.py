@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import apply_override, config_from_dict
 from ..errors import ConfigError
 
 NAME = "prune-filters"
@@ -92,7 +91,6 @@ def execute(args: argparse.Namespace) -> int:
     from ..train.checkpoint import checkpoint_config, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
-    data = checkpoint_config(ckpt).to_dict()
     options = {
         "method": args.method,
         "total_pr": args.total_pr,
@@ -101,12 +99,8 @@ def execute(args: argparse.Namespace) -> int:
         "scope": args.scope,
         "ref_per_class": args.ref_per_class,
     }
-    for key, value in options.items():
-        if value is not None:
-            data["prune_filters"][key] = value
-    for item in args.overrides:
-        apply_override(data, item)
-    cfg = config_from_dict(data)
+    chosen = [f"prune_filters.{key}={value}" for key, value in options.items() if value is not None]
+    cfg = checkpoint_config(ckpt, chosen + args.overrides)
     df = prune_filters(
         ckpt["path"],
         cfg,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import apply_override, config_from_dict
-
 NAME = "prune-prototypes"
 HELP = (
     "prune prototypes whose k nearest training patches are mostly of other classes, merge "
@@ -40,13 +38,9 @@ def execute(args: argparse.Namespace) -> int:
     from ..train.checkpoint import checkpoint_config, load_checkpoint
 
     ckpt = load_checkpoint(args.run)
-    data = checkpoint_config(ckpt).to_dict()
-    if args.data_root:
-        data["data"]["root"] = args.data_root
-    for item in args.overrides:
-        apply_override(data, item)
+    root = [f"data.root={args.data_root}"] if args.data_root else []
     summary = prune_prototypes(
-        ckpt, config_from_dict(data), args.out, k=args.k, threshold=args.threshold,
+        ckpt, checkpoint_config(ckpt, root + args.overrides), args.out, k=args.k, threshold=args.threshold,
         finetune_iterations=args.finetune_iterations, min_per_class=args.min_per_class, device=args.device, force=args.force,
     )  # fmt: skip
     print(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from ..config import apply_override, config_from_dict
 from ..errors import CheckpointError
 from ..io import atomic_write_json, prepare_run_dir
 from ..seed import resolve_device
@@ -52,12 +51,8 @@ def execute(args: argparse.Namespace) -> int:
             f"{ckpt['path']} holds a {ckpt.get('model_type')!r} model, not a ProtoPNet",
             "give a checkpoint of a run trained with model.type: protopnet",
         )
-    data = checkpoint_config(ckpt).to_dict()
-    if args.data_root:
-        data["data"]["root"] = args.data_root
-    for item in args.overrides:
-        apply_override(data, item)
-    cfg = config_from_dict(data)
+    root = [f"data.root={args.data_root}"] if args.data_root else []
+    cfg = checkpoint_config(ckpt, root + args.overrides)
     ckpt_path = Path(ckpt["path"])
     run_dir = (
         ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..config import RunConfig, config_from_dict
+from ..config import RunConfig, apply_override, config_from_dict
 from ..errors import CheckpointError, ProtopruneError
 from ..io import atomic_torch_save
 
@@ -67,11 +67,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def checkpoint_config(ckpt: dict[str, Any]) -> RunConfig:
+def checkpoint_config(ckpt: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """The config a checkpoint was trained with, with `section.key=value` overrides applied."""
     try:
-        return config_from_dict(ckpt["config"])
+        cfg = config_from_dict(ckpt["config"])
     except ProtopruneError as exc:
         raise CheckpointError(f"the config stored in {ckpt.get('path')} is invalid: {exc.problem}", exc.fix) from None
+    if not overrides:
+        return cfg
+    data = cfg.to_dict()
+    for item in overrides:
+        apply_override(data, item)
+    return config_from_dict(data)
 
 
 def load_state(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
