@@ -190,3 +190,19 @@ def test_resplit_from_file_moves_medmnist_rows(tmp_path):
     assert np.array_equal(
         np.asarray(again.train.load_image(i)), np.asarray(splits.val.load_image(0))
     )
+
+
+@pytest.mark.parametrize("n", [3, 50, 97, 100, 120])
+def test_cap_keeps_n_images_even_close_to_the_split_size(n):
+    """max_per_split just under a split's size leaves fewer images out than there are classes:
+    the cap must still give exactly n images (it fell back to an unstratified draw)."""
+    from protoprune.data.loaders import _cap
+
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(7), [40, 20, 10, 10, 8, 7, 5])  # 100 images, 7 classes
+    ds = ArrayImageDataset(
+        rng.integers(0, 255, (100, 4, 4, 3), dtype=np.uint8), targets, [f"c{i}" for i in range(7)]
+    )
+    capped = _cap(ds, n, seed=0)
+    assert len(capped) == min(n, 100)
+    assert _cap(ds, n, seed=0).image_ids == capped.image_ids  # seeded

@@ -25,7 +25,10 @@ def _cap(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
     if n is None or len(ds) <= n:
         return ds
     counts = ds.class_counts()
-    stratify = ds.targets if counts[counts > 0].min() >= 2 and n >= len(counts) else None
+    present = int((counts > 0).sum())
+    # stratification needs two images a class and room for every class on both sides of the cut
+    can_stratify = counts[counts > 0].min() >= 2 and min(n, len(ds) - n) >= present
+    stratify = ds.targets if can_stratify else None
     idx, _ = train_test_split(np.arange(len(ds)), train_size=n, random_state=seed, stratify=stratify)
     return ds.subset(np.sort(idx))
 
