@@ -124,7 +124,10 @@ def build_optimizers(model: ProtoPNet, p: ProtoPNetConfig) -> dict[str, Any]:
             {"params": [model.prototype_vectors], "lr": p.joint_lr_prototypes},
         ]
     )
-    last = torch.optim.Adam([{"params": model.last_layer.parameters(), "lr": p.last_layer_lr}])
+    # fused: one kernel per step for the P x C weights (the last-layer stage is many small steps)
+    last = torch.optim.Adam(
+        [{"params": model.last_layer.parameters(), "lr": p.last_layer_lr}], fused=True
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(
         joint, step_size=p.joint_lr_step, gamma=p.joint_lr_gamma
     )
@@ -215,7 +218,11 @@ def last_layer_stage(
     if oversample:
         counts = torch.bincount(targets, minlength=model.num_classes).float()
         draw = (1.0 / counts.clamp_min(1))[targets].cpu().double()
+    # the L1 term's (sub)gradient l1 * sign(W) * wrong is added to W.grad directly: the same
+    # update as autograd through |W * wrong|.sum(), without building a graph over the P x C
+    # weights per mini-batch (the stage's main cost at 2000 prototypes)
     wrong = 1 - model.prototype_class_identity.t()  # constant mask of the L1 term, built once
+    l1_grad_scale = p.l1 * wrong
     weight = model.last_layer.weight
     rows = []
     for it in tqdm(
@@ -232,17 +239,20 @@ def last_layer_stage(
             idx = order[start : start + batch_size]
             logits = model.last_layer(similarities[idx])
             ce = F.cross_entropy(logits, targets[idx], weight=class_weights)
-            loss = p.crs_ent * ce + p.l1 * (weight * wrong).abs().sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (p.crs_ent * ce).backward()
+            weight.grad.addcmul_(weight.detach().sign(), l1_grad_scale)
             optimizer.step()
-            total += loss.detach() * len(idx)
+            total += ce.detach() * len(idx)
             correct += (logits.detach().argmax(1) == targets[idx]).sum()
-        # accuracy of the batches as drawn (as the original reports it): no extra pass
+        # loss: mean cross-entropy of the batches as drawn plus the L1 term at the iteration's
+        # end; accuracy of the batches as drawn (as the original reports it): no extra pass
+        with torch.no_grad():
+            l1 = (weight * wrong).abs().sum()
         rows.append(
             {
                 "iteration": it + 1,
-                "loss": (total / n).item(),
+                "loss": (p.crs_ent * total / n + p.l1 * l1).item(),
                 "train_accuracy": (correct / n).item(),
             }
         )
