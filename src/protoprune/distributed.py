@@ -22,6 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,29 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
         buf = t.data.to(_comm_device())
         dist.broadcast(buf, src)
         t.data.copy_(buf)
+
+
+def broadcast_tensor(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank `src`'s tensor (same shape on every rank): one decision for all ranks, e.g. which
+    filters to prune, even where float rounding differs between GPUs."""
+    if not is_distributed():
+        return t
+    buf = t.detach().to(_comm_device()).contiguous()
+    dist.broadcast(buf, src)
+    return buf.to(t.device)
+
+
+def prepare_output_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+    """Every rank checks the output folder; rank 0 alone creates it (or moves an old one aside);
+    the others wait for it. The same as `io.prepare_run_dir` in a single process."""
+    from .io import check_run_dir, prepare_run_dir
+
+    path = check_run_dir(path, force=force, resume=resume)
+    barrier()  # every rank has checked before rank 0 changes anything
+    if is_main():
+        prepare_run_dir(path, force=force, resume=resume)
+    barrier()
+    return path
 
 
 # --- sharded data -------------------------------------------------------------------------------

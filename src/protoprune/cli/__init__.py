@@ -6,11 +6,14 @@ Each subcommand module defines `NAME`, `HELP`, `add_arguments(parser)` and `exec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import logging
+import os
 import sys
 
-from .. import __version__
+from .. import __version__, distributed
 from ..errors import ProtopruneError
 
 SUBCOMMANDS = [
@@ -55,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet = distributed.launched_by_torchrun() and int(os.environ.get("RANK", 0)) != 0
     try:
-        return int(args.execute(args) or 0)
+        # under torchrun only rank 0 prints results (errors still reach every rank's stderr)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            return int(args.execute(args) or 0)
     except ProtopruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; rerun with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()  # leave torchrun's process group cleanly (no-op otherwise)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import distributed
 from ..config import load_config
-from ..io import prepare_run_dir
 from ..train.checkpoint import checkpoint_config, load_checkpoint
 from ..train.run import evaluate_checkpoint, evaluate_external_isic2018, write_metrics
 
@@ -47,8 +47,9 @@ def execute(args: argparse.Namespace) -> int:
     headline = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")}
     print(json.dumps(headline, indent=2))
     if args.out:
-        out = prepare_run_dir(Path(args.out), force=args.force)
-        write_metrics(out, {args.split: metrics}, f"evaluation of {ckpt['path']}", ckpt["class_names"])
+        out = distributed.prepare_output_dir(Path(args.out), force=args.force)
+        if distributed.is_main():
+            write_metrics(out, {args.split: metrics}, f"evaluation of {ckpt['path']}", ckpt["class_names"])
     return 0
 
 
@@ -66,9 +67,10 @@ def _evaluate_ensemble(args: argparse.Namespace, ckpt: dict, cfg) -> int:
     ensemble = {k: result["ensemble"][k] for k in keys}
     print(json.dumps({"members": members, "ensemble": ensemble}, indent=2))
     if args.out:
-        out = prepare_run_dir(Path(args.out), force=args.force)
+        out = distributed.prepare_output_dir(Path(args.out), force=args.force)
         title = f"ensemble of {len(members)} models (logits summed)"
-        write_metrics(out, {args.split: result["ensemble"]}, title, ckpt["class_names"])
         keep = {"split": args.split, "members": result["members"], "ensemble": result["ensemble"]}
-        atomic_write_json(out / "ensemble.json", keep)
+        if distributed.is_main():
+            write_metrics(out, {args.split: result["ensemble"]}, title, ckpt["class_names"])
+            atomic_write_json(out / "ensemble.json", keep)
     return 0

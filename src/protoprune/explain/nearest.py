@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import DataError
 from ..models.protopnet import ProtoPNet
 
@@ -103,8 +104,15 @@ def k_nearest_patches(
     progress: bool = True,
     desc: str = "nearest patches",
 ) -> NearestPatches:
-    """The k nearest patches (one per image at most) of every prototype over `loader`."""
-    if not isinstance(loader.sampler, SequentialSampler):
+    """The k nearest patches (one per image at most) of every prototype over `loader`.
+
+    Under torchrun (an unshuffled DistributedSampler) each rank searches its shard and the ranks'
+    (P, k) bests are merged into the global k nearest, the same on every rank.
+    """
+    shard = distributed.shard_indices(loader.sampler)  # None in a single process
+    if not isinstance(loader.sampler, SequentialSampler) and (
+        shard is None or loader.sampler.shuffle
+    ):
         raise DataError(
             "the loader shuffles or samples its images, so image indices would be wrong",
             "use an unshuffled loader without a sampler (Loaders.push, val or test)",
@@ -118,6 +126,8 @@ def k_nearest_patches(
     pos = torch.zeros((p, 0), dtype=torch.long, device=device)
     cls = torch.zeros((p, 0), dtype=torch.long, device=device)
     offset, map_shape, input_hw = 0, (0, 0), (0, 0)
+    n_images = len(loader.dataset)
+    global_index = None if shard is None else torch.tensor(shard, device=device)
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = x.to(device), y.to(device)
         input_hw = tuple(x.shape[-2:])
@@ -127,13 +137,30 @@ def k_nearest_patches(
         map_shape = tuple(d.shape[-2:])
         dmin, where = d.flatten(2).min(2)  # one patch per image: its closest
         b = len(y)
-        batch_img = (torch.arange(b, device=device) + offset)[None].expand(p, b)
+        local = torch.arange(b, device=device) + offset
+        if global_index is not None:
+            local = global_index[local]
+            # DistributedSampler pads the last round with repeats of the first images: drop them
+            repeat = torch.arange(b, device=device) + offset
+            dmin = dmin.masked_fill(
+                (repeat * distributed.world_size() + distributed.rank() >= n_images)[:, None],
+                float("inf"),
+            )
+        batch_img = local[None].expand(p, b)
         dist, img, pos, cls = merge_topk(
             (dist, img, pos, cls),
             (dmin.t(), batch_img, where.t(), y[None].expand(p, b)),
             k,
         )
         offset += b
+    if global_index is not None:  # merge the ranks' bests: the global k nearest on every rank
+        dist, img, pos, cls = (torch.cat(distributed.all_gather_tensor(t.t().contiguous())).t()
+                               for t in (dist, img, pos, cls))  # fmt: skip
+        dist, img, pos, cls = merge_topk(
+            (dist[:, :0], img[:, :0], pos[:, :0], cls[:, :0]), (dist, img, pos, cls), k
+        )
+        offset = n_images
+        img = img.masked_fill(dist.isinf(), -1)  # a padding repeat, never a real neighbour
     if offset == 0:
         raise DataError(
             "the data set for the nearest-patch search is empty", "give a non-empty split"

@@ -26,13 +26,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import RunConfig, save_config
 from ..data.base import ImageDataset
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
 from ..models.factory import small_input as uses_small_input
-from ..seed import resolve_device
+from ..models.protopnet import ProtoPNet
 from .export import export_onnx, save_pruned
 from .importance import FilterImportance, build_importance
 from .measure import measure_model
@@ -115,11 +116,18 @@ def run_schedule(
     on_step: Callable[[int, nn.Module, pd.DataFrame], None] | None = None,
     latency: bool = True,
     progress: bool = True,
+    ignored_layers: Sequence[nn.Module] | None = None,
 ) -> pd.DataFrame:
-    """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step."""
+    """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step.
+
+    `ignored_layers` (default: the classifier head) keep their outputs."""
     model.to(device).eval()
     example = torch.zeros(1, 3, image_size, image_size, device=device)
-    pruner = FilterPruner(model, importance, ratios, example, scope=scope)
+    # a ProtoPNet's prototypes are a bare Parameter used by F.conv2d: tell torch-pruning their
+    # channel dimension (1, the depth D, which follows the never-pruned add-on)
+    unwrapped = [(model.prototype_vectors, 1)] if isinstance(model, ProtoPNet) else None
+    pruner = FilterPruner(model, importance, ratios, example, scope=scope,
+                          ignored_layers=ignored_layers, unwrapped_parameters=unwrapped)  # fmt: skip
     base = {"step": 0, "target_ratio": 0.0, "pruned_ratio": 0.0, "channels": pruner.channels()}
     base.update(_metrics(evaluate, model, loaders, device, "_pruned"))
     base.update({k.replace("_pruned", ""): v for k, v in base.items() if k.endswith("_pruned")})
@@ -177,39 +185,54 @@ def prune_filters(
     export: bool = True,
     latency: bool = True,
 ) -> pd.DataFrame:
-    """Run the iterative pruning experiment on a baseline checkpoint; returns the per-step table.
+    """Run the iterative pruning experiment on a baseline or ProtoPNet checkpoint; returns the
+    per-step table.
 
     `cfg` defaults to the config stored in the checkpoint (its data section decides the data);
-    `cfg.prune_filters` sets method, total_pr, pr_step, epochs, scope, ref_per_class.
+    `cfg.prune_filters` sets method, total_pr, pr_step, epochs, scope, ref_per_class. A ProtoPNet's
+    trunk is pruned by the relevance of its own decision and repaired after each step by `epochs`
+    joint epochs, a push and the last-layer stage (`prune.protopnet_filters`).
     """
-    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+        save_checkpoint,
+    )
     from ..train.evaluate import evaluate_model
     from ..train.loop import fit
     from ..train.run import prepare_data
+    from .protopnet_filters import protopnet_ignored_layers, protopnet_repair
 
     ckpt = load_checkpoint(checkpoint_path)
     cfg = cfg or checkpoint_config(ckpt)
-    if cfg.model.type != "classifier":
+    if cfg.model.type not in ("classifier", "protopnet") or ckpt.get("model_type") != cfg.model.type:
         raise ConfigError(
-            f"prune-filters needs a classifier checkpoint, got model type {cfg.model.type!r}",
-            "train a baseline with `protoprune train` (model.type: classifier)",
+            f"prune-filters needs a classifier or ProtoPNet checkpoint, got model type "
+            f"{ckpt.get('model_type')!r} with config model type {cfg.model.type!r}",
+            "give a checkpoint written by `protoprune train` and leave model.type as stored",
         )
+    proto = cfg.model.type == "protopnet"
     pf = cfg.prune_filters
-    run_dir = prepare_run_dir(
+    device = distributed.resolve_device(cfg.train.device)  # joins torchrun's group if launched by it
+    main = distributed.is_main()  # under torchrun rank 0 writes; all ranks fine-tune together
+    run_dir = distributed.prepare_output_dir(
         run_dir or Path(cfg.output_dir) / f"{cfg.name}-prune-{pf.method}-{pf.scope}", force=force
     )
-    save_config(cfg, run_dir / "config.yaml", {"checkpoint": str(ckpt["path"])})
+    if main:
+        save_config(cfg, run_dir / "config.yaml", {"checkpoint": str(ckpt["path"])})
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    loaders, splits = prepare_data(cfg, run_dir)
-    device = resolve_device(cfg.train.device)
+    loaders, splits = prepare_data(cfg, run_dir if main else None)
     model = model_from_checkpoint(ckpt).to(device)
     reference = reference_set(loaders.push.dataset, pf.ref_per_class, cfg.seed, cfg.data.batch_size)
-    importance = build_importance(pf)
+    ignored = protopnet_ignored_layers(model) if proto else None
+    importance = build_importance(pf, ignored_layers=ignored or ())
     ratios = schedule(pf.total_pr, pf.pr_step)
     small = uses_small_input(cfg)
     meta = {
         "method": pf.method,
+        "model_type": cfg.model.type,
         "scope": pf.scope,
         "arch": cfg.model.arch,
         "checkpoint": str(ckpt["path"]),
@@ -233,10 +256,21 @@ def prune_filters(
     )
 
     def finetune(m: nn.Module) -> None:
-        fit(m, loaders, cfg, run_dir=None, epochs=pf.epochs, device=device)
+        if proto:  # joint epochs, re-push, last-layer stage
+            protopnet_repair(m, loaders, cfg, pf.epochs, device)
+        else:
+            fit(m, loaders, cfg, run_dir=None, epochs=pf.epochs, device=device)
 
     def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
-        if export:
+        if not main:
+            distributed.barrier()
+            return
+        if export and proto:  # a regular checkpoint: every ProtoPNet command reads it
+            stem = run_dir / "models" / f"step_{k:02d}"
+            save_checkpoint(stem.with_suffix(".pt"), m, cfg, loaders.class_names, stage="prune_filters",
+                            pruned_filters=True, step=k, pruned_ratio=float(df.iloc[-1]["pruned_ratio"]))  # fmt: skip
+            export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
+        elif export:
             stem = run_dir / "models" / f"step_{k:02d}"
             save_pruned(
                 stem.with_suffix(".pt"),
@@ -251,6 +285,7 @@ def prune_filters(
             )
             export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
         write_results(run_dir, df, meta)
+        distributed.barrier()
 
     return run_schedule(
         model,
@@ -259,13 +294,14 @@ def prune_filters(
         reference,
         ratios,
         cfg.data.image_size,
-        finetune if pf.epochs > 0 else None,
+        finetune if pf.epochs > 0 or proto else None,
         evaluate_model,
         device,
         pf.scope,
         on_step,
-        latency,
-        cfg.train.progress,
+        latency and main,  # rank 0 times alone (the others wait), so the figures are clean
+        cfg.train.progress and main,
+        ignored,
     )
 
 

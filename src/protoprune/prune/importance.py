@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import FilterPruningConfig
 from ..errors import ProtopruneError
 from ..registry import Registry
@@ -69,7 +70,10 @@ class FilterImportance(tp.importance.Importance):
         """Score every output channel of every prunable layer of `model` (its current shape)."""
         layers = self.layers(model)
         raw = self._compute(model, layers, reference, progress)
-        self.scores = {layers[n]: s.detach().float().cpu() for n, s in raw.items()}
+        # under torchrun rank 0's scores decide for all, so every rank prunes the same filters
+        self.scores = {
+            layers[n]: distributed.broadcast_tensor(s.detach().float().cpu()) for n, s in raw.items()
+        }
         return raw
 
     @abc.abstractmethod

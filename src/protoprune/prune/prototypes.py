@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed
 from ..config import RunConfig
 from ..errors import CheckpointError
-from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
-from ..seed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,10 @@ def prune_prototypes(
     cfg.validate()
     progress = cfg.train.progress if progress is None else progress
     ckpt_path = Path(ckpt["path"])
-    out = prepare_run_dir(out_dir or _run_dir_of(ckpt_path) / "prototype_pruning", force=force)
+    dev = distributed.resolve_device(device)  # joins torchrun's process group if launched by it
+    out = distributed.prepare_output_dir(
+        out_dir or _run_dir_of(ckpt_path) / "prototype_pruning", force=force
+    )
 
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
@@ -191,7 +194,6 @@ def prune_prototypes(
             f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
             "prune with the data set the model was trained on",
         )
-    dev = resolve_device(device)
     model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
 
     def evaluate() -> dict[str, Any]:
@@ -226,6 +228,7 @@ def prune_prototypes(
         model, sims, targets, optimizer, ft, cfg.data.batch_size, weights,
         cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
     )  # fmt: skip
+    distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
     model.eval()
     after_finetune = evaluate()
 
@@ -291,14 +294,16 @@ def prune_prototypes(
         },
         "finetune_history": iterations,
     }
-    save_checkpoint(
-        out / "checkpoints" / "pruned.pt", model, pruned_cfg, class_names,
-        stage="prune_prototypes", prototype_pruning={k: v for k, v in summary.items() if k != "metrics"},
-    )  # fmt: skip
-    table = pd.DataFrame(records).drop(columns=["neighbour_classes"])
-    atomic_write_text(out / "prototypes.csv", table.to_csv(index=False))
-    atomic_write_json(out / "prototype_pruning.json", summary)
-    atomic_write_text(out / "prototype_pruning.md", pruning_markdown(summary))
+    if distributed.is_main():  # every rank computed the same; rank 0 writes
+        save_checkpoint(
+            out / "checkpoints" / "pruned.pt", model, pruned_cfg, class_names,
+            stage="prune_prototypes", prototype_pruning={k: v for k, v in summary.items() if k != "metrics"},
+        )  # fmt: skip
+        table = pd.DataFrame(records).drop(columns=["neighbour_classes"])
+        atomic_write_text(out / "prototypes.csv", table.to_csv(index=False))
+        atomic_write_json(out / "prototype_pruning.json", summary)
+        atomic_write_text(out / "prototype_pruning.md", pruning_markdown(summary))
+    distributed.barrier()
     summary["out_dir"] = str(out)
     summary["checkpoint"] = str(out / "checkpoints" / "pruned.pt")
     log.info(

@@ -54,6 +54,7 @@ class FilterPruner:
         scope: str = "global",
         ignored_layers: Sequence[nn.Module] | None = None,
         max_layer_ratio: float = 0.9,
+        unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
     ):
         if scope not in SCOPES:
             raise ConfigError(
@@ -73,7 +74,9 @@ class FilterPruner:
         )
         self.max_layer_ratio = max_layer_ratio
         self.steps_done = 0
-        self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        self.dg = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, unwrapped_parameters=unwrapped_parameters
+        )
         self.initial = {root: n for root, n in self._roots()}
         self.initial_channels = sum(self.initial.values())
 

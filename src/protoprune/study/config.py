@@ -26,7 +26,7 @@ ARMS = {
     "baseline": "the CNN trained from scratch",
     "filter_pruning": "filter pruning of the baseline, one unit per criterion",
     "protopnet": "ProtoPNet on the same backbone, then prototype pruning + last-layer fine-tuning",
-    "protopnet_filter_pruning": "LRP filter pruning of the ProtoPNet backbone (if supported)",
+    "protopnet_filter_pruning": "LRP filter pruning of the ProtoPNet backbone, re-push, last-layer stage",
 }
 CRITERIA = ("lrp", "weight", "grad", "taylor")
 

@@ -82,10 +82,6 @@ def run_units(study: StudyConfig, out: Path, progress: bool = True) -> list[dict
         result = run_unit(unit, cfg, study, out, external)
         seconds = time.perf_counter() - t0
         results.append(result)
-        if result.get("status") == "not available":
-            # no marker: the capability is probed again next time (a later protoprune may have it)
-            logger(unit.key, "not available", reason=result["rows"][0].get("reason"))
-            continue
         run_ids[unit.key] = uuid.uuid4().hex
         result["seconds"] = seconds
         atomic_write_json(folder / "result.json", result)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..config import RunConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..metrics import HEADLINE
 from .config import StudyConfig
 
@@ -205,7 +205,7 @@ def _label(unit: Unit) -> dict[str, Any]:
 def run_unit(
     unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, external: ExternalTest
 ) -> dict[str, Any]:
-    """Run one unit in its folder; returns {"rows": [...], ...} (status "not available" possible)."""
+    """Run one unit in its folder; returns {"rows": [...], "status": "ok", ...}."""
     from ..seed import resolve_device
     from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data, run_training
@@ -251,28 +251,15 @@ def run_unit(
         from ..prune.filters import prune_filters
 
         source = base_ckpt if unit.kind == "filter" else proto_ckpt
-        try:
-            df = prune_filters(source, cfg, folder, force=True, export=True, latency=False)
-        except ConfigError as exc:
-            if unit.kind != "protopnet_filter":
-                raise
-            # prune_filters refuses ProtoPNet checkpoints (checked before it writes anything):
-            # the arm is listed, reported as not available, and gets no numbers
-            row.update({"status": "not available", "reason": exc.problem})
-            return {**result, "status": "not available", "rows": [row]}
+        df = prune_filters(source, cfg, folder, force=True, export=True, latency=False)
         last = df.iloc[-1]
         row.update({"pruned": "filters", "pruned_ratio": float(last["pruned_ratio"])})
         row.update({f"test_{k}_pruned": last.get(f"test_{k}_pruned") for k in HEADLINE})
         loaders, _ = prepare_data(cfg)
-        try:
-            model = load_pruned(folder / "models" / f"step_{int(last['step']):02d}.pt")
-        except (
-            CheckpointError
-        ):  # a pruned model this study cannot rebuild: the table's numbers only
-            row.update({f"test_{k}": last.get(f"test_{k}") for k in HEADLINE})
-            row.update({k: last.get(k) for k in ("params", "macs")})
-        else:
-            row.update(final_row(model, cfg, loaders, external, study, device))
+        step = folder / "models" / f"step_{int(last['step']):02d}.pt"
+        # a pruned classifier is a weights-only export; a pruned ProtoPNet a regular checkpoint
+        model = load_pruned(step) if unit.kind == "filter" else model_from_checkpoint(step)
+        row.update(final_row(model, cfg, loaders, external, study, device))
         keep = ["step", "pruned_ratio", "params", "macs"] + [
             c for c in df.columns if c.startswith("test_")
         ]

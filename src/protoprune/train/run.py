@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -18,8 +20,8 @@ from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_ru
 from ..metrics import metrics_markdown
 from ..models.factory import build_model, small_input
 from ..report.figures import plot_confusion_matrix, plot_training_curves
-from ..seed import resolve_device, set_seed
-from .checkpoint import load_checkpoint, load_state
+from ..seed import set_seed
+from .checkpoint import load_checkpoint, load_state, save_checkpoint
 from .evaluate import evaluate_model
 from .loop import fit
 
@@ -157,20 +159,20 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     data_cfg = cfg if cfg is not None else checkpoint_config(ckpt)
+    dev = distributed.resolve_device(device)  # under torchrun: before the loaders, so they shard
     loaders, _ = prepare_data(data_cfg)
     if loaders.class_names != ckpt["class_names"]:
         raise CheckpointError(
             f"checkpoint classes {ckpt['class_names']} differ from the data's {loaders.class_names}",
             "evaluate on a data set with the same classes",
         )
-    dev = resolve_device(device)
     return evaluate_model(model.to(dev), getattr(loaders, split), ckpt["class_names"], dev)
 
 
 def evaluate_external_isic2018(checkpoint: str | Path, root: str | Path, device: str = "auto") -> dict:
     """Metrics of a saved model on every image of an ISIC 2018 Task 3 folder (an external test set:
     other patients than HAM10000), each resized to the model's input size and normalised as in training."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
 
     from ..data.isic2018 import load_isic2018
     from ..data.transforms import build_transform
@@ -186,9 +188,78 @@ def evaluate_external_isic2018(checkpoint: str | Path, root: str | Path, device:
             f"the model's classes {ckpt['class_names']} differ from ISIC 2018's {data.class_names}",
             "evaluate a model trained on HAM10000-class data (DermaMNIST, HAM10000)",
         )
-    dev = resolve_device(device)
-    loader = DataLoader(data, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    dev = distributed.resolve_device(device)
+    sampler = DistributedSampler(data, shuffle=False) if distributed.is_distributed() else None
+    loader = DataLoader(data, batch_size=cfg.data.batch_size, shuffle=False, sampler=sampler,
+                        num_workers=cfg.data.num_workers)  # fmt: skip
     return evaluate_model(model_from_checkpoint(ckpt).to(dev), loader, ckpt["class_names"], dev)
 
 
-__all__ = ["run_training", "evaluate_checkpoint", "evaluate_external_isic2018", "prepare_data", "write_metrics", "load_state"]
+def push_checkpoint(
+    checkpoint: str | Path | dict,
+    cfg: RunConfig | None = None,
+    out_dir: str | Path | None = None,
+    last_layer_iterations: int = 0,
+    device: str = "auto",
+    force: bool = False,
+) -> dict[str, Any]:
+    """Re-push a saved ProtoPNet onto its training images (optionally re-running the last-layer
+    stage); writes `out_dir` (default `<run folder>/push`): pushed.pt, push.json, prototype images.
+
+    Under torchrun the ranks search their shards of the push set and rank 0 writes.
+    """
+    from .checkpoint import checkpoint_config, model_from_checkpoint
+    from .protopnet import build_optimizers, last_layer_stage
+    from .push import push_prototypes
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if ckpt.get("model_type") != "protopnet":
+        raise CheckpointError(
+            f"{ckpt['path']} holds a {ckpt.get('model_type')!r} model, not a ProtoPNet",
+            "give a checkpoint of a run trained with model.type: protopnet",
+        )
+    cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
+    ckpt_path = Path(ckpt["path"])
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    dev = distributed.resolve_device(device)
+    out = distributed.prepare_output_dir(Path(out_dir) if out_dir else run_dir / "push", force=force)
+    loaders, _ = prepare_data(cfg)
+    class_names = loaders.class_names
+    if class_names != ckpt["class_names"]:
+        raise CheckpointError(
+            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
+            "push with the data set the model was trained on (--data-root / --set data.dataset=...)",
+        )
+    model = model_from_checkpoint(ckpt).to(dev)
+    progress = cfg.train.progress and distributed.is_main()
+    val_before = evaluate_model(model, loaders.val, class_names, dev)
+    result = push_prototypes(model, loaders.push, dev, class_names, out / "prototypes", progress=progress)
+    iterations = []
+    if last_layer_iterations > 0:
+        cfg.protopnet.last_layer_iterations = last_layer_iterations
+        optimizer = build_optimizers(model, cfg.protopnet)["last"]
+        weights = loaders.loss_weights.to(dev) if loaders.loss_weights is not None else None
+        iterations = last_layer_stage(
+            model, result.similarities, result.targets, optimizer, cfg.protopnet, cfg.data.batch_size, weights,
+            cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
+        )  # fmt: skip
+        distributed.broadcast_module(model.last_layer)
+    val_after = evaluate_model(model, loaders.val, class_names, dev)
+    keys = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
+    summary = {
+        "source_checkpoint": str(ckpt_path),
+        "push": result.summary(),
+        "last_layer_iterations": iterations,
+        "val_before": {k: val_before[k] for k in keys},
+        "val_after": {k: val_after[k] for k in keys},
+    }
+    if distributed.is_main():
+        save_checkpoint(out / "checkpoints" / "pushed.pt", model, cfg, class_names, stage="push", push=summary)
+        atomic_write_json(out / "push.json", summary)
+    distributed.barrier()
+    summary["out_dir"] = str(out)
+    summary["checkpoint"] = str(out / "checkpoints" / "pushed.pt")
+    return summary
+
+
+__all__ = ["run_training", "push_checkpoint", "evaluate_checkpoint", "evaluate_external_isic2018", "prepare_data", "write_metrics", "load_state"]

@@ -1,0 +1,68 @@
+"""Filter pruning of a ProtoPNet's trunk: an interpretable *and* compressed model.
+
+The same iterative schedule as for a classifier (`prune.filters.run_schedule`), with three
+differences. The add-on and the last layer are never pruned: the prototype depth D stays, and the
+add-on's input channels follow the trunk's last filters through torch-pruning's dependency graph.
+The scores explain the ProtoPNet's own decision (the logit of the true class); zennit's rules act
+on the trunk and add-on layers, and the relevance passes the prototype layer (distances, log
+similarity, max over positions: functional ops, no zennit rule) as its gradient. After each step
+the model is repaired as a ProtoPNet: `epochs` joint epochs, a push (the prototypes become real
+training patches of the pruned trunk again) and the last-layer stage on the push's similarity
+vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import distributed
+from ..config import RunConfig
+from ..models.protopnet import ProtoPNet
+
+log = logging.getLogger(__name__)
+
+
+def protopnet_ignored_layers(model: ProtoPNet) -> list[nn.Module]:
+    """Layers whose outputs are never pruned: the add-on (its output is the prototype depth) and
+    the last layer (class logits)."""
+    return [*model.add_on_layers.modules(), model.last_layer]
+
+
+def protopnet_repair(
+    model: ProtoPNet, loaders: Any, cfg: RunConfig, epochs: int, device: torch.device
+) -> dict[str, Any]:
+    """Joint epochs, push and last-layer stage on a (pruned) ProtoPNet; returns the push summary.
+
+    Fresh optimisers each call: the pruned parameters are new tensors.
+    """
+    from ..train.protopnet import _DetailsForward, build_optimizers, last_layer_stage, train_epoch
+    from ..train.push import push_prototypes
+
+    p = cfg.protopnet
+    opt = build_optimizers(model, p)
+    weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
+    progress = cfg.train.progress and distributed.is_main()
+    if epochs > 0:
+        model.set_trainable(features=True, add_on=True, prototypes=True, last_layer=False)
+        forward = None
+        if distributed.is_distributed():
+            forward = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
+        for epoch in range(epochs):
+            distributed.set_epoch(loaders.train, epoch)
+            terms = train_epoch(model, loaders.train, opt["joint"], p, device, weights, None,
+                                progress, f"joint {epoch + 1}/{epochs}", forward)  # fmt: skip
+            log.info("repair joint epoch %d: loss %.4f, train accuracy %.4f", epoch + 1,
+                     float(terms["loss"]), float(terms["train_accuracy"]))  # fmt: skip
+    result = push_prototypes(model, loaders.push, device, loaders.class_names, progress=progress)
+    last_layer_stage(
+        model, result.similarities, result.targets, opt["last"], p, cfg.data.batch_size, weights,
+        cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
+    )  # fmt: skip
+    distributed.broadcast_module(model.last_layer)
+    model.eval()
+    log.info("repair push: push-set accuracy %.4f -> %.4f", result.accuracy_before, result.accuracy_after)
+    return result.summary()
