@@ -145,3 +145,25 @@ def test_push_rejects_shuffled_loader() -> None:
     shuffled = DataLoader(loader.dataset, batch_size=4, shuffle=True)
     with pytest.raises(DataError, match="shuffle"):
         push_prototypes(tiny_model(), shuffled, "cpu", CLASSES, progress=False)
+
+
+def test_asynchronous_rendering_writes_the_same_images(tmp_path) -> None:
+    """render_async returns before the PNGs exist; after wait_rendered they equal a synchronous push's."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(9, 20, 20, 3), dtype=np.uint8)
+    ds = ArrayImageDataset(images, np.arange(9) % 3, CLASSES).with_transform(
+        build_transform(16, [0.5] * 3, [0.25] * 3, train=False)
+    )
+    loader = DataLoader(ds, batch_size=4, shuffle=False)
+    sync = push_prototypes(tiny_model(), loader, "cpu", CLASSES, tmp_path / "sync", progress=False)
+    result = push_prototypes(tiny_model(), loader, "cpu", CLASSES, tmp_path / "async",
+                             progress=False, render_async=True)  # fmt: skip
+    assert result.rendering is not None
+    result.wait_rendered()
+    assert result.rendering is None and "render_wait" in result.timings
+    assert torch.equal(result.similarities, sync.similarities)
+    names = sorted(p.name for p in (tmp_path / "sync").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "async").iterdir()) and len(names) > 2
+    for name in names:
+        assert (tmp_path / "sync" / name).read_bytes() == (tmp_path / "async" / name).read_bytes()
+    assert "files" not in result.prototypes[0]  # the writer worked on its own copy

@@ -408,11 +408,13 @@ def train_protopnet(
             if run_dir is not None and p.save_push_images:
                 out_dir = run_dir / "prototypes" / f"epoch-{epoch + 1:03d}"
             result = push_prototypes(
-                model, loaders.push, device, class_names, out_dir, progress=progress
-            )
+                model, loaders.push, device, class_names, out_dir, progress=progress,
+                render_async=True,
+            )  # fmt: skip
             cached = (result.similarities, result.targets)
-            val = evaluate("val")
+            val = evaluate("val")  # while the prototype images are written
             after = {"val": val, "test": evaluate("test")}
+            result.wait_rendered()  # the checkpoint below records a finished push
             state["pushes"].append(
                 {
                     "epoch": epoch + 1,

@@ -19,6 +19,7 @@ Memory: the kept latents take N x D x H x W floats (e.g. 7,000 images x 128 x 8 
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import logging
 import os
 import shutil
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 BOX_PERCENTILE = 95  # the paper's box: the 95th percentile of the upsampled similarity map
 BOX_COLOR = (255, 255, 0)
+# one background writer for asynchronous rendering: renders run in order, one at a time
+_RENDERER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="protoprune-render")
 
 
 @dataclass
@@ -61,6 +64,15 @@ class PushResult:
     seconds: float
     out_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    rendering: concurrent.futures.Future | None = None  # with render_async: the image writer
+
+    def wait_rendered(self) -> None:
+        """Block until the prototype images are written (re-raises a rendering error)."""
+        if self.rendering is not None:
+            t0 = time.perf_counter()
+            self.rendering.result()
+            self.timings["render_wait"] = self.timings.get("render_wait", 0.0) + time.perf_counter() - t0
+            self.rendering = None
 
     def summary(self) -> dict[str, Any]:
         """Plain data for metrics files and checkpoints."""
@@ -88,6 +100,7 @@ def push_prototypes(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     progress: bool = True,
+    render_async: bool = False,
 ) -> PushResult:
     """Project each prototype onto the nearest latent patch of an image of its own class.
 
@@ -96,6 +109,9 @@ def push_prototypes(
     Prototypes of a class without push images are kept unchanged and listed in `unpushed`.
     With `out_dir`, each prototype gets its source image with the box, the crop and the
     similarity heatmap, plus prototypes.csv/json; the folder is replaced as a whole (atomically).
+    `render_async` writes them in a background thread so the caller goes on (the training loop
+    runs the evaluations and the last-layer stage meanwhile); call `wait_rendered()` before
+    relying on the files. The PNG writes then leave the push's critical path.
     """
     shard = distributed.shard_indices(push_loader.sampler)  # None in a single process
     if not isinstance(push_loader.sampler, SequentialSampler) and (
@@ -224,12 +240,18 @@ def push_prototypes(
             len(unpushed),
         )
 
-    target = None
+    target, rendering = None, None
     if out_dir is not None:
         target = Path(out_dir)
         if distributed.is_main():  # images are loaded by their global index
-            render_prototypes(records, upsampled, dataset, input_hw, target, mean, std)
-        distributed.barrier()
+            args = (records, upsampled, dataset, input_hw, target, mean, std)
+            if render_async:  # the writer gets its own copies: the caller may read `records`
+                args = (copy.deepcopy(records), upsampled.detach().cpu(), *args[2:])
+                rendering = _RENDERER.submit(render_prototypes, *args)
+            else:
+                render_prototypes(*args)
+        if not render_async:
+            distributed.barrier()
     t_end = time.perf_counter()
     model.train(was_training)
     return PushResult(
@@ -241,6 +263,7 @@ def push_prototypes(
         targets=y_global,
         seconds=t_end - t_start,
         out_dir=target,
+        rendering=rendering,
         timings={
             "search": t_loop - t_start,
             "project_and_boxes": t_boxes - t_loop,
