@@ -83,16 +83,17 @@ def analyse_checkpoint(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Gallery, local explanations of `samples` test images, global analysis and quality."""
-    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+        require_protopnet,
+        require_same_classes,
+    )
     from ..train.evaluate import predict
     from ..train.run import prepare_data
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    if ckpt.get("model_type") != "protopnet":
-        raise CheckpointError(
-            f"{ckpt.get('path')} holds a {ckpt.get('model_type')!r} model: only ProtoPNets are explained",
-            "give a checkpoint of a run trained with model.type: protopnet",
-        )
+    ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = cfg or checkpoint_config(ckpt)
     k = k or cfg.prune_prototypes.k
     progress = cfg.train.progress if progress is None else progress
@@ -100,11 +101,7 @@ def analyse_checkpoint(
     dev = resolve_device(device)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
-    if class_names != ckpt["class_names"]:
-        raise CheckpointError(
-            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
-            "explain with the data set the model was trained on",
-        )
+    require_same_classes(ckpt, class_names, "explain")
     model = model_from_checkpoint(ckpt).to(dev)
     train_ds, test_ds = loaders.push.dataset, loaders.test.dataset
     nearest_train = k_nearest_patches(model, loaders.push, k, dev, progress, "nearest train")
@@ -177,17 +174,18 @@ def explain_files(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Explain image files with one model or an ensemble (logits summed; prototypes per member)."""
-    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+        require_protopnet,
+    )
     from ..train.run import prepare_data
 
     dev = resolve_device(device)
     ckpts = [load_checkpoint(c) for c in checkpoints]
     for c in ckpts:
-        if c.get("model_type") != "protopnet":
-            raise CheckpointError(
-                f"{c.get('path')} holds a {c.get('model_type')!r} model: only ProtoPNets are explained",
-                "give checkpoints of runs trained with model.type: protopnet",
-            )
+        require_protopnet(c)
     names = ckpts[0]["class_names"]
     if any(c["class_names"] != names for c in ckpts):
         raise CheckpointError(

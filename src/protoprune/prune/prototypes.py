@@ -27,7 +27,6 @@ from torch import nn
 
 from .. import distributed
 from ..config import RunConfig
-from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
 
@@ -160,18 +159,15 @@ def prune_prototypes(
         checkpoint_config,
         load_checkpoint,
         model_from_checkpoint,
+        require_protopnet,
+        require_same_classes,
         save_checkpoint,
     )
     from ..train.evaluate import evaluate_model
     from ..train.protopnet import build_optimizers, last_layer_stage, similarity_vectors
     from ..train.run import prepare_data
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    if ckpt.get("model_type") != "protopnet":
-        raise CheckpointError(
-            f"{ckpt.get('path')} holds a {ckpt.get('model_type')!r} model, not a ProtoPNet",
-            "give a checkpoint of a run trained with model.type: protopnet",
-        )
+    ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
     q = cfg.prune_prototypes
     q.k = q.k if k is None else k
@@ -189,11 +185,7 @@ def prune_prototypes(
 
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
-    if class_names != ckpt["class_names"]:
-        raise CheckpointError(
-            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
-            "prune with the data set the model was trained on",
-        )
+    require_same_classes(ckpt, class_names, "prune")
     model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
 
     def evaluate() -> dict[str, Any]:

@@ -121,3 +121,22 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> nn.Module:
 
         resize_to_state_dict(model, ckpt["state_dict"])
     return load_state(model, ckpt).eval()
+
+
+def require_protopnet(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint, or a clear error when it holds another model type than a ProtoPNet."""
+    if ckpt.get("model_type") != "protopnet":
+        raise CheckpointError(
+            f"{ckpt.get('path')} holds a {ckpt.get('model_type')!r} model, not a ProtoPNet",
+            "give a checkpoint of a run trained with model.type: protopnet",
+        )
+    return ckpt
+
+
+def require_same_classes(ckpt: dict[str, Any], class_names: list[str], action: str) -> None:
+    """Refuse data whose classes are not the checkpoint's (`action`: what the user tried)."""
+    if list(class_names) != list(ckpt["class_names"]):
+        raise CheckpointError(
+            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
+            f"{action} with the data set the model was trained on (--data-root / --set data.dataset=...)",
+        )

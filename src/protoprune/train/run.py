@@ -21,7 +21,13 @@ from ..metrics import metrics_markdown
 from ..models.factory import build_model, small_input
 from ..report.figures import plot_confusion_matrix, plot_training_curves
 from ..seed import set_seed
-from .checkpoint import load_checkpoint, load_state, save_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    load_state,
+    require_protopnet,
+    require_same_classes,
+    save_checkpoint,
+)
 from .evaluate import evaluate_model
 from .loop import fit
 
@@ -161,11 +167,7 @@ def evaluate_checkpoint(
     data_cfg = cfg if cfg is not None else checkpoint_config(ckpt)
     dev = distributed.resolve_device(device)  # under torchrun: before the loaders, so they shard
     loaders, _ = prepare_data(data_cfg)
-    if loaders.class_names != ckpt["class_names"]:
-        raise CheckpointError(
-            f"checkpoint classes {ckpt['class_names']} differ from the data's {loaders.class_names}",
-            "evaluate on a data set with the same classes",
-        )
+    require_same_classes(ckpt, loaders.class_names, "evaluate")
     return evaluate_model(model.to(dev), getattr(loaders, split), ckpt["class_names"], dev)
 
 
@@ -212,12 +214,7 @@ def push_checkpoint(
     from .protopnet import build_optimizers, last_layer_stage
     from .push import push_prototypes
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    if ckpt.get("model_type") != "protopnet":
-        raise CheckpointError(
-            f"{ckpt['path']} holds a {ckpt.get('model_type')!r} model, not a ProtoPNet",
-            "give a checkpoint of a run trained with model.type: protopnet",
-        )
+    ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
     ckpt_path = Path(ckpt["path"])
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
@@ -225,11 +222,7 @@ def push_checkpoint(
     out = distributed.prepare_output_dir(Path(out_dir) if out_dir else run_dir / "push", force=force)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
-    if class_names != ckpt["class_names"]:
-        raise CheckpointError(
-            f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
-            "push with the data set the model was trained on (--data-root / --set data.dataset=...)",
-        )
+    require_same_classes(ckpt, class_names, "push")
     model = model_from_checkpoint(ckpt).to(dev)
     progress = cfg.train.progress and distributed.is_main()
     val_before = evaluate_model(model, loaders.val, class_names, dev)
