@@ -195,6 +195,22 @@ def shard_indices(sampler: Sampler) -> list[int] | None:
     return None
 
 
+def ordered_shard(loader: Any, what: str = "the loader") -> list[int] | None:
+    """This rank's global indices of an in-order loader (None in one process); refuses a loader
+    that shuffles or samples, whose positions would not be image indices."""
+    from torch.utils.data import SequentialSampler
+
+    from .errors import DataError
+
+    shard = shard_indices(loader.sampler)
+    if not isinstance(loader.sampler, SequentialSampler) and (shard is None or loader.sampler.shuffle):
+        raise DataError(
+            f"{what} shuffles or samples its images, so image indices would be wrong",
+            "use a loader with shuffle=False and no sampler (Loaders.push, val or test)",
+        )
+    return shard
+
+
 def gather_in_order(t: torch.Tensor, sampler: Sampler) -> torch.Tensor:
     """Rows computed on this rank's shard of an unshuffled DistributedSampler, gathered from all
     ranks back into dataset order, without DistributedSampler's padding duplicates.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import distributed
@@ -109,14 +109,7 @@ def k_nearest_patches(
     Under torchrun (an unshuffled DistributedSampler) each rank searches its shard and the ranks'
     (P, k) bests are merged into the global k nearest, the same on every rank.
     """
-    shard = distributed.shard_indices(loader.sampler)  # None in a single process
-    if not isinstance(loader.sampler, SequentialSampler) and (
-        shard is None or loader.sampler.shuffle
-    ):
-        raise DataError(
-            "the loader shuffles or samples its images, so image indices would be wrong",
-            "use an unshuffled loader without a sampler (Loaders.push, val or test)",
-        )
+    shard = distributed.ordered_shard(loader)  # None in a single process
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import distributed
@@ -113,14 +113,7 @@ def push_prototypes(
     runs the evaluations and the last-layer stage meanwhile); call `wait_rendered()` before
     relying on the files. The PNG writes then leave the push's critical path.
     """
-    shard = distributed.shard_indices(push_loader.sampler)  # None in a single process
-    if not isinstance(push_loader.sampler, SequentialSampler) and (
-        shard is None or push_loader.sampler.shuffle
-    ):
-        raise DataError(
-            "the push loader shuffles or samples its images, so image indices would be wrong",
-            "push over a loader with shuffle=False and no sampler (Loaders.push)",
-        )
+    shard = distributed.ordered_shard(push_loader, "the push loader")  # None in one process
     t_start = time.perf_counter()
     device = torch.device(device)
     dataset = push_loader.dataset if dataset is None else dataset
