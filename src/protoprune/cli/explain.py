@@ -42,11 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from ..explain.analysis import analyse_checkpoint, explain_files
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import load_checkpoint, run_dir_of
 
     ckpt = load_checkpoint(args.checkpoint)
-    path = Path(ckpt["path"])
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_dir_of(ckpt["path"])
     out = prepare_run_dir(
         Path(args.out) if args.out else run_dir / "explanations", force=args.force
     )
@@ -58,7 +57,7 @@ def execute(args: argparse.Namespace) -> int:
                 "--ensemble explains image files only", "give IMAGE paths after CHECKPOINT"
             )
         results = explain_files(
-            [path, *args.ensemble],
+            [ckpt["path"], *args.ensemble],
             args.images,
             out,
             top=args.top,

@@ -130,16 +130,14 @@ def k_nearest_patches(
         map_shape = tuple(d.shape[-2:])
         dmin, where = d.flatten(2).min(2)  # one patch per image: its closest
         b = len(y)
-        local = torch.arange(b, device=device) + offset
+        seen = torch.arange(b, device=device) + offset  # positions in this rank's loader
+        batch_img = seen
         if global_index is not None:
-            local = global_index[local]
+            batch_img = global_index[seen]
             # DistributedSampler pads the last round with repeats of the first images: drop them
-            repeat = torch.arange(b, device=device) + offset
-            dmin = dmin.masked_fill(
-                (repeat * distributed.world_size() + distributed.rank() >= n_images)[:, None],
-                float("inf"),
-            )
-        batch_img = local[None].expand(p, b)
+            padding = seen * distributed.world_size() + distributed.rank() >= n_images
+            dmin = dmin.masked_fill(padding[:, None], float("inf"))
+        batch_img = batch_img[None].expand(p, b)
         dist, img, pos, cls = merge_topk(
             (dist, img, pos, cls),
             (dmin.t(), batch_img, where.t(), y[None].expand(p, b)),

@@ -265,24 +265,15 @@ def prune_filters(
         if not main:
             distributed.barrier()
             return
-        if export and proto:  # a regular checkpoint: every ProtoPNet command reads it
+        if export:
             stem = run_dir / "models" / f"step_{k:02d}"
-            save_checkpoint(stem.with_suffix(".pt"), m, cfg, loaders.class_names, stage="prune_filters",
-                            pruned_filters=True, step=k, pruned_ratio=float(df.iloc[-1]["pruned_ratio"]))  # fmt: skip
-            export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
-        elif export:
-            stem = run_dir / "models" / f"step_{k:02d}"
-            save_pruned(
-                stem.with_suffix(".pt"),
-                m,
-                cfg.model.arch,
-                len(loaders.class_names),
-                small,
-                loaders.class_names,
-                step=k,
-                pruned_ratio=float(df.iloc[-1]["pruned_ratio"]),
-                config=cfg.to_dict(),
-            )
+            ratio = float(df.iloc[-1]["pruned_ratio"])
+            if proto:  # a regular checkpoint: every ProtoPNet command reads it
+                save_checkpoint(stem.with_suffix(".pt"), m, cfg, loaders.class_names, stage="prune_filters",
+                                pruned_filters=True, step=k, pruned_ratio=ratio)  # fmt: skip
+            else:  # weights-only, rebuilt by load_pruned without the training code path
+                save_pruned(stem.with_suffix(".pt"), m, cfg.model.arch, len(loaders.class_names), small,
+                            loaders.class_names, step=k, pruned_ratio=ratio, config=cfg.to_dict())  # fmt: skip
             export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
         write_results(run_dir, df, meta)
         distributed.barrier()

@@ -4,7 +4,7 @@ The same iterative schedule as for a classifier (`prune.filters.run_schedule`), 
 differences. The add-on and the last layer are never pruned: the prototype depth D stays, and the
 add-on's input channels follow the trunk's last filters through torch-pruning's dependency graph.
 The scores explain the ProtoPNet's own decision (the logit of the true class); zennit's rules act
-on the trunk and add-on layers, and the relevance passes the prototype layer (distances, log
+on the trunk and add-on layers, and the relevance passes the prototype layer (distances,
 similarity, max over positions: functional ops, no zennit rule) as its gradient. After each step
 the model is repaired as a ProtoPNet: `epochs` joint epochs, a push (the prototypes become real
 training patches of the pruned trunk again) and the last-layer stage on the push's similarity
@@ -39,30 +39,27 @@ def protopnet_repair(
 
     Fresh optimisers each call: the pruned parameters are new tensors.
     """
-    from ..train.protopnet import _DetailsForward, build_optimizers, last_layer_stage, train_epoch
+    from ..train.protopnet import _DetailsForward, build_optimizers, refit_last_layer, train_epoch
     from ..train.push import push_prototypes
 
     p = cfg.protopnet
-    opt = build_optimizers(model, p)
     weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
     progress = cfg.train.progress and distributed.is_main()
     if epochs > 0:
+        joint = build_optimizers(model, p)["joint"]
         model.set_trainable(features=True, add_on=True, prototypes=True, last_layer=False)
         forward = None
         if distributed.is_distributed():
             forward = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
         for epoch in range(epochs):
             distributed.set_epoch(loaders.train, epoch)
-            terms = train_epoch(model, loaders.train, opt["joint"], p, device, weights, None,
+            terms = train_epoch(model, loaders.train, joint, p, device, weights, None,
                                 progress, f"joint {epoch + 1}/{epochs}", forward)  # fmt: skip
             log.info("repair joint epoch %d: loss %.4f, train accuracy %.4f", epoch + 1,
                      float(terms["loss"]), float(terms["train_accuracy"]))  # fmt: skip
     result = push_prototypes(model, loaders.push, device, loaders.class_names, progress=progress)
-    last_layer_stage(
-        model, result.similarities, result.targets, opt["last"], p, cfg.data.batch_size, weights,
-        cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
-    )  # fmt: skip
-    distributed.broadcast_module(model.last_layer)
+    refit_last_layer(model, result.similarities, result.targets, loaders, cfg,
+                     p.last_layer_iterations, progress)  # fmt: skip
     model.eval()
     log.info("repair push: push-set accuracy %.4f -> %.4f", result.accuracy_before, result.accuracy_after)
     return result.summary()

@@ -130,10 +130,6 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in HEADLINE}
 
 
-def _run_dir_of(ckpt_path: Path) -> Path:
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-
-
 def prune_prototypes(
     checkpoint: str | Path | dict,
     cfg: RunConfig | None = None,
@@ -161,10 +157,11 @@ def prune_prototypes(
         model_from_checkpoint,
         require_protopnet,
         require_same_classes,
+        run_dir_of,
         save_checkpoint,
     )
     from ..train.evaluate import evaluate_model
-    from ..train.protopnet import build_optimizers, last_layer_stage, similarity_vectors
+    from ..train.protopnet import refit_last_layer, similarity_vectors
     from ..train.run import prepare_data
 
     ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
@@ -180,7 +177,7 @@ def prune_prototypes(
     ckpt_path = Path(ckpt["path"])
     dev = distributed.resolve_device(device)  # joins torchrun's process group if launched by it
     out = distributed.prepare_output_dir(
-        out_dir or _run_dir_of(ckpt_path) / "prototype_pruning", force=force
+        out_dir or run_dir_of(ckpt_path) / "prototype_pruning", force=force
     )
 
     loaders, _ = prepare_data(cfg)
@@ -212,15 +209,7 @@ def prune_prototypes(
             float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
         )
 
-    ft = copy.deepcopy(cfg.protopnet)
-    ft.last_layer_iterations = q.finetune_iterations
-    optimizer = build_optimizers(model, ft)["last"]
-    weights = loaders.loss_weights.to(dev) if loaders.loss_weights is not None else None
-    iterations = last_layer_stage(
-        model, sims, targets, optimizer, ft, cfg.data.batch_size, weights,
-        cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
-    )  # fmt: skip
-    distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
+    iterations = refit_last_layer(model, sims, targets, loaders, cfg, q.finetune_iterations, progress)
     model.eval()
     after_finetune = evaluate()
 

@@ -140,3 +140,9 @@ def require_same_classes(ckpt: dict[str, Any], class_names: list[str], action: s
             f"checkpoint classes {ckpt['class_names']} differ from the data's {class_names}",
             f"{action} with the data set the model was trained on (--data-root / --set data.dataset=...)",
         )
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The run folder of a checkpoint: the parent of `checkpoints/`, else the file's folder."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent

@@ -259,6 +259,29 @@ def last_layer_stage(
     return rows
 
 
+def refit_last_layer(
+    model: ProtoPNet,
+    similarities: torch.Tensor,
+    targets: torch.Tensor,
+    loaders: Any,
+    cfg: RunConfig,
+    iterations: int,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """A last-layer stage with a fresh optimiser, after a push or a pruning outside the training
+    schedule: the data's class weights and sampling, seeded by `cfg.seed`, the same on all ranks."""
+    p = copy.deepcopy(cfg.protopnet)
+    p.last_layer_iterations = iterations
+    weights = loaders.loss_weights
+    rows = last_layer_stage(
+        model, similarities, targets, build_optimizers(model, p)["last"], p, cfg.data.batch_size,
+        None if weights is None else weights.to(similarities.device), cfg.data.balance == "oversample",
+        torch.Generator().manual_seed(cfg.seed), progress,
+    )  # fmt: skip
+    distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
+    return rows
+
+
 @torch.no_grad()
 def similarity_vectors(
     model: ProtoPNet, loader, device: torch.device

@@ -110,8 +110,8 @@ def push_prototypes(
     With `out_dir`, each prototype gets its source image with the box, the crop and the
     similarity heatmap, plus prototypes.csv/json; the folder is replaced as a whole (atomically).
     `render_async` writes them in a background thread so the caller goes on (the training loop
-    runs the evaluations and the last-layer stage meanwhile); call `wait_rendered()` before
-    relying on the files. The PNG writes then leave the push's critical path.
+    runs the after-push evaluations meanwhile); call `wait_rendered()` before relying on the
+    files. The PNG writes then leave the push's critical path.
     """
     shard = distributed.ordered_shard(push_loader, "the push loader")  # None in one process
     t_start = time.perf_counter()

@@ -210,16 +210,15 @@ def push_checkpoint(
 
     Under torchrun the ranks search their shards of the push set and rank 0 writes.
     """
-    from .checkpoint import checkpoint_config, model_from_checkpoint
-    from .protopnet import build_optimizers, last_layer_stage
+    from .checkpoint import checkpoint_config, model_from_checkpoint, run_dir_of
+    from .protopnet import refit_last_layer
     from .push import push_prototypes
 
     ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
     ckpt_path = Path(ckpt["path"])
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     dev = distributed.resolve_device(device)
-    out = distributed.prepare_output_dir(Path(out_dir) if out_dir else run_dir / "push", force=force)
+    out = distributed.prepare_output_dir(Path(out_dir) if out_dir else run_dir_of(ckpt_path) / "push", force=force)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
     require_same_classes(ckpt, class_names, "push")
@@ -229,14 +228,8 @@ def push_checkpoint(
     result = push_prototypes(model, loaders.push, dev, class_names, out / "prototypes", progress=progress)
     iterations = []
     if last_layer_iterations > 0:
-        cfg.protopnet.last_layer_iterations = last_layer_iterations
-        optimizer = build_optimizers(model, cfg.protopnet)["last"]
-        weights = loaders.loss_weights.to(dev) if loaders.loss_weights is not None else None
-        iterations = last_layer_stage(
-            model, result.similarities, result.targets, optimizer, cfg.protopnet, cfg.data.batch_size, weights,
-            cfg.data.balance == "oversample", torch.Generator().manual_seed(cfg.seed), progress,
-        )  # fmt: skip
-        distributed.broadcast_module(model.last_layer)
+        iterations = refit_last_layer(model, result.similarities, result.targets, loaders, cfg,
+                                      last_layer_iterations, progress)  # fmt: skip
     val_after = evaluate_model(model, loaders.val, class_names, dev)
     keys = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
     summary = {
