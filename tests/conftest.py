@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,3 +31,16 @@ def tiny_overrides(**extra) -> list[str]:
 def tiny_config() -> RunConfig:
     """ResNet18 (small-image variant) on 70 real bundled DermaMNIST images per split, 2 epochs."""
     return load_config(None, tiny_overrides())
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder shared by one test module and deleted when the module ends.
+
+    Module fixtures train ResNet18s whose checkpoints weigh 45-135 MB each; kept for the whole
+    session (pytest's default for tmp_path_factory) the suite needed 7 GB of disk and a CI machine
+    ran out of space.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

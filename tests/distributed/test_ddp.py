@@ -82,8 +82,8 @@ def _torchrun(tmp_path: Path, nproc: int, batch: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("ddp")
+def runs(module_tmp) -> tuple[Path, Path]:
+    tmp = module_tmp
     return _torchrun(tmp, 1, 16), _torchrun(tmp, 2, 8)
 
 

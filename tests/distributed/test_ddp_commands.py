@@ -35,8 +35,8 @@ def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def protopnet_checkpoint(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("ddp-cmd")
+def protopnet_checkpoint(module_tmp) -> Path:
+    tmp = module_tmp
     cfg = config_from_dict({**json.loads(json.dumps(CONFIG)), "output_dir": str(tmp)})
     cfg.protopnet.save_push_images = False
     run_training(cfg, tmp / "protopnet")

@@ -39,7 +39,7 @@ def test_reference_set_is_per_class_and_seeded():
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
+def baseline(module_tmp):
     overrides = [
         "data.dataset=bundled",
         "data.max_per_split=40",
@@ -50,7 +50,7 @@ def baseline(tmp_path_factory):
         "train.device=cpu",
         "model.arch=vgg11_bn",
     ]
-    run = tmp_path_factory.mktemp("baseline") / "run"
+    run = module_tmp / "run"
     run_training(load_config(None, overrides), run)
     return run / "checkpoints" / "best.pt"
 

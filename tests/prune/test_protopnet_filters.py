@@ -18,7 +18,7 @@ from ..conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def protopnet(tmp_path_factory):
+def protopnet(module_tmp):
     cfg = load_config(None, tiny_overrides(**{
         "model.type": "protopnet", "model.arch": "resnet18", "data.image_size": 16,
         "data.max_per_split": 40,
@@ -26,7 +26,7 @@ def protopnet(tmp_path_factory):
         "protopnet.warm_epochs": 1, "protopnet.joint_epochs": 1, "protopnet.push_start": 5,
         "protopnet.last_layer_iterations": 2, "protopnet.save_push_images": False,
     }))  # fmt: skip
-    run = tmp_path_factory.mktemp("protopnet") / "run"
+    run = module_tmp / "run"
     run_training(cfg, run)
     return run / "checkpoints" / "best.pt"
 

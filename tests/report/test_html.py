@@ -23,15 +23,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def protopnet_report(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "report"
+def protopnet_report(module_tmp) -> Path:
+    out = module_tmp / "report"
     return build_report(trained_run(), out, samples=2, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
-def baseline_report(tmp_path_factory) -> Path:
+def baseline_report(module_tmp) -> Path:
     """A baseline-classifier run folder: checkpoint, config and metrics (no training needed)."""
-    run = tmp_path_factory.mktemp("baseline") / "run"
+    run = module_tmp / "baseline"
     cfg = load_config(None, ["name=baseline", "model.arch=resnet18", "data.image_size=28"])
     names = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     save_checkpoint(run / "checkpoints" / "best.pt", build_model(cfg, 7), cfg, names)

@@ -37,8 +37,8 @@ def isic_layout(root):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    base = tmp_path_factory.mktemp("study")
+def study(module_tmp):
+    base = module_tmp
     isic = isic_layout(base / "isic")
     overrides = [f"seeds={SEEDS}", f"external_test={isic}"]
     cfg = load_study_config(packaged_config("study_quick.yaml"), overrides)
