@@ -32,6 +32,7 @@ def test_unknown_key_suggests_the_close_one():
         ("prune_filters.total_pr=1.5", "total_pr"),
         ("prune_filters.total_pr=-0.1", "total_pr"),
         ("prune_filters.pr_step=0.7", "larger than total_pr"),
+        ("prune_filters.round_to=0", "round_to"),
         ("prune_prototypes.threshold=7", "threshold"),
         ("data.split_ratios=[0.5,0.5,0.5]", "summing to 1"),
         ("model.type=transformer", "model.type"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from protoprune.errors import ConfigError
 from protoprune.models import build_classifier
 from protoprune.prune.importance import CRITERIA
-from protoprune.prune.measure import count_macs_params, measure_model
+from protoprune.prune.measure import count_macs_params, cpu_latency, measure_model
 from protoprune.prune.structural import FilterPruner, prune_step
 
 
@@ -60,3 +61,37 @@ def test_measure_reports_flops_as_twice_macs():
     m = measure_model(model, 16, batch_sizes=(1, 2), repeats=2)
     assert m["flops"] == 2 * m["macs"] > 0
     assert m["latency_ms_b1"] > 0 and m["latency_ms_b2"] > 0
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_round_to_leaves_pruned_widths_at_multiples_and_the_ratio_close(scope):
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 7, small_input=True).eval()
+    imp = CRITERIA.get("weight")()
+    imp.prepare(model, [])
+    pruner = FilterPruner(model, imp, [0.37], torch.zeros(1, 3, 16, 16), scope=scope, round_to=8)
+    convs0 = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    pruner.step()
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert any(convs[n] < convs0[n] for n in convs)
+    assert all(c % 8 == 0 for c in convs.values()), convs
+    assert pruner.pruned_fraction() == pytest.approx(0.37, abs=0.03)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_round_to_one_gives_the_exact_cut_and_bad_values_fail():
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 7, small_input=True).eval()
+    imp = CRITERIA.get("weight")()
+    imp.prepare(model, [])
+    FilterPruner(model, imp, [0.37], torch.zeros(1, 3, 16, 16), round_to=1).step()
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(w % 8 for w in widths)  # without rounding the cut lands anywhere
+    with pytest.raises(ConfigError, match="round_to"):
+        FilterPruner(model, imp, [0.5], torch.zeros(1, 3, 16, 16), round_to=0)
+
+
+def test_latency_rejects_an_unknown_memory_format():
+    model = build_classifier("resnet18", 7, small_input=True)
+    with pytest.raises(ValueError, match="memory formats"):
+        cpu_latency(model, 16, memory_formats=("nhwc",))

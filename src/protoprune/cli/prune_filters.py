@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one ranking over all layers (default) or per layer",
     )
     parser.add_argument(
+        "--round-to",
+        type=int,
+        help="pruned layers keep a multiple of this many filters (default 8; 1 = exact ratios)",
+    )
+    parser.add_argument(
         "--ref-per-class", type=int, help="reference images per class for the scores (default 10)"
     )
     parser.add_argument(
@@ -98,6 +103,7 @@ def execute(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "scope": args.scope,
         "ref_per_class": args.ref_per_class,
+        "round_to": args.round_to,
     }
     chosen = [f"prune_filters.{key}={value}" for key, value in options.items() if value is not None]
     cfg = checkpoint_config(ckpt, chosen + args.overrides)

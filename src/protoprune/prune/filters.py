@@ -117,6 +117,7 @@ def run_schedule(
     latency: bool = True,
     progress: bool = True,
     ignored_layers: Sequence[nn.Module] | None = None,
+    round_to: int = 1,
 ) -> pd.DataFrame:
     """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step.
 
@@ -127,7 +128,8 @@ def run_schedule(
     # channel dimension (1, the depth D, which follows the never-pruned add-on)
     unwrapped = [(model.prototype_vectors, 1)] if isinstance(model, ProtoPNet) else None
     pruner = FilterPruner(model, importance, ratios, example, scope=scope,
-                          ignored_layers=ignored_layers, unwrapped_parameters=unwrapped)  # fmt: skip
+                          ignored_layers=ignored_layers, unwrapped_parameters=unwrapped,
+                          round_to=round_to)  # fmt: skip
     base = {"step": 0, "target_ratio": 0.0, "pruned_ratio": 0.0, "channels": pruner.channels()}
     base.update(_metrics(evaluate, model, loaders, device, "_pruned"))
     base.update({k.replace("_pruned", ""): v for k, v in base.items() if k.endswith("_pruned")})
@@ -240,6 +242,7 @@ def prune_filters(
         "pr_step": pf.pr_step,
         "epochs": pf.epochs,
         "ref_per_class": pf.ref_per_class,
+        "round_to": pf.round_to,
         "reference_images": sum(len(y) for _, y in reference),
         "lrp_composite": pf.lrp_composite,
         "image_size": cfg.data.image_size,
@@ -293,6 +296,7 @@ def prune_filters(
         latency and main,  # rank 0 times alone (the others wait), so the figures are clean
         cfg.train.progress and main,
         ignored,
+        pf.round_to,
     )
 
 
