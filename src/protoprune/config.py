@@ -76,7 +76,9 @@ class ProtoPNetConfig:
     prototype_dim: int = 128
     prototype_size: int = 1
     add_on: str = "regular"  # regular | bottleneck
+    add_on_output: str = "sigmoid"  # sigmoid | linear (the add-on's last activation)
     similarity: str = "log"  # log | cosine
+    similarity_scale: float = 1.0  # similarities are multiplied by this before the last layer
     epsilon: float = 1e-4
     # phases
     warm_epochs: int = 5
@@ -156,6 +158,7 @@ _CHOICES = {
     "train.scheduler": ("cosine", "step", "none"),
     "protopnet.add_on": ("regular", "bottleneck"),
     "protopnet.similarity": ("log", "cosine"),
+    "protopnet.add_on_output": ("sigmoid", "linear"),
     "prune_filters.method": ("lrp", "weight", "grad", "taylor"),
     "prune_filters.scope": ("global", "layer"),
 }

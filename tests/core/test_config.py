@@ -36,6 +36,7 @@ def test_unknown_key_suggests_the_close_one():
         ("prune_prototypes.threshold=7", "threshold"),
         ("data.split_ratios=[0.5,0.5,0.5]", "summing to 1"),
         ("model.type=transformer", "model.type"),
+        ("protopnet.add_on_output=tanh", "add_on_output"),
         ("data.image_size=2", "too small"),
     ],
 )

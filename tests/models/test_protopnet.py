@@ -128,3 +128,27 @@ def test_paired_distances_are_the_diagonal_of_all_pairs(similarity: str) -> None
     full = model.prototype_distances(z)
     paired = model.paired_distances(z[pick])
     torch.testing.assert_close(paired, full[pick, torch.arange(6)], atol=1e-5, rtol=1e-5)
+
+
+def test_linear_add_on_output_leaves_the_positive_orthant_and_bad_values_fail() -> None:
+    torch.manual_seed(0)
+    trunk = Features(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), 8)
+    model = ProtoPNet(trunk, 3, 2, 6, similarity="cosine", add_on_output="linear")
+    assert not any(isinstance(m, nn.Sigmoid) for m in model.add_on_layers.modules())
+    z = model.conv_features(torch.randn(2, 3, 8, 8))
+    assert z.min() < 0 < z.max()
+    with pytest.raises(Exception, match="add_on_output"):
+        ProtoPNet(trunk, 3, 2, 6, add_on_output="tanh")
+    with pytest.raises(Exception, match="similarity_scale"):
+        ProtoPNet(trunk, 3, 2, 6, similarity_scale=0)
+
+
+@pytest.mark.parametrize("similarity", ["log", "cosine"])
+def test_similarity_scale_multiplies_similarities_and_logits(similarity: str) -> None:
+    model = tiny_protopnet(similarity)
+    x = torch.randn(2, 3, 8, 8)
+    out = model.forward_details(x)
+    sims = model.distance_to_similarity(out.min_distances)
+    model.similarity_scale = 10.0
+    torch.testing.assert_close(model.distance_to_similarity(out.min_distances), 10 * sims)
+    torch.testing.assert_close(model(x), 10 * out.logits)  # the last layer has no bias

@@ -32,12 +32,19 @@ class ProtoPNetOutput:
     latent: torch.Tensor  # (B, D, H, W): add-on output, the space prototypes live in
 
 
-def _add_on_layers(in_channels: int, dim: int, kind: str) -> nn.Sequential:
-    """The original's add-on block: 'regular' = conv-ReLU-conv-Sigmoid; 'bottleneck' halves channels."""
-    if kind == "regular":
-        return nn.Sequential(
-            nn.Conv2d(in_channels, dim, 1), nn.ReLU(), nn.Conv2d(dim, dim, 1), nn.Sigmoid()
+def _add_on_layers(in_channels: int, dim: int, kind: str, output: str = "sigmoid") -> nn.Sequential:
+    """The original's add-on block: 'regular' = conv-ReLU-conv-Sigmoid; 'bottleneck' halves channels.
+
+    `output` 'linear' drops the final Sigmoid: it bounds the L2 distances of the log similarity,
+    but it also keeps every latent vector in the positive orthant, where cosines crowd near 1.
+    """
+    if output not in ("sigmoid", "linear"):
+        raise ConfigError(
+            f"unknown add-on output {output!r}", "use protopnet.add_on_output: sigmoid | linear"
         )
+    last = nn.Sigmoid() if output == "sigmoid" else nn.Identity()
+    if kind == "regular":
+        return nn.Sequential(nn.Conv2d(in_channels, dim, 1), nn.ReLU(), nn.Conv2d(dim, dim, 1), last)
     if kind != "bottleneck":
         raise ConfigError(
             f"unknown add-on type {kind!r}", "use protopnet.add_on: regular | bottleneck"
@@ -47,7 +54,7 @@ def _add_on_layers(in_channels: int, dim: int, kind: str) -> nn.Sequential:
     while current > dim or not layers:
         out = max(dim, current // 2)
         layers += [nn.Conv2d(current, out, 1), nn.ReLU(), nn.Conv2d(out, out, 1)]
-        layers.append(nn.ReLU() if out > dim else nn.Sigmoid())
+        layers.append(nn.ReLU() if out > dim else last)
         current = current // 2
     return nn.Sequential(*layers)
 
@@ -66,6 +73,8 @@ class ProtoPNet(nn.Module):
         similarity: str = "log",
         epsilon: float = 1e-4,
         prototype_classes: Sequence[int] | None = None,
+        add_on_output: str = "sigmoid",
+        similarity_scale: float = 1.0,
     ):
         """`prototype_classes` (class of each prototype) replaces `prototypes_per_class` for a model
         whose prototypes were pruned, so classes may hold different numbers of prototypes."""
@@ -96,7 +105,14 @@ class ProtoPNet(nn.Module):
         self.prototype_size = prototype_size
         self.similarity = similarity
         self.epsilon = epsilon
-        self.add_on_layers = _add_on_layers(features.out_channels, prototype_dim, add_on)
+        if not similarity_scale > 0:
+            raise ConfigError(
+                f"protopnet.similarity_scale = {similarity_scale} must be > 0", "e.g. 1 or 10"
+            )
+        self.similarity_scale = float(similarity_scale)
+        self.add_on_layers = _add_on_layers(
+            features.out_channels, prototype_dim, add_on, add_on_output
+        )
         self.prototype_vectors = nn.Parameter(
             torch.rand(self.num_prototypes, prototype_dim, prototype_size, prototype_size)
         )
@@ -165,10 +181,14 @@ class ProtoPNet(nn.Module):
             return F.relu(z2 - 2 * zp + p2)
 
     def distance_to_similarity(self, distances: torch.Tensor) -> torch.Tensor:
-        """log((d + 1) / (d + eps)): large for near patches; cosine: the cosine itself."""
+        """log((d + 1) / (d + eps)): large for near patches; cosine: the cosine itself; both times
+        `similarity_scale`, which widens the logits' range when the last layer starts at +1/-0.5
+        (a cosine in [0, 1] over 10 prototypes a class leaves the softmax too flat to fit)."""
         if self.similarity == "cosine":
-            return 1 - distances
-        return torch.log((distances + 1) / (distances + self.epsilon))
+            sim = 1 - distances
+        else:
+            sim = torch.log((distances + 1) / (distances + self.epsilon))
+        return sim if self.similarity_scale == 1.0 else sim * self.similarity_scale
 
     def forward_details(self, x: torch.Tensor) -> ProtoPNetOutput:
         z = self.conv_features(x)
@@ -215,6 +235,8 @@ def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
         similarity=p.similarity,
         epsilon=p.epsilon,
         prototype_classes=p.prototype_classes,
+        add_on_output=p.add_on_output,
+        similarity_scale=p.similarity_scale,
     )
 
 
