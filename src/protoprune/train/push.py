@@ -47,13 +47,8 @@ log = logging.getLogger(__name__)
 
 BOX_PERCENTILE = 95  # the paper's box: the 95th percentile of the upsampled similarity map
 BOX_COLOR = (255, 255, 0)
-# one background writer for asynchronous rendering: renders run in order, one at a time. Its torch
-# ops run on one intra-op thread: with the default, the writer's first torch op starts a second
-# OpenMP team whose workers compete with training's, and every small op of the main thread ran
-# about 3x slower afterwards (the last-layer stage at 7 x 10 prototypes: 0.05 s -> 0.15 s)
-_RENDERER = concurrent.futures.ThreadPoolExecutor(
-    1, thread_name_prefix="protoprune-render", initializer=torch.set_num_threads, initargs=(1,)
-)
+# one background writer for asynchronous rendering: renders run in order, one at a time
+_RENDERER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="protoprune-render")
 
 
 @dataclass
