@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from protoprune.config import RunConfig
+from protoprune.errors import ConfigError
 from protoprune.models.backbones import Features
 from protoprune.models.protopnet import ProtoPNet
 
@@ -137,9 +138,9 @@ def test_linear_add_on_output_leaves_the_positive_orthant_and_bad_values_fail() 
     assert not any(isinstance(m, nn.Sigmoid) for m in model.add_on_layers.modules())
     z = model.conv_features(torch.randn(2, 3, 8, 8))
     assert z.min() < 0 < z.max()
-    with pytest.raises(Exception, match="add_on_output"):
+    with pytest.raises(ConfigError, match="add_on_output"):
         ProtoPNet(trunk, 3, 2, 6, add_on_output="tanh")
-    with pytest.raises(Exception, match="similarity_scale"):
+    with pytest.raises(ConfigError, match="similarity_scale"):
         ProtoPNet(trunk, 3, 2, 6, similarity_scale=0)
 
 
