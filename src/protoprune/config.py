@@ -59,7 +59,8 @@ class TrainConfig:
     scheduler: str = "cosine"  # cosine | step | none
     step_size: int = 5
     gamma: float = 0.1
-    amp: bool = True  # mixed precision, only ever used on CUDA
+    amp: bool = True  # float16 mixed precision on CUDA
+    cpu_amp: bool = False  # bfloat16 autocast for training on CPU (fast with AVX512-BF16/AMX)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads on CPU
     select_metric: str = "balanced_accuracy"  # validation metric that picks the best epoch
@@ -113,6 +114,7 @@ class FilterPruningConfig:
     total_pr: float = 0.6
     pr_step: float = 0.15
     epochs: int = 1  # fine-tuning epochs between steps
+    finetune_batches: int | None = None  # cap each fine-tuning epoch at N batches (None: whole)
     scope: str = "global"  # global | layer
     # pruned layers keep a multiple of this many filters: CPU/GPU kernels work in blocks of 8-16
     # channels, so without it latency falls slower than MACs (1 = exact ratios)
@@ -219,6 +221,11 @@ def validate(cfg: RunConfig) -> None:
         )
     if f.norm not in (1, 2):
         raise ConfigError(f"prune_filters.norm = {f.norm} must be 1 or 2", "use 1 (L1) or 2 (L2)")
+    if f.finetune_batches is not None and f.finetune_batches < 1:
+        raise ConfigError(
+            f"prune_filters.finetune_batches = {f.finetune_batches} must be >= 1",
+            "give a number of batches, or null for whole epochs",
+        )
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
     q = cfg.prune_prototypes

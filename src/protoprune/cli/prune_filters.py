@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of the original filters removed per step (default 0.15)",
     )
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs after each step (default 1)")
+    parser.add_argument("--finetune-batches", type=int,
+                        help="cap each fine-tuning epoch at this many batches (default: whole epochs)")  # fmt: skip
     parser.add_argument(
         "--scope",
         choices=["global", "layer"],
@@ -101,6 +103,7 @@ def execute(args: argparse.Namespace) -> int:
         "total_pr": args.total_pr,
         "pr_step": args.pr_step,
         "epochs": args.epochs,
+        "finetune_batches": args.finetune_batches,
         "scope": args.scope,
         "ref_per_class": args.ref_per_class,
         "round_to": args.round_to,

@@ -86,6 +86,32 @@ class Loaders:
     generator: torch.Generator | None = None
 
 
+class CappedLoader:
+    """A DataLoader whose every pass stops after `max_batches` batches: a partial epoch.
+
+    Fine-tuning between pruning steps needs a few hundred gradient steps, not a pass over a large
+    training set; each pass draws a fresh shuffled (or class-balanced) sample of the loader.
+    Attributes (dataset, sampler, batch_size) are the wrapped loader's.
+    """
+
+    def __init__(self, loader: DataLoader, max_batches: int):
+        self.loader, self.max_batches = loader, int(max_batches)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.max_batches:
+                break
+            yield batch
+
+    def __len__(self) -> int:
+        return min(len(self.loader), self.max_batches)
+
+    def __getattr__(self, name: str):
+        if name == "loader":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
 def build_loaders(
     splits: DataSplits, cfg: DataConfig, generator: torch.Generator | None = None, seed: int = 0
 ) -> Loaders:

@@ -13,6 +13,7 @@ every layer (see `structural`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..config import RunConfig, save_config
 from ..data.base import ImageDataset
+from ..data.loaders import CappedLoader
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
@@ -241,6 +243,7 @@ def prune_filters(
         "total_pr": pf.total_pr,
         "pr_step": pf.pr_step,
         "epochs": pf.epochs,
+        "finetune_batches": pf.finetune_batches,
         "ref_per_class": pf.ref_per_class,
         "round_to": pf.round_to,
         "reference_images": sum(len(y) for _, y in reference),
@@ -258,11 +261,15 @@ def prune_filters(
         run_dir,
     )
 
+    tune = loaders  # fine-tuning epochs of `finetune_batches` batches each, when set
+    if pf.finetune_batches:
+        tune = dataclasses.replace(loaders, train=CappedLoader(loaders.train, pf.finetune_batches))
+
     def finetune(m: nn.Module) -> None:
-        if proto:  # joint epochs, re-push, last-layer stage
-            protopnet_repair(m, loaders, cfg, pf.epochs, device)
+        if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
+            protopnet_repair(m, tune, cfg, pf.epochs, device)
         else:
-            fit(m, loaders, cfg, run_dir=None, epochs=pf.epochs, device=device)
+            fit(m, tune, cfg, run_dir=None, epochs=pf.epochs, device=device)
 
     def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
         if not main:

@@ -39,6 +39,7 @@ def protopnet_repair(
 
     Fresh optimisers each call: the pruned parameters are new tensors.
     """
+    from ..train import precision
     from ..train.protopnet import _DetailsForward, build_optimizers, refit_last_layer, train_epoch
     from ..train.push import push_prototypes
 
@@ -49,12 +50,13 @@ def protopnet_repair(
         joint = build_optimizers(model, p)["joint"]
         model.set_trainable(features=True, add_on=True, prototypes=True, last_layer=False)
         forward = None
+        amp, scaler = precision.use_amp(cfg.train, device), precision.grad_scaler(cfg.train, device)
         if distributed.is_distributed():
             forward = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
         for epoch in range(epochs):
             distributed.set_epoch(loaders.train, epoch)
-            terms = train_epoch(model, loaders.train, joint, p, device, weights, None,
-                                progress, f"joint {epoch + 1}/{epochs}", forward)  # fmt: skip
+            terms = train_epoch(model, loaders.train, joint, p, device, weights, scaler,
+                                progress, f"joint {epoch + 1}/{epochs}", forward, amp)  # fmt: skip
             log.info("repair joint epoch %d: loss %.4f, train accuracy %.4f", epoch + 1,
                      float(terms["loss"]), float(terms["train_accuracy"]))  # fmt: skip
     result = push_prototypes(model, loaders.push, device, loaders.class_names, progress=progress)

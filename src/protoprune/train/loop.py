@@ -22,6 +22,7 @@ from .. import distributed
 from ..config import RunConfig, TrainConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_text
+from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
 
@@ -103,15 +104,17 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = True,
     desc: str = "train",
+    amp: bool | None = None,
 ) -> float:
-    """One pass over `loader`; returns the mean loss. Mixed precision when a scaler is given (CUDA)."""
+    """One pass over `loader`; returns the mean loss. Under autocast when `amp` (default: when a
+    scaler is given); see `train.precision`."""
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=scaler is not None):
+        with precision.autocast(device, scaler is not None if amp is None else amp):
             loss = loss_fn(model(x), y)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -151,7 +154,8 @@ def fit(
     write = run_dir is not None and distributed.is_main()  # rank 0 writes, the others wait
     optimizer = build_optimizer(model.parameters(), tc)
     scheduler = build_scheduler(optimizer, tc, epochs)
-    scaler = torch.amp.GradScaler("cuda") if tc.amp and device.type == "cuda" else None
+    amp = precision.use_amp(tc, device)
+    scaler = precision.grad_scaler(tc, device)
     weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     generator = getattr(loaders, "generator", None)
@@ -185,13 +189,15 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         distributed.set_epoch(loaders.train, epoch)
         train_loss = train_one_epoch(
-            train_model, loaders.train, optimizer, loss_fn, device, scaler, tc.progress and distributed.is_main(), desc=f"epoch {epoch + 1}/{epochs}"
+            train_model, loaders.train, optimizer, loss_fn, device, scaler, tc.progress and distributed.is_main(), desc=f"epoch {epoch + 1}/{epochs}",
+            amp=amp,
         )
         train_seconds = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
         val = evaluate_model(model, loaders.val, class_names, device)
         n_train = len(loaders.train.dataset) if loaders.train.sampler is None else len(loaders.train.sampler)
+        n_train = min(n_train, len(loaders.train) * (loaders.train.batch_size or 1))  # partial epochs
         n_train *= distributed.world_size()
         row = {
             "epoch": epoch + 1,

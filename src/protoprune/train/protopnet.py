@@ -29,6 +29,7 @@ from ..config import ProtoPNetConfig, RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
+from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
 from .loop import rank_rng_states, restore_rank_rng
@@ -152,20 +153,22 @@ def train_epoch(
     progress: bool = True,
     desc: str = "",
     forward: nn.Module | None = None,
+    amp: bool | None = None,
 ) -> dict[str, float]:
     """One epoch of warm-up or joint training; returns the mean of each loss term and the accuracy.
 
     `forward` (default `model.forward_details`) is the DDP-wrapped forward under torchrun; the
-    returned means are over all ranks.
+    returned means are over all ranks. Under autocast when `amp` (default: when a scaler is given).
     """
     model.train()
+    amp = scaler is not None if amp is None else amp
     forward = forward if forward is not None else model.forward_details
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     n = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=scaler is not None):
+        with precision.autocast(device, amp):
             out = forward(x)
         terms = protopnet_loss(out, y, model, p, class_weights)
         optimizer.zero_grad(set_to_none=True)
@@ -358,7 +361,8 @@ def train_protopnet(
     class_names = loaders.class_names
     steps = build_schedule(p)
     opt = build_optimizers(model, p)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
+    amp = precision.use_amp(cfg.train, device)
+    scaler = precision.grad_scaler(cfg.train, device)
     class_weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
     oversample = cfg.data.balance == "oversample"
     generator = getattr(loaders, "generator", None)
@@ -449,6 +453,7 @@ def train_protopnet(
                 progress,
                 f"{phase} {epoch + 1}",
                 ddp[phase] if distributed.is_distributed() else None,
+                amp,
             )
             if not warm:
                 opt["joint_scheduler"].step()
