@@ -3,19 +3,20 @@ prototype distances float32 under it; partial fine-tuning epochs (`CappedLoader`
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from test_protopnet_training import tiny_loaders, tiny_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from protoprune.config import RunConfig, load_config
-from protoprune.data.loaders import CappedLoader, Loaders
+from protoprune.data.loaders import CappedLoader
 from protoprune.errors import ConfigError
 from protoprune.train import precision
 from protoprune.train import protopnet as tp
 from protoprune.train.loop import fit, train_one_epoch
-
-from test_protopnet_training import tiny_loaders, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -90,8 +91,6 @@ def test_fit_on_capped_loaders_takes_exactly_that_many_steps() -> None:
     loaders = tiny_loaders()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    import dataclasses
-
     capped = dataclasses.replace(loaders, train=CappedLoader(loaders.train, 2))
     calls = []
     model.register_forward_pre_hook(lambda m, i: calls.append(m.training) or None)
