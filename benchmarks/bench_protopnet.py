@@ -73,6 +73,7 @@ from protoprune.train.protopnet import (  # noqa: E402
     train_epoch,
 )
 from protoprune.train.push import push_prototypes  # noqa: E402
+from protoprune.train.precision import cpu_has_native_bf16  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the original's preprocess.py
@@ -134,6 +135,12 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
         lambda: train_epoch(model, train, opt["joint"], p, device, progress=False), ARGS.repeats
     )
     res["joint_epoch"]["images_per_s"] = len(train_ds) / res["joint_epoch"]["seconds"]
+    if cpu_has_native_bf16():  # `train.cpu_amp: true`: bfloat16 autocast, float32 distances
+        res["joint_epoch_bf16"] = timed(
+            lambda: train_epoch(model, train, opt["joint"], p, device, progress=False, amp=True),
+            ARGS.repeats,
+        )
+        res["joint_epoch_bf16"]["images_per_s"] = len(train_ds) / res["joint_epoch_bf16"]["seconds"]
 
     @torch.no_grad()
     def forward_all(loader):
@@ -253,6 +260,7 @@ def compare(ours: dict, peer: dict | None) -> dict:
         "forward_push_set_s": fwd,
         "push_over_forward": ours["push"]["seconds"] / fwd,
         "joint_img_s": ours["joint_epoch"]["images_per_s"],
+        "joint_bf16_img_s": ours.get("joint_epoch_bf16", {}).get("images_per_s"),
         "last_layer_stage_s": ours["last_layer_stage"]["seconds"],
         "last_layer_stage_incl_vectors_s": ours["last_layer_stage_incl_vectors"]["seconds"],
         "test_img_s": ours["test"]["images_per_s"],
@@ -269,6 +277,9 @@ def compare(ours: dict, peer: dict | None) -> dict:
                 "joint_speedup": ours["joint_epoch"]["images_per_s"]
                 / peer["joint_epoch"]["images_per_s"],
                 # our whole 20-iteration stage against ONE of the original's 20 last-layer epochs
+                "joint_bf16_speedup": None
+                if "joint_epoch_bf16" not in ours
+                else ours["joint_epoch_bf16"]["images_per_s"] / peer["joint_epoch"]["images_per_s"],
                 "last_layer_speedup": peer["last_only_epoch"]["seconds"]
                 / ours["last_layer_stage"]["seconds"],
                 "last_layer_stage_speedup_vs_20_epochs": 20
@@ -317,6 +328,7 @@ def main() -> None:
             ("push without rendering (s)", s["push_no_render_s"], None, None, ""),
             ("no-grad forward, push set (s)", s["forward_push_set_s"], None, s["push_over_forward"], "push/fwd"),
             ("joint epoch (img/s)", s["joint_img_s"], s.get("peer_joint_img_s"), s.get("joint_speedup"), "x"),
+            ("joint epoch, cpu_amp bf16 (img/s)", s["joint_bf16_img_s"], s.get("peer_joint_img_s"), s.get("joint_bf16_speedup"), "x"),
             ("last-layer stage (s) vs 1 epoch", s["last_layer_stage_s"], s.get("peer_last_layer_epoch_s"), s.get("last_layer_speedup"), "x faster"),
             ("last-layer stage incl. vectors (s)", s["last_layer_stage_incl_vectors_s"], None, None, ""),
             ("test inference (img/s)", s["test_img_s"], s.get("peer_test_img_s"), s.get("test_speedup"), "x"),
@@ -324,7 +336,8 @@ def main() -> None:
         for label, ours, theirs, ratio, unit in lines:
             t = "" if theirs is None else f"{theirs:11.2f}"
             q = "" if ratio is None else f"{ratio:8.2f} {unit}"
-            print(f"{name:6} {label:34} {ours:11.2f} {t:>11} {q}")
+            if ours is not None:  # bf16 only where the CPU has it
+                print(f"{name:6} {label:34} {ours:11.2f} {t:>11} {q}")
     print(f"targets: {TARGETS}\nsaved {ARGS.out}")
 
 
