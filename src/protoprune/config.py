@@ -115,6 +115,7 @@ class FilterPruningConfig:
     pr_step: float = 0.15
     epochs: int = 1  # fine-tuning epochs between steps
     finetune_batches: int | None = None  # cap each fine-tuning epoch at N batches (None: whole)
+    finetune_lr: float | None = None  # a classifier's fine-tuning lr (None: train.lr); ProtoPNet: joint lrs
     scope: str = "global"  # global | layer
     # pruned layers keep a multiple of this many filters: CPU/GPU kernels work in blocks of 8-16
     # channels, so without it latency falls slower than MACs (1 = exact ratios)
@@ -225,6 +226,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"prune_filters.finetune_batches = {f.finetune_batches} must be >= 1",
             "give a number of batches, or null for whole epochs",
+        )
+    if f.finetune_lr is not None and not f.finetune_lr > 0:
+        raise ConfigError(
+            f"prune_filters.finetune_lr = {f.finetune_lr} must be > 0",
+            "give a learning rate such as 0.0001, or null to use train.lr",
         )
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")

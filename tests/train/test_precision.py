@@ -99,7 +99,10 @@ def test_fit_on_capped_loaders_takes_exactly_that_many_steps() -> None:
     assert sum(calls) == 2 * 2  # 2 epochs x 2 training batches (evaluation runs in eval mode)
 
 
-def test_finetune_batches_must_be_positive() -> None:
+def test_finetune_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="finetune_batches"):
         load_config(None, ["prune_filters.finetune_batches=0"])
-    assert load_config(None, ["prune_filters.finetune_batches=5"]).prune_filters.finetune_batches == 5
+    with pytest.raises(ConfigError, match="finetune_lr"):
+        load_config(None, ["prune_filters.finetune_lr=0"])
+    cfg = load_config(None, ["prune_filters.finetune_batches=5", "prune_filters.finetune_lr=1e-4"])
+    assert (cfg.prune_filters.finetune_batches, cfg.prune_filters.finetune_lr) == (5, 1e-4)

@@ -13,6 +13,7 @@ every layer (see `structural`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -244,6 +245,7 @@ def prune_filters(
         "pr_step": pf.pr_step,
         "epochs": pf.epochs,
         "finetune_batches": pf.finetune_batches,
+        "finetune_lr": pf.finetune_lr if pf.finetune_lr is not None else cfg.train.lr,
         "ref_per_class": pf.ref_per_class,
         "round_to": pf.round_to,
         "reference_images": sum(len(y) for _, y in reference),
@@ -264,12 +266,16 @@ def prune_filters(
     tune = loaders  # fine-tuning epochs of `finetune_batches` batches each, when set
     if pf.finetune_batches:
         tune = dataclasses.replace(loaders, train=CappedLoader(loaders.train, pf.finetune_batches))
+    tune_cfg = cfg  # the classifier's fine-tuning: train.* with prune_filters.finetune_lr, if set
+    if pf.finetune_lr is not None:
+        tune_cfg = copy.deepcopy(cfg)
+        tune_cfg.train.lr = pf.finetune_lr
 
     def finetune(m: nn.Module) -> None:
         if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
             protopnet_repair(m, tune, cfg, pf.epochs, device)
         else:
-            fit(m, tune, cfg, run_dir=None, epochs=pf.epochs, device=device)
+            fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device)
 
     def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
         if not main:
