@@ -158,6 +158,23 @@ def test_study_resumes_only_the_unfinished_unit(study):
     )
 
 
+def test_force_keeps_the_old_study_folder_aside(tmp_path, monkeypatch):
+    from protoprune.study import runner
+
+    out = tmp_path / "study"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "marker.txt").write_text("old results")
+
+    def stop(*_a, **_k):
+        raise RuntimeError("stopped after preparing the folder")
+
+    monkeypatch.setattr(runner, "run_units", stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        runner.run_study(packaged_config("study_quick.yaml"), out, force=True, progress=False)
+    assert (tmp_path / "study.old-1" / "runs" / "marker.txt").read_text() == "old results"
+    assert not (out / "runs").exists()
+
+
 def test_study_config_errors_name_the_fix(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_study_config(packaged_config("study_quick.yaml"), ["seed=[0]"])

@@ -111,7 +111,7 @@ def run_study(
     from .report import write_report
 
     study = load_study_config(cfg_path_or_obj, overrides)
-    out = prepare_run_dir(out_dir, force=force, resume=resume)
+    out = prepare_run_dir(out_dir, force=force, resume=resume and not force)  # force: start over
     atomic_write_text(out / "study.yaml", yaml.safe_dump(study.to_dict(), sort_keys=False))
     results = run_units(study, out, progress)
     per_seed = add_deltas(pd.DataFrame([r for res in results for r in res["rows"]]))
