@@ -66,6 +66,7 @@ from protoprune.config import ProtoPNetConfig  # noqa: E402
 from protoprune.io import atomic_write_json  # noqa: E402
 from protoprune.models.backbones import build_classifier, feature_extractor  # noqa: E402
 from protoprune.models.protopnet import ProtoPNet  # noqa: E402
+from protoprune.train.precision import cpu_has_native_bf16  # noqa: E402
 from protoprune.train.protopnet import (  # noqa: E402
     build_optimizers,
     last_layer_stage,
@@ -73,7 +74,6 @@ from protoprune.train.protopnet import (  # noqa: E402
     train_epoch,
 )
 from protoprune.train.push import push_prototypes  # noqa: E402
-from protoprune.train.precision import cpu_has_native_bf16  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the original's preprocess.py
