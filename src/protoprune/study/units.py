@@ -103,14 +103,24 @@ def unit_config(study: StudyConfig, unit: Unit, out: Path) -> RunConfig:
     return cfg.validate()
 
 
+# the config sections each kind of unit reads: a changed ProtoPNet setting reruns the ProtoPNet
+# units, not the baseline and its filter pruning
+SECTIONS = {
+    "baseline": ("data", "model", "train"),
+    "filter": ("data", "model", "train", "prune_filters"),
+    "protopnet": ("data", "model", "train", "protopnet"),
+    "protopnet_pruned": ("data", "model", "train", "protopnet", "prune_prototypes"),
+    "protopnet_filter": ("data", "model", "train", "protopnet", "prune_filters"),
+}
+
+
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
-    """Hash of everything that decides the unit's result (not paths, progress bars, threads)."""
-    d = cfg.to_dict()
+    """Hash of everything that decides the unit's result (not paths, progress bars, threads, nor
+    the sections the unit does not read)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k == "seed" or k in SECTIONS[unit.kind]}
     for section, key in (("data", "split_file"), ("data", "num_workers"), ("train", "progress"),
                          ("train", "threads")):  # fmt: skip
         d[section].pop(key, None)
-    for key in ("name", "output_dir"):
-        d.pop(key, None)
     payload = {
         "unit": unit.key,
         "config": d,
