@@ -245,7 +245,8 @@ def prune_filters(
         "pr_step": pf.pr_step,
         "epochs": pf.epochs,
         "finetune_batches": pf.finetune_batches,
-        "finetune_lr": pf.finetune_lr if pf.finetune_lr is not None else cfg.train.lr,
+        # a ProtoPNet is repaired at its joint learning rates (protopnet.joint_lr_*)
+        "finetune_lr": None if proto else (pf.finetune_lr if pf.finetune_lr is not None else cfg.train.lr),
         "ref_per_class": pf.ref_per_class,
         "round_to": pf.round_to,
         "reference_images": sum(len(y) for _, y in reference),
