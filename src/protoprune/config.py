@@ -82,9 +82,13 @@ class ProtoPNetConfig:
     similarity_scale: float = 1.0  # similarities are multiplied by this before the last layer
     epsilon: float = 1e-4
     # phases
+    # epochs that train the trunk as a plain classifier (linear head on pooled features, the
+    # train section's optimiser, lr and scheduler) before the warm-up; 0 = the paper, whose trunk
+    # comes ImageNet-pretrained. A trunk trained from scratch needs it: see dermamnist_protopnet.yaml
+    trunk_epochs: int = 0
     warm_epochs: int = 5
     joint_epochs: int = 10
-    push_start: int = 10  # epoch (counting warm-up) of the first push
+    push_start: int = 10  # epoch (counting trunk and warm-up epochs) of the first push
     push_every: int = 10
     last_layer_iterations: int = 20
     # learning rates
@@ -197,7 +201,7 @@ def validate(cfg: RunConfig) -> None:
             "protopnet.prototypes_per_class and protopnet.prototype_dim must be >= 1",
             "use positive sizes (defaults: 10 and 128)",
         )
-    if min(p.warm_epochs, p.joint_epochs, p.last_layer_iterations) < 0 or p.push_every < 1:
+    if min(p.trunk_epochs, p.warm_epochs, p.joint_epochs, p.last_layer_iterations) < 0 or p.push_every < 1:
         raise ConfigError(
             "protopnet epoch counts must be >= 0 and push_every >= 1", "fix the protopnet section"
         )

@@ -71,6 +71,70 @@ def test_schedule_defaults_push_at_start_and_always_at_the_end() -> None:
     assert steps[steps.index(("push", 10)) + 1] == ("last_layer", 10)
 
 
+def test_schedule_trunk_epochs_come_first_without_pushes() -> None:
+    p = RunConfig().protopnet
+    p.trunk_epochs, p.warm_epochs, p.joint_epochs, p.push_start, p.push_every = 3, 1, 2, 0, 1
+    steps = tp.build_schedule(p)
+    assert steps[:4] == [("trunk", 0), ("trunk", 1), ("trunk", 2), ("warm", 3)]
+    # push_start counts the trunk epochs; no push before the prototype layer has trained
+    assert [s for s in steps if s[0] == "push"] == [("push", 3), ("push", 4), ("push", 5)]
+
+
+def test_trunk_epochs_train_the_trunk_as_a_classifier_then_drop_the_head(
+    tmp_path, monkeypatch
+) -> None:
+    cfg = tiny_config()
+    cfg.protopnet.trunk_epochs = 2
+    model = tiny_model()
+    trunk_before = [t.detach().clone() for t in model.features.parameters()]
+    prototypes_before = model.prototype_vectors.detach().clone()
+    real_epoch, seen = tp.train_epoch, {}
+
+    def first_prototype_epoch(m, *args, **kwargs):  # state when the warm-up starts
+        if not seen:
+            seen["trunk"] = [t.detach().clone() for t in m.features.parameters()]
+            seen["prototypes"] = m.prototype_vectors.detach().clone()
+        return real_epoch(m, *args, **kwargs)
+
+    monkeypatch.setattr(tp, "train_epoch", first_prototype_epoch)
+    tp.train_protopnet(model, tiny_loaders(), cfg, tmp_path, "cpu")
+    assert any(not torch.equal(a, b) for a, b in zip(trunk_before, seen["trunk"], strict=True))
+    torch.testing.assert_close(seen["prototypes"], prototypes_before)  # untouched by the trunk
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["phase"].tolist()[:3] == ["trunk", "trunk", "warm"]
+    trunk_rows = history[history.phase == "trunk"]
+    assert trunk_rows["train_loss"].notna().all() and trunk_rows["val_accuracy"].notna().all()
+    # the head is not part of the model: a ProtoPNet checkpoint keeps its usual keys
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert not any(k.startswith("head") for k in best["state_dict"])
+
+
+def test_resume_inside_the_trunk_epochs_matches_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
+    cfg = tiny_config()
+    cfg.protopnet.trunk_epochs = 2
+    reference = tiny_model()
+    tp.train_protopnet(reference, tiny_loaders(), cfg, tmp_path / "ref", "cpu")
+
+    real, calls = tp.train_one_epoch, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second trunk epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tp, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tp.train_protopnet(tiny_model(), tiny_loaders(), cfg, tmp_path / "run", "cpu")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["progress"]["step"] == 1 and last["trunk_head"] is not None
+    monkeypatch.setattr(tp, "train_one_epoch", real)
+    resumed = tiny_model()
+    tp.train_protopnet(resumed, tiny_loaders(), cfg, tmp_path / "run", "cpu", resume=True)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+
+
 def test_loss_terms_have_the_right_sign() -> None:
     model = tiny_model().eval()
     x = torch.randn(4, 3, 8, 8)

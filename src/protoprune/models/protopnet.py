@@ -219,6 +219,23 @@ class ProtoPNet(nn.Module):
         self.last_layer.weight.requires_grad_(last_layer)
 
 
+class TrunkClassifier(nn.Module):
+    """The trunk with a linear head on globally average-pooled features, to train the trunk as a
+    plain classifier before the prototype layer is fitted to it (`protopnet.trunk_epochs`).
+
+    The paper's prototype layer starts from an ImageNet-pretrained trunk; a random trunk gives the
+    prototypes nothing to match. Shares the trunk's modules; the head is dropped afterwards.
+    """
+
+    def __init__(self, features: Features, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.head = nn.Linear(features.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
     """The configured ProtoPNet: any baseline architecture (incl. small-image variants) as trunk."""
     from .factory import small_input

@@ -114,6 +114,12 @@ SECTIONS = {
 }
 
 
+# Settings added after studies were run, with the value that reproduces the behaviour from before
+# they existed: left out of the fingerprint at that value, so an older study folder still resumes
+# instead of rerunning its units (tests/study/test_fingerprint.py holds known fingerprints).
+ADDED_LATER = {("protopnet", "trunk_epochs"): 0}
+
+
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
     """Hash of everything that decides the unit's result (not paths, progress bars, threads, nor
     the sections the unit does not read)."""
@@ -121,6 +127,9 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     for section, key in (("data", "split_file"), ("data", "num_workers"), ("train", "progress"),
                          ("train", "threads")):  # fmt: skip
         d[section].pop(key, None)
+    for (section, key), old_behaviour in ADDED_LATER.items():
+        if section in d and d[section].get(key) == old_behaviour:
+            del d[section][key]
     payload = {
         "unit": unit.key,
         "config": d,

@@ -1,6 +1,6 @@
 """ProtoPNet's training schedule: warm-up, joint, push, last-layer stage; resumable at every step.
 
-The schedule is a fixed list of steps: one per warm-up/joint epoch, and after the epochs
+The schedule is a fixed list of steps: one per trunk/warm-up/joint epoch, and after the epochs
 `push_start, push_start + push_every, ...` a push followed by the last-layer stage. The run always
 ends with a push + last-layer stage, so the returned model's prototypes are real training patches.
 `checkpoints/last.pt` is written after every step (model, the three optimizers, the scheduler,
@@ -28,11 +28,17 @@ from .. import distributed
 from ..config import ProtoPNetConfig, RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
-from ..models.protopnet import ProtoPNet
+from ..models.protopnet import ProtoPNet, TrunkClassifier
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
-from .loop import rank_rng_states, restore_rank_rng
+from .loop import (
+    build_optimizer,
+    build_scheduler,
+    rank_rng_states,
+    restore_rank_rng,
+    train_one_epoch,
+)
 from .push import push_prototypes
 
 log = logging.getLogger(__name__)
@@ -43,11 +49,16 @@ HEADLINE = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivit
 
 
 def build_schedule(p: ProtoPNetConfig) -> list[tuple[str, int]]:
-    """The steps of a run as (phase, epoch index): warm | joint | push | last_layer."""
-    total = p.warm_epochs + p.joint_epochs
+    """The steps of a run as (phase, epoch index): trunk | warm | joint | push | last_layer.
+
+    No push during the trunk epochs: the prototype layer is not trained yet."""
+    total = p.trunk_epochs + p.warm_epochs + p.joint_epochs
     steps: list[tuple[str, int]] = []
     for epoch in range(total):
-        steps.append(("warm" if epoch < p.warm_epochs else "joint", epoch))
+        if epoch < p.trunk_epochs:
+            steps.append(("trunk", epoch))
+            continue
+        steps.append(("warm" if epoch < p.trunk_epochs + p.warm_epochs else "joint", epoch))
         if (
             epoch >= p.push_start
             and (epoch - p.push_start) % p.push_every == 0
@@ -361,6 +372,13 @@ def train_protopnet(
     class_names = loaders.class_names
     steps = build_schedule(p)
     opt = build_optimizers(model, p)
+    trunk: TrunkClassifier | None = None
+    if p.trunk_epochs > 0:  # the trunk trained as the baseline CNN is: train section's recipe
+        trunk = TrunkClassifier(model.features, model.num_classes).to(device)
+        opt["trunk"] = build_optimizer(trunk.parameters(), cfg.train)
+        trunk_scheduler = build_scheduler(opt["trunk"], cfg.train, p.trunk_epochs)
+        if trunk_scheduler is not None:
+            opt["trunk_scheduler"] = trunk_scheduler
     amp = precision.use_amp(cfg.train, device)
     scaler = precision.grad_scaler(cfg.train, device)
     class_weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
@@ -393,8 +411,10 @@ def train_protopnet(
                 "resume with the run's saved config",
             )
         model.load_state_dict(last["state_dict"])
-        for key in ("warm", "joint", "last", "joint_scheduler"):
+        for key in opt:
             opt[key].load_state_dict(last["optimizers"][key])
+        if trunk is not None:
+            trunk.head.load_state_dict(last["trunk_head"])
         if scaler is not None and last.get("scaler"):
             scaler.load_state_dict(last["scaler"])
         state = copy.deepcopy(last["progress"])
@@ -425,6 +445,7 @@ def train_protopnet(
             ckpt_dir / "last.pt", model, cfg, class_names,
             stage="protopnet", schedule=[list(s) for s in steps], progress=state,
             optimizers={k: v.state_dict() for k, v in opt.items()},
+            trunk_head=trunk.head.state_dict() if trunk is not None else None,
             scaler=scaler.state_dict() if scaler is not None else None,
             **rng,
         )  # fmt: skip
@@ -434,7 +455,21 @@ def train_protopnet(
         phase, epoch = steps[state["step"]]
         t0 = time.perf_counter()
         row: dict[str, Any] = {"step": state["step"] + 1, "phase": phase, "epoch": epoch + 1}
-        if phase in ("warm", "joint"):
+        if phase == "trunk":
+            assert trunk is not None
+            model.set_trainable(features=True, add_on=False, prototypes=False, last_layer=False)
+            row["lr"] = opt["trunk"].param_groups[0]["lr"]
+            if phase not in ddp:
+                ddp[phase] = distributed.wrap_model(trunk, device, cfg.train.sync_batchnorm)
+            distributed.set_epoch(loaders.train, epoch)
+            row["train_loss"] = train_one_epoch(
+                ddp[phase], loaders.train, opt["trunk"], nn.CrossEntropyLoss(weight=class_weights),
+                device, scaler, progress, f"trunk {epoch + 1}", amp,
+            )  # fmt: skip
+            if "trunk_scheduler" in opt:
+                opt["trunk_scheduler"].step()
+            val = evaluate_model(trunk, loaders.val, class_names, device)  # the trunk's own head
+        elif phase in ("warm", "joint"):
             warm = phase == "warm"
             model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
             optimizer = opt["warm"] if warm else opt["joint"]
@@ -534,6 +569,10 @@ def train_protopnet(
                     )
         row.update(_headline(val, "val_"))
         row["seconds"] = time.perf_counter() - t0
+        if phase == "trunk":
+            log.info("trunk epoch %d: loss %.4f  val acc %.4f  bal %.4f (linear head)  (%.1f s)",
+                     epoch + 1, row["train_loss"], val["accuracy"], val["balanced_accuracy"],
+                     row["seconds"])  # fmt: skip
         if phase in ("warm", "joint"):
             log.info("%s epoch %d: loss %.4f (ce %.4f, clst %.4f, sep %.4f)  val acc %.4f  bal %.4f  (%.1f s)",
                      phase, epoch + 1, row["train_loss"], row["cross_entropy"], row["cluster"], row["separation"],

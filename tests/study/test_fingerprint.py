@@ -1,0 +1,35 @@
+"""Legacy compatibility of study fingerprints: a new setting at its old behaviour must not make an
+existing study folder rerun its units (hours of work on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protoprune.demo import packaged_config
+from protoprune.study.config import load_study_config
+from protoprune.study.units import Unit, fingerprint, unit_config
+
+# computed with protoprune before protopnet.trunk_epochs existed (commit fe92975)
+KNOWN = {
+    "baseline": "fbf61ceaa4c71b70e591d1e70dade602d4688e35c7f126f2b5d7b40a1362b8ec",
+    "protopnet": "8655b426fa81841de77301ee7e8018aa36e331f7ba2401acf39b39d81e36bd60",
+    "protopnet_pruned": "0ac70074c6afe71f0d776937d2ac4eaa3f9f19c1fe9f8da7faa9de8302cc735e",
+}
+
+
+def _fingerprint(kind: str, overrides: list[str] | None = None) -> str:
+    study = load_study_config(packaged_config("study_full.yaml"), overrides or [])
+    unit = Unit("resnet18", 0, kind)
+    return fingerprint(study, unit, unit_config(study, unit, Path("/unused")), {})
+
+
+def test_fingerprints_of_an_older_version_still_match() -> None:
+    for kind, known in KNOWN.items():
+        assert _fingerprint(kind) == known, kind
+
+
+def test_a_new_setting_away_from_its_old_behaviour_changes_the_fingerprint() -> None:
+    changed = _fingerprint("protopnet", ["run.protopnet.trunk_epochs=2"])
+    assert changed != KNOWN["protopnet"]
+    # and only for the units that read the section
+    assert _fingerprint("baseline", ["run.protopnet.trunk_epochs=2"]) == KNOWN["baseline"]
