@@ -40,6 +40,11 @@ def plot_confusion_matrix(cm: list[list[int]] | np.ndarray, class_names: list[st
 def plot_training_curves(history: pd.DataFrame, path: str | Path) -> Path:
     """Loss and validation metrics per epoch."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if "phase" in history and (history["phase"] == "trunk").any():
+        # a ProtoPNet's trunk epochs: loss and metrics there are those of the linear head
+        last = history.loc[history["phase"] == "trunk", "epoch"].max()
+        for ax in axes:
+            ax.axvspan(0.5, last + 0.5, color="0.9", label="trunk epochs (linear head)")
     if "train_loss" in history:
         axes[0].plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
     axes[0].set_xlabel("epoch")
