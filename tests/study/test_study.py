@@ -16,6 +16,7 @@ from protoprune.demo import packaged_config
 from protoprune.errors import ConfigError
 from protoprune.metrics import HEADLINE
 from protoprune.study import StudyLog, load_study_config, run_study
+from protoprune.study.plots import write_plots
 
 SEEDS = [0, 1]
 ARMS = {("baseline", ""), ("protopnet", ""), ("protopnet_pruned", ""), ("protopnet_filter", "lrp")}
@@ -124,6 +125,17 @@ def test_plots_exist_open_and_are_in_the_report(study):
         assert f'src="{name}"' in html
     assert "http://" not in html and "https://" not in html
     assert "Filter pruning (lrp)" in html and "ProtoPNet + filter pruning" in html
+
+
+def test_plots_of_a_study_without_filter_pruning(study, tmp_path):
+    # arms [baseline, protopnet] (configs/study_protopnet.yaml): no pruning curves at all
+    per_seed = study["per_seed"]
+    sub = per_seed[per_seed["arm"].isin(["baseline", "protopnet"])]
+    plots = write_plots(tmp_path, sub, pd.DataFrame())
+    assert set(plots) >= {"accuracy_vs_ratio", "accuracy_vs_macs", "per_class_recall"}
+    for path in plots.values():
+        with Image.open(path) as im:
+            im.verify()
 
 
 def test_study_resumes_only_the_unfinished_unit(study):

@@ -35,9 +35,10 @@ def plot_pruning_curves(curves: pd.DataFrame, path: Path, metric: str = "test_ac
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sub = curves[curves["arch"] == arch] if len(curves) else curves
-        if not len(sub):
+        if not len(sub):  # e.g. a study of baseline vs ProtoPNet only: curves has no columns
             _empty(ax, "no filter-pruning runs")
-        for (arm, method), g in sub.groupby(["arm", "method"], sort=False):
+        groups = sub.groupby(["arm", "method"], sort=False) if len(sub) else []
+        for (arm, method), g in groups:
             stats = g.groupby("step").agg(
                 x=("pruned_ratio", "mean"), y=(metric, "mean"), s=(metric, "std"),
                 yp=(f"{metric}_pruned", "mean"),
