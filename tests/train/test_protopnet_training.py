@@ -62,6 +62,20 @@ def tiny_config() -> RunConfig:
     return cfg
 
 
+def killed_at_call(fn, n: int):
+    """`fn`, except that its n-th call raises KeyboardInterrupt: a run killed at that point."""
+    calls = 0
+
+    def wrapper(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def test_schedule_defaults_push_at_start_and_always_at_the_end() -> None:
     steps = tp.build_schedule(RunConfig().protopnet)  # warm 5, joint 10, push_start 10, every 10
     assert [s for s in steps if s[0] == "push"] == [("push", 10), ("push", 14)]
@@ -115,15 +129,8 @@ def test_resume_inside_the_trunk_epochs_matches_an_uninterrupted_run(tmp_path, m
     reference = tiny_model()
     tp.train_protopnet(reference, tiny_loaders(), cfg, tmp_path / "ref", "cpu")
 
-    real, calls = tp.train_one_epoch, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second trunk epoch
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tp, "train_one_epoch", interrupted)
+    real = tp.train_one_epoch
+    monkeypatch.setattr(tp, "train_one_epoch", killed_at_call(real, 2))  # the second trunk epoch
     with pytest.raises(KeyboardInterrupt):
         tp.train_protopnet(tiny_model(), tiny_loaders(), cfg, tmp_path / "run", "cpu")
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -223,15 +230,9 @@ def test_resume_after_interruption_continues_in_the_right_phase(tmp_path, monkey
     tp.train_protopnet(reference, tiny_loaders(), cfg, tmp_path / "ref", "cpu")
 
     real_push = tp.push_prototypes
-    calls = {"push": 0, "epochs": 0}
-
-    def interrupted_push(*args, **kwargs):
-        calls["push"] += 1
-        if calls["push"] == 2:  # the final push, after the last joint epoch
-            raise KeyboardInterrupt
-        return real_push(*args, **kwargs)
-
-    monkeypatch.setattr(tp, "push_prototypes", interrupted_push)
+    calls = {"epochs": 0}
+    # the final push, after the last joint epoch
+    monkeypatch.setattr(tp, "push_prototypes", killed_at_call(real_push, 2))
     with pytest.raises(KeyboardInterrupt):
         tp.train_protopnet(tiny_model(), tiny_loaders(), cfg, tmp_path / "run", "cpu")
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
