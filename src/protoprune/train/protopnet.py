@@ -265,6 +265,10 @@ def last_layer_stage(
     grad = torch.zeros_like(weight)
     weight.grad = grad  # written in place each step; the optimiser reads it from here
     sign = torch.empty_like(weight)
+    # the batch's vectors are gathered into one buffer: a fresh (batch x P) tensor each step is
+    # 512 KB at 2000 prototypes, which glibc may map and unmap every step. Those page faults cost
+    # 640 steps at 2000 x 200 (random vectors, 2 threads) 1.5 s instead of 0.72 s.
+    batch_buffer = similarities.new_empty((min(batch_size, n), similarities.shape[1]))
     rows = []
     for it in tqdm(
         range(p.last_layer_iterations), desc="last layer", leave=False, disable=not progress
@@ -279,7 +283,8 @@ def last_layer_stage(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             with torch.no_grad():
-                x, y = similarities[idx], targets[idx]
+                x = torch.index_select(similarities, 0, idx, out=batch_buffer[: len(idx)])
+                y = targets[idx]
                 logits = x @ weight.t()
                 ce, dlogits = _cross_entropy_and_grad(logits, y, class_weights)
                 torch.sign(weight, out=sign)
