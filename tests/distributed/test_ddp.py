@@ -45,7 +45,6 @@ CONFIG = {
     "protopnet": {
         "prototypes_per_class": 2,
         "prototype_dim": 16,
-        "trunk_epochs": 1,  # the trunk epochs under DDP too (their own wrapper, same parameters)
         "warm_epochs": 1,
         "joint_epochs": 1,
         "push_start": 5,
@@ -59,6 +58,9 @@ CONFIG = {
 def _torchrun(tmp_path: Path, nproc: int, batch: int) -> Path:
     cfg = json.loads(json.dumps(CONFIG))
     cfg["data"]["batch_size"] = batch
+    # the trunk epochs under DDP too (their own wrapper, the same parameters as the joint epochs');
+    # here only: test_ddp_commands.py shares CONFIG and compares exact accuracies of its model
+    cfg["protopnet"]["trunk_epochs"] = 1
     config = tmp_path / f"config{nproc}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / f"run{nproc}"
