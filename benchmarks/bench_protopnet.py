@@ -11,6 +11,7 @@ Scales: small (7 classes x 10 prototypes, 700 train images) and paper (200 class
 prototypes, 2000 train images); resnet18, 64 px, batch 64, 2 threads. The data is the peer's
 synthetic deterministic images, held as tensors by both. For parity with the original's
 ResNet18 (7x7 stride-2 stem + max-pool), protoprune's trunk is built with small_input=False.
+`--device cuda` runs both on the GPU (the original calls .cuda() itself when one is there).
 
     python benchmarks/bench_protopnet.py --repeats 1 --out results/bench_protopnet.json
 """
@@ -47,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the original then runs on the GPU too)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="median of this many timings per phase")
     p.add_argument("--skip-peer", action="store_true", help="time protoprune only (no ratios)")
     p.add_argument("--out", default="results/bench_protopnet.json")
@@ -76,6 +80,7 @@ from protoprune.train.protopnet import (  # noqa: E402
 from protoprune.train.push import push_prototypes  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
+DEVICE = torch.device(ARGS.device)
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the original's preprocess.py
 
 
@@ -94,11 +99,18 @@ def tensors(imgs: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
+def sync() -> None:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: time them to their end
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return {"seconds": statistics.median(times), "seconds_all": times}
 
@@ -122,11 +134,12 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
     model = ProtoPNet(
         trunk, n_classes, ppc, p.prototype_dim, p.prototype_size, p.add_on, p.similarity, p.epsilon
     )
+    model.to(DEVICE)
     opt = build_optimizers(model, p)
-    device = torch.device("cpu")
+    device = DEVICE
     xb, yb = next(iter(train))  # warm-up, not timed
     model.train()
-    torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    torch.nn.functional.cross_entropy(model(xb.to(device)), yb.to(device)).backward()
     model.zero_grad(set_to_none=True)
 
     res = {}
@@ -135,18 +148,25 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
         lambda: train_epoch(model, train, opt["joint"], p, device, progress=False), ARGS.repeats
     )
     res["joint_epoch"]["images_per_s"] = len(train_ds) / res["joint_epoch"]["seconds"]
-    if cpu_has_native_bf16():  # `train.cpu_amp: true`: bfloat16 autocast, float32 distances
+    if device.type == "cpu" and cpu_has_native_bf16():  # `train.cpu_amp`: bfloat16 autocast
         res["joint_epoch_bf16"] = timed(
             lambda: train_epoch(model, train, opt["joint"], p, device, progress=False, amp=True),
             ARGS.repeats,
         )
         res["joint_epoch_bf16"]["images_per_s"] = len(train_ds) / res["joint_epoch_bf16"]["seconds"]
+    if device.type == "cuda":  # `train.amp`: float16 autocast with loss scaling
+        scaler = torch.amp.GradScaler("cuda")
+        res["joint_epoch_amp"] = timed(
+            lambda: train_epoch(model, train, opt["joint"], p, device, scaler=scaler, progress=False),
+            ARGS.repeats,
+        )
+        res["joint_epoch_amp"]["images_per_s"] = len(train_ds) / res["joint_epoch_amp"]["seconds"]
 
     @torch.no_grad()
     def forward_all(loader):
         model.eval()
         for x, _ in loader:
-            model(x)
+            model(x.to(DEVICE))
 
     res["test"] = timed(lambda: forward_all(test), ARGS.repeats)
     res["test"]["images_per_s"] = len(test_ds) / res["test"]["seconds"]
@@ -193,7 +213,7 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
     model.set_trainable(features=False, add_on=False, prototypes=False, last_layer=True)
     gen = torch.Generator().manual_seed(seed)
 
-    def stage():
+    def stage(amp: bool = False):
         last_layer_stage(
             model,
             pushed.similarities,
@@ -204,10 +224,13 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
             oversample=True,
             generator=gen,
             progress=False,
+            amp=amp,
         )
 
     res["last_layer_stage"] = timed(stage, ARGS.repeats)  # 20 iterations, vectors from the push
     res["last_layer_stage"]["iterations"] = p.last_layer_iterations
+    if device.type == "cpu" and cpu_has_native_bf16():  # `train.cpu_amp`: bfloat16 products
+        res["last_layer_stage_bf16"] = timed(lambda: stage(amp=True), ARGS.repeats)
 
     def stage_with_vectors():  # as when resuming between push and stage: one extra forward
         sims, ys = similarity_vectors(model, push, device)
@@ -261,7 +284,9 @@ def compare(ours: dict, peer: dict | None) -> dict:
         "push_over_forward": ours["push"]["seconds"] / fwd,
         "joint_img_s": ours["joint_epoch"]["images_per_s"],
         "joint_bf16_img_s": ours.get("joint_epoch_bf16", {}).get("images_per_s"),
+        "joint_amp_img_s": ours.get("joint_epoch_amp", {}).get("images_per_s"),
         "last_layer_stage_s": ours["last_layer_stage"]["seconds"],
+        "last_layer_stage_bf16_s": ours.get("last_layer_stage_bf16", {}).get("seconds"),
         "last_layer_stage_incl_vectors_s": ours["last_layer_stage_incl_vectors"]["seconds"],
         "test_img_s": ours["test"]["images_per_s"],
     }
@@ -282,6 +307,12 @@ def compare(ours: dict, peer: dict | None) -> dict:
                 else ours["joint_epoch_bf16"]["images_per_s"] / peer["joint_epoch"]["images_per_s"],
                 "last_layer_speedup": peer["last_only_epoch"]["seconds"]
                 / ours["last_layer_stage"]["seconds"],
+                "joint_amp_speedup": None
+                if "joint_epoch_amp" not in ours
+                else ours["joint_epoch_amp"]["images_per_s"] / peer["joint_epoch"]["images_per_s"],
+                "last_layer_bf16_speedup": None
+                if "last_layer_stage_bf16" not in ours
+                else peer["last_only_epoch"]["seconds"] / ours["last_layer_stage_bf16"]["seconds"],
                 "last_layer_stage_speedup_vs_20_epochs": 20
                 * peer["last_only_epoch"]["seconds"]
                 / ours["last_layer_stage"]["seconds"],
@@ -295,6 +326,7 @@ def main() -> None:
     report = {
         "config": vars(ARGS),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "scales": {},
     }
@@ -315,7 +347,8 @@ def main() -> None:
     atomic_write_json(ARGS.out, report)
 
     print(
-        f"\nProtoPNet, {ARGS.arch} {ARGS.img_size}px, batch {ARGS.batch}, {ARGS.threads} threads, median of {ARGS.repeats}"
+        f"\nProtoPNet, {ARGS.arch} {ARGS.img_size}px, batch {ARGS.batch}, {ARGS.threads} threads, "
+        f"{report['device']}, median of {ARGS.repeats}"
     )
     header = f"{'scale':6} {'metric':34} {'protoprune':>11} {'original':>11} {'ratio':>8}"
     print(header + "\n" + "-" * len(header))
@@ -329,14 +362,16 @@ def main() -> None:
             ("no-grad forward, push set (s)", s["forward_push_set_s"], None, s["push_over_forward"], "push/fwd"),
             ("joint epoch (img/s)", s["joint_img_s"], s.get("peer_joint_img_s"), s.get("joint_speedup"), "x"),
             ("joint epoch, cpu_amp bf16 (img/s)", s["joint_bf16_img_s"], s.get("peer_joint_img_s"), s.get("joint_bf16_speedup"), "x"),
+            ("joint epoch, CUDA amp fp16 (img/s)", s["joint_amp_img_s"], s.get("peer_joint_img_s"), s.get("joint_amp_speedup"), "x"),
             ("last-layer stage (s) vs 1 epoch", s["last_layer_stage_s"], s.get("peer_last_layer_epoch_s"), s.get("last_layer_speedup"), "x faster"),
+            ("last-layer stage, cpu_amp bf16 (s)", s["last_layer_stage_bf16_s"], s.get("peer_last_layer_epoch_s"), s.get("last_layer_bf16_speedup"), "x faster"),
             ("last-layer stage incl. vectors (s)", s["last_layer_stage_incl_vectors_s"], None, None, ""),
             ("test inference (img/s)", s["test_img_s"], s.get("peer_test_img_s"), s.get("test_speedup"), "x"),
         ]  # fmt: skip
         for label, ours, theirs, ratio, unit in lines:
             t = "" if theirs is None else f"{theirs:11.2f}"
             q = "" if ratio is None else f"{ratio:8.2f} {unit}"
-            if ours is not None:  # bf16 only where the CPU has it
+            if ours is not None:  # bf16 rows only on a CPU with it, amp rows only on CUDA
                 print(f"{name:6} {label:34} {ours:11.2f} {t:>11} {q}")
     print(f"targets: {TARGETS}\nsaved {ARGS.out}")
 

@@ -10,7 +10,8 @@ from torch import nn
 from protoprune.config import ProtoPNetConfig
 from protoprune.models.backbones import Features
 from protoprune.models.protopnet import ProtoPNet
-from protoprune.train.protopnet import _cross_entropy_and_grad, build_optimizers, last_layer_stage
+from protoprune.train.last_layer import _cross_entropy_and_grad, last_layer_stage
+from protoprune.train.protopnet import build_optimizers
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -63,3 +64,50 @@ def test_stage_reaches_the_weights_autograd_reaches():
         models.append(model.last_layer.weight.detach().clone())
     assert not torch.equal(models[0], ProtoPNet(trunk, 4, 3, 8).last_layer.weight)  # it moved
     torch.testing.assert_close(models[0], models[1], rtol=1e-5, atol=1e-6)
+
+
+class _SubclassedAdam(torch.optim.Adam):
+    """Not `torch.optim.Adam` itself, so the stage steps it through `optimizer.step()`."""
+
+
+def _run_stage(optimizer_cls=None, amp=False, l1=1e-2):
+    trunk = Features(nn.Sequential(nn.Conv2d(3, 4, 1)), 4)
+    p = ProtoPNetConfig(prototypes_per_class=3, last_layer_iterations=5, l1=l1, last_layer_lr=1e-2)
+    torch.manual_seed(0)
+    sims = torch.rand(50, 12) * 4
+    targets = torch.arange(50) % 4
+    torch.manual_seed(1)
+    model = ProtoPNet(trunk, 4, 3, 8)
+    start = model.last_layer.weight.detach().clone()
+    opt = build_optimizers(model, p)["last"]
+    if optimizer_cls is not None:
+        opt = optimizer_cls(model.last_layer.parameters(), lr=p.last_layer_lr, fused=True)
+    rows = last_layer_stage(model, sims, targets, opt, p, 16, oversample=True,
+                            generator=torch.Generator().manual_seed(5), progress=False, amp=amp)  # fmt: skip
+    return model.last_layer.weight.detach().clone(), opt, rows, start
+
+
+def test_functional_adam_steps_equal_optimizer_step():
+    """The stage's direct functional-Adam step leaves the same weights and optimiser state (what a
+    resume reloads) as Optimizer.step, bit for bit."""
+    fast_w, fast_opt, fast_rows, _ = _run_stage(torch.optim.Adam)
+    slow_w, slow_opt, slow_rows, _ = _run_stage(_SubclassedAdam)
+    assert torch.equal(fast_w, slow_w)
+    assert fast_rows == slow_rows
+    fast, slow = fast_opt.state_dict()["state"][0], slow_opt.state_dict()["state"][0]
+    assert fast.keys() == slow.keys()
+    for key in fast:
+        assert torch.equal(fast[key], slow[key]), key
+    assert int(fast["step"]) == 5 * 4  # 5 iterations of ceil(50 / 16) batches
+
+
+@pytest.mark.parametrize("l1", [1e-2, 0.0])
+def test_bfloat16_products_reach_nearly_the_float32_weights(l1):
+    """`amp` runs the products in bfloat16 (a different computation) and lands near float32."""
+    w32, _, rows32, start = _run_stage(amp=False, l1=l1)
+    w16, _, rows16, _ = _run_stage(amp=True, l1=l1)
+    moved = (w32 - start).abs().max()
+    assert moved > 1e-2
+    assert not torch.equal(w16, w32)
+    assert (w16 - w32).abs().max() < 0.05 * moved
+    assert rows16[-1]["loss"] == pytest.approx(rows32[-1]["loss"], rel=1e-2)

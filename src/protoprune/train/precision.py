@@ -3,10 +3,11 @@
 bfloat16 keeps float32's exponent range, so it needs no GradScaler; on a CPU with AVX512-BF16 or
 AMX oneDNN runs convolutions in it about twice as fast as in float32 (ResNet18 at 28 px on 2 cores:
 63 -> 139 training images/s). On other CPUs it is emulated and slower, hence opt-in there
-(`train.cpu_amp`) and a warning when the CPU lacks it. On CPU only training runs under
-autocast: evaluation, push and the last-layer stage stay in float32, so reported metrics and pushed
-prototypes do not depend on the setting (on CUDA the push and nearest-patch searches also use
-float16 autocast). Prototype distances are float32 always (ProtoPNet).
+(`train.cpu_amp`) and a warning when the CPU lacks it. On CPU only training runs in bfloat16
+(autocast, and the matrix products of ProtoPNet's last-layer stage): evaluation and push stay in
+float32, so reported metrics and pushed prototypes do not depend on the setting beyond the
+weights that training reached (on CUDA the push and nearest-patch searches also use float16
+autocast). Prototype distances are float32 always (ProtoPNet).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from ..models.protopnet import ProtoPNet, TrunkClassifier
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
+from .last_layer import last_layer_stage
 from .loop import (
     build_optimizer,
     build_scheduler,
@@ -212,101 +213,6 @@ class _DetailsForward(nn.Module):
         return self.net.forward_details(x)
 
 
-def _cross_entropy_and_grad(
-    logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """F.cross_entropy(logits, y, weight=class_weights) and its gradient w.r.t. the logits."""
-    logp = logits.log_softmax(1)
-    rows = torch.arange(len(y), device=y.device)
-    nll = -logp[rows, y]
-    dlogits = logp.exp()
-    dlogits[rows, y] -= 1
-    if class_weights is None:
-        return nll.mean(), dlogits.div_(len(y))
-    w = class_weights[y]
-    total = w.sum()
-    return (w * nll).sum() / total, dlogits.mul_((w / total)[:, None])
-
-
-def last_layer_stage(
-    model: ProtoPNet,
-    similarities: torch.Tensor,
-    targets: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    p: ProtoPNetConfig,
-    batch_size: int,
-    class_weights: torch.Tensor | None = None,
-    oversample: bool = False,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-) -> list[dict[str, float]]:
-    """Optimise only the last layer on cached (N, P) similarity vectors of the push set.
-
-    The features are frozen in this stage, so the vectors the original recomputes every batch are
-    computed once; an iteration is one pass over them in mini-batches. Loss: CE + l1 * L1 on the
-    wrong-class weights. `oversample` draws class-balanced batches (as the training loader does).
-    """
-    model.set_trainable(features=False, add_on=False, prototypes=False, last_layer=True)
-    device = similarities.device
-    n = len(targets)
-    if oversample:
-        counts = torch.bincount(targets, minlength=model.num_classes).float()
-        draw = (1.0 / counts.clamp_min(1))[targets].cpu().double()
-    # constant mask of the L1 term, built once; contiguous like the weight (the transpose's
-    # strides made every elementwise op on it a strided loop: a fifth of the stage at 2000 x 200)
-    wrong = (1 - model.prototype_class_identity.t()).contiguous()
-    l1_grad_scale = p.l1 * wrong
-    weight = model.last_layer.weight
-    # The gradient is written by hand, not by autograd: the stage is hundreds of small steps, and
-    # autograd's graph and its fresh gradient tensor each step cost a fifth of it (2000 x 200,
-    # 2 threads, one process: 1.55 s by hand, 1.91 s with autograd). For logits = x W^T (no bias):
-    #   dCE/dW = ((softmax - onehot) * w_y / sum(w_y))^T x, and d(l1 |W * wrong|)/dW = l1 sign(W) wrong,
-    # the same update as autograd (tests/train/test_last_layer_gradient.py checks it).
-    grad = torch.zeros_like(weight)
-    weight.grad = grad  # written in place each step; the optimiser reads it from here
-    sign = torch.empty_like(weight)
-    # the batch's vectors are gathered into one buffer: a fresh (batch x P) tensor each step is
-    # 512 KB at 2000 prototypes, which glibc may map and unmap every step. Those page faults cost
-    # 640 steps at 2000 x 200 (random vectors, 2 threads) 1.5 s instead of 0.72 s.
-    batch_buffer = similarities.new_empty((min(batch_size, n), similarities.shape[1]))
-    rows = []
-    for it in tqdm(
-        range(p.last_layer_iterations), desc="last layer", leave=False, disable=not progress
-    ):
-        if oversample:
-            order = torch.multinomial(draw, n, replacement=True, generator=generator)
-        else:
-            order = torch.randperm(n, generator=generator)
-        order = order.to(device)
-        total = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            with torch.no_grad():
-                x = torch.index_select(similarities, 0, idx, out=batch_buffer[: len(idx)])
-                y = targets[idx]
-                logits = x @ weight.t()
-                ce, dlogits = _cross_entropy_and_grad(logits, y, class_weights)
-                torch.sign(weight, out=sign)
-                torch.mul(sign, l1_grad_scale, out=grad)
-                grad.addmm_(dlogits.t(), x, alpha=p.crs_ent)
-            optimizer.step()
-            total += ce * len(idx)
-            correct += (logits.argmax(1) == y).sum()
-        # loss: mean cross-entropy of the batches as drawn plus the L1 term at the iteration's
-        # end; accuracy of the batches as drawn (as the original reports it): no extra pass
-        with torch.no_grad():
-            l1 = (weight * wrong).abs().sum()
-        rows.append(
-            {
-                "iteration": it + 1,
-                "loss": (p.crs_ent * total / n + p.l1 * l1).item(),
-                "train_accuracy": (correct / n).item(),
-            }
-        )
-    return rows
-
-
 def refit_last_layer(
     model: ProtoPNet,
     similarities: torch.Tensor,
@@ -325,6 +231,7 @@ def refit_last_layer(
         model, similarities, targets, build_optimizers(model, p)["last"], p, cfg.data.batch_size,
         None if weights is None else weights.to(similarities.device), cfg.data.balance == "oversample",
         torch.Generator().manual_seed(cfg.seed), progress,
+        precision.use_amp(cfg.train, similarities.device),
     )  # fmt: skip
     distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
     return rows
@@ -544,6 +451,7 @@ def train_protopnet(
                 oversample,
                 g,
                 progress,
+                amp,
             )
             distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
             cached = None
