@@ -70,20 +70,23 @@ class _SubclassedAdam(torch.optim.Adam):
     """Not `torch.optim.Adam` itself, so the stage steps it through `optimizer.step()`."""
 
 
-def _run_stage(optimizer_cls=None, amp=False, l1=1e-2):
+def _run_stage(optimizer_cls=None, amp=False, l1=1e-2, device="cpu", cuda_graph=None,
+               weighted=False):  # fmt: skip
     trunk = Features(nn.Sequential(nn.Conv2d(3, 4, 1)), 4)
     p = ProtoPNetConfig(prototypes_per_class=3, last_layer_iterations=5, l1=l1, last_layer_lr=1e-2)
     torch.manual_seed(0)
-    sims = torch.rand(50, 12) * 4
-    targets = torch.arange(50) % 4
+    sims = (torch.rand(50, 12) * 4).to(device)
+    targets = (torch.arange(50) % 4).to(device)
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.5], device=device) if weighted else None
     torch.manual_seed(1)
-    model = ProtoPNet(trunk, 4, 3, 8)
+    model = ProtoPNet(trunk, 4, 3, 8).to(device)
     start = model.last_layer.weight.detach().clone()
     opt = build_optimizers(model, p)["last"]
     if optimizer_cls is not None:
         opt = optimizer_cls(model.last_layer.parameters(), lr=p.last_layer_lr, fused=True)
-    rows = last_layer_stage(model, sims, targets, opt, p, 16, oversample=True,
-                            generator=torch.Generator().manual_seed(5), progress=False, amp=amp)  # fmt: skip
+    rows = last_layer_stage(model, sims, targets, opt, p, 16, weights, oversample=True,
+                            generator=torch.Generator().manual_seed(5), progress=False, amp=amp,
+                            cuda_graph=cuda_graph)  # fmt: skip
     return model.last_layer.weight.detach().clone(), opt, rows, start
 
 
@@ -111,3 +114,24 @@ def test_bfloat16_products_reach_nearly_the_float32_weights(l1):
     assert not torch.equal(w16, w32)
     assert (w16 - w32).abs().max() < 0.05 * moved
     assert rows16[-1]["loss"] == pytest.approx(rows32[-1]["loss"], rel=1e-2)
+
+
+def test_cuda_graph_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        _run_stage(cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cuda_graph_replays_the_eager_stage_exactly(weighted):
+    """The graphed iterations run the eager kernels on the same buffers: the same weights, Adam
+    state and per-iteration rows, bit for bit (50 vectors in batches of 16: a short last batch)."""
+    results = []
+    for graph in (False, True):
+        w, opt, rows, _ = _run_stage(device="cuda", cuda_graph=graph, weighted=weighted)
+        results.append((w, opt.state_dict()["state"][0], rows))
+    (w0, s0, r0), (w1, s1, r1) = results
+    assert torch.equal(w0, w1)
+    assert r0 == r1
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), key
