@@ -45,14 +45,19 @@ def _minus_ones(n: int, like: torch.Tensor) -> torch.Tensor:
     return _MINUS_ONES[key]
 
 
-def _adam_step(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> Callable[[], None]:
-    """`optimizer.step` for the stage's one weight; call it under no_grad.
+def _adam_step(
+    optimizer: torch.optim.Optimizer, weight: torch.Tensor
+) -> tuple[Callable[[], None], bool]:
+    """`optimizer.step` for the stage's one weight (call it under no_grad), and whether a CUDA
+    graph can replay it.
 
     For torch's Adam holding only that weight: torch's functional Adam (the same kernel, `fused`
     as configured) on the optimiser's own state tensors, so the update, `state_dict` and a resume
     are unchanged, without Optimizer.step's per-call bookkeeping (hooks, `_init_group`, grouping
     tensors by device), which was 65 ms of the 0.8 s stage at 2000 x 200 on 2 cores. The first
-    step, which creates the state, and any other optimiser go through `optimizer.step`."""
+    step, which creates the state, and any other optimiser go through `optimizer.step`. The fused
+    and capturable kernels keep the step count on the device and never read it back, so a CUDA
+    graph can replay them."""
     groups = optimizer.param_groups
     plain = (
         type(optimizer) is torch.optim.Adam
@@ -63,7 +68,7 @@ def _adam_step(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> Callab
         and not weight.is_complex()
     )
     if not plain:
-        return optimizer.step
+        return optimizer.step, False
     group = groups[0]
 
     def step() -> None:
@@ -92,10 +97,7 @@ def _adam_step(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> Callab
             maximize=group["maximize"],
         )
 
-    # the fused and capturable kernels keep the step count on the device and never read it back,
-    # so a CUDA graph can replay them
-    step.graph_safe = bool(group["fused"] or group["capturable"])  # type: ignore[attr-defined]
-    return step
+    return step, bool(group["fused"] or group["capturable"])
 
 
 @torch.no_grad()
@@ -142,7 +144,7 @@ def last_layer_stage(
     # entries, and the product's accumulation with beta = l1 (so no separate scaling pass).
     grad = torch.zeros_like(weight)
     weight.grad = grad  # written in place each step; the optimiser reads it from here
-    step = _adam_step(optimizer, weight)
+    step, graph_safe = _adam_step(optimizer, weight)
     # bfloat16 products: the vectors are converted once, the weight once a step (on 2 cores with
     # AVX512-BF16 the two products took 0.24 s instead of 0.42-0.46 s at 2000 x 200)
     low = torch.bfloat16 if amp and device.type == "cpu" else None
@@ -187,7 +189,7 @@ def last_layer_stage(
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the similarity vectors on CUDA, not {device}")
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and getattr(step, "graph_safe", False) and len(full) > 1
+        cuda_graph = device.type == "cuda" and graph_safe and len(full) > 1
     graph = None
     rows = []
     for it in tqdm(
@@ -210,8 +212,8 @@ def last_layer_stage(
                         batch_step(k, start)
         else:
             graph.replay()
-            for k, start in list(enumerate(starts))[len(full) :]:  # the short last batch
-                batch_step(k, start)
+            for k in range(len(full), len(starts)):  # the short last batch
+                batch_step(k, starts[k])
         # loss: mean cross-entropy of the batches as drawn plus the L1 term at the iteration's
         # end; accuracy of the batches as drawn (as the original reports it): no extra pass
         ce_total = (batch_ce * batch_len).sum() / n
