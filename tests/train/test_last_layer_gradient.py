@@ -10,60 +10,77 @@ from torch import nn
 from protoprune.config import ProtoPNetConfig
 from protoprune.models.backbones import Features
 from protoprune.models.protopnet import ProtoPNet
-from protoprune.train.last_layer import _cross_entropy_and_grad, last_layer_stage
+from protoprune.train.last_layer import iteration_loss, last_layer_stage
 from protoprune.train.protopnet import build_optimizers
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_cross_entropy_and_its_gradient_match_autograd(weighted):
+def test_iteration_loss_is_the_batches_cross_entropy(weighted):
+    """The loss a row reports: each batch's F.cross_entropy, weighted by the batch's length
+    (batches of 4 over 10 rows: a short last batch)."""
     torch.manual_seed(0)
-    logits = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([0, 1, 2, 3, 3, 3, 1, 0, 2])
-    w = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64) if weighted else None
-    ref = F.cross_entropy(logits, y, weight=w)
-    ref.backward()
-    ce, grad = _cross_entropy_and_grad(logits.detach(), y, w)
-    torch.testing.assert_close(ce, ref.detach())
-    torch.testing.assert_close(grad, logits.grad)
+    logits = torch.randn(10, 3)
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 0, 1, 2, 2])
+    w = torch.tensor([0.5, 2.0, 3.0]) if weighted else None
+    expected = sum(
+        F.cross_entropy(logits[s : s + 4], y[s : s + 4], weight=w) * len(y[s : s + 4])
+        for s in range(0, 10, 4)
+    ) / 10
+    torch.testing.assert_close(iteration_loss(logits, y, 4, w), expected)
 
 
 def _autograd_stage(model, sims, targets, opt, p, batch, class_weights, order_seed):
-    """The stage as autograd would run it: CE + l1 * |W * wrong|.sum(), one graph a batch."""
+    """The stage as autograd would run it: CE + l1 * |W * wrong|.sum(), one graph a batch; and
+    the rows it should report (the batches' CE as drawn + the L1 term after the iteration, the
+    batches' accuracy as drawn)."""
     wrong = 1 - model.prototype_class_identity.t()
     g = torch.Generator().manual_seed(order_seed)
-    for _ in range(p.last_layer_iterations):
+    rows = []
+    for it in range(p.last_layer_iterations):
         order = torch.randperm(len(targets), generator=g)
+        ce_sum, correct = 0.0, 0
         for start in range(0, len(targets), batch):
             idx = order[start : start + batch]
             logits = model.last_layer(sims[idx])
-            loss = p.crs_ent * F.cross_entropy(logits, targets[idx], weight=class_weights)
-            loss = loss + p.l1 * (model.last_layer.weight * wrong).abs().sum()
+            ce = F.cross_entropy(logits, targets[idx], weight=class_weights)
+            ce_sum += ce.item() * len(idx)
+            correct += (logits.argmax(1) == targets[idx]).sum().item()
+            loss = p.crs_ent * ce + p.l1 * (model.last_layer.weight * wrong).abs().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        l1 = (model.last_layer.weight * wrong).abs().sum().item()
+        rows.append({"iteration": it + 1, "loss": p.crs_ent * ce_sum / len(targets) + p.l1 * l1,
+                     "train_accuracy": correct / len(targets)})  # fmt: skip
+    return rows
 
 
-def test_stage_reaches_the_weights_autograd_reaches():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_stage_reaches_the_weights_and_rows_autograd_reaches(weighted):
     trunk = Features(nn.Sequential(nn.Conv2d(3, 4, 1)), 4)
     p = ProtoPNetConfig(prototypes_per_class=3, last_layer_iterations=4, l1=1e-2, last_layer_lr=1e-2)
     torch.manual_seed(0)
     sims = torch.rand(50, 12)
     targets = torch.arange(50) % 4
-    class_weights = torch.tensor([1.0, 2.0, 0.5, 1.5])
-    models = []
+    class_weights = torch.tensor([1.0, 2.0, 0.5, 1.5]) if weighted else None
+    models, rows = [], []
     for manual in (True, False):
         torch.manual_seed(1)
         model = ProtoPNet(trunk, 4, 3, 8)
         opt = build_optimizers(model, p)["last"]
         if manual:
-            rows = last_layer_stage(model, sims, targets, opt, p, 16, class_weights,
-                                    generator=torch.Generator().manual_seed(5), progress=False)  # fmt: skip
-            assert len(rows) == 4 and rows[-1]["loss"] < rows[0]["loss"]
+            rows.append(last_layer_stage(model, sims, targets, opt, p, 16, class_weights,
+                                         generator=torch.Generator().manual_seed(5), progress=False))  # fmt: skip
         else:
-            _autograd_stage(model, sims, targets, opt, p, 16, class_weights, 5)
+            rows.append(_autograd_stage(model, sims, targets, opt, p, 16, class_weights, 5))
         models.append(model.last_layer.weight.detach().clone())
     assert not torch.equal(models[0], ProtoPNet(trunk, 4, 3, 8).last_layer.weight)  # it moved
     torch.testing.assert_close(models[0], models[1], rtol=1e-5, atol=1e-6)
+    fast, slow = rows
+    assert len(fast) == 4 and fast[-1]["loss"] < fast[0]["loss"]
+    assert [r["iteration"] for r in fast] == [r["iteration"] for r in slow]
+    assert [r["train_accuracy"] for r in fast] == pytest.approx([r["train_accuracy"] for r in slow])
+    assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in slow], rel=1e-5)
 
 
 class _SubclassedAdam(torch.optim.Adam):
