@@ -9,7 +9,8 @@ Optimizer.step's bookkeeping, extra passes over the weight) is written out of th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.optim.adam import adam
@@ -31,19 +32,13 @@ def _adam_step(
     tensors by device), which was 65 ms of the 0.8 s stage at 2000 x 200 on 2 cores. The first
     step, which creates the state, and any other optimiser go through `optimizer.step`. The fused
     and capturable kernels keep the step count on the device and never read it back, so a CUDA
-    graph can replay them."""
-    groups = optimizer.param_groups
-    plain = (
-        type(optimizer) is torch.optim.Adam
-        and len(groups) == 1
-        and len(groups[0]["params"]) == 1
-        and groups[0]["params"][0] is weight
-        and not groups[0]["differentiable"]
-        and not weight.is_complex()
-    )
-    if not plain:
+    graph can replay them. On a column-major weight (see `_column_major`) it steps the
+    transposes, which are contiguous: the fused CPU kernel copies non-contiguous tensors (375 us
+    a step instead of 101 us at 2000 x 200)."""
+    if not _plain_adam(optimizer, weight):
         return optimizer.step, False
-    group = groups[0]
+    group = optimizer.param_groups[0]
+    view = torch.t if weight.t().is_contiguous() else (lambda t: t)
 
     def step() -> None:
         state = optimizer.state.get(weight)
@@ -52,11 +47,11 @@ def _adam_step(
             return
         beta1, beta2 = group["betas"]
         adam(
-            [weight],
-            [weight.grad],
-            [state["exp_avg"]],
-            [state["exp_avg_sq"]],
-            [state["max_exp_avg_sq"]] if group["amsgrad"] else [],
+            [view(weight)],
+            [view(weight.grad)],
+            [view(state["exp_avg"])],
+            [view(state["exp_avg_sq"])],
+            [view(state["max_exp_avg_sq"])] if group["amsgrad"] else [],
             [state["step"]],
             foreach=group["foreach"],
             capturable=group["capturable"],
@@ -74,6 +69,19 @@ def _adam_step(
     return step, bool(group["fused"] or group["capturable"])
 
 
+def _plain_adam(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> bool:
+    """Whether `optimizer` is torch's Adam holding only `weight` (so the stage may step it itself)."""
+    groups = optimizer.param_groups
+    return (
+        type(optimizer) is torch.optim.Adam
+        and len(groups) == 1
+        and len(groups[0]["params"]) == 1
+        and groups[0]["params"][0] is weight
+        and not groups[0]["differentiable"]
+        and not weight.is_complex()
+    )
+
+
 def iteration_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -83,7 +91,11 @@ def iteration_loss(
     """Mean over an iteration's rows of F.cross_entropy(logits, targets, weight=class_weights)
     taken batch by batch (consecutive `batch_size` rows), as the steps saw them: each batch's
     weighted mean, the batches weighted by their length."""
-    nll = logits.float().log_softmax(1).gather(1, targets[:, None]).squeeze(1).neg_()
+    if logits.t().is_contiguous():  # the stage's (classes, N) buffer: softmax along its rows
+        logp = logits.t().float().log_softmax(0).t()  # (a tenth of the time on 2000 x 200)
+    else:
+        logp = logits.float().log_softmax(1)
+    nll = logp.gather(1, targets[:, None]).squeeze(1).neg_()
     n = len(targets)
     batch = torch.arange(n, device=logits.device) // batch_size
     w = torch.ones_like(nll) if class_weights is None else class_weights[targets].to(nll.dtype)
@@ -92,6 +104,40 @@ def iteration_loss(
     batch_w = torch.zeros_like(batch_sum).index_add_(0, batch, w)
     batch_len = torch.bincount(batch, minlength=batches).to(nll.dtype)
     return (batch_sum / batch_w * batch_len).sum() / n
+
+
+@contextmanager
+def _column_major(weight: torch.Tensor, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Lays the (classes, P) weight and its optimiser state out column-major (their transposes
+    contiguous) for the stage, then copies the values back into the original tensors, so the
+    module, the optimiser and anything holding them see the result in their usual layout.
+
+    On CPU, MKL's float32 gradient product is faster into a column-major weight's layout: at
+    2000 x 200, batch 64, 2 threads, it took 287-320 us as the (P, classes) x^T dlogits^T against
+    342-380 us (addmm_) or 572-578 us (mm) into a row-major (classes, P) one; the forward W x^T
+    took the same either way (296-301 us). Adam is elementwise, so its state only has to share
+    the weight's layout (and is stepped on the contiguous transposes, see `_adam_step`)."""
+    originals = {"weight": weight.data}
+    state = optimizer.state.get(weight, {})
+    originals.update({k: v for k, v in state.items() if _weight_shaped(v, weight)})
+    weight.data = weight.data.t().contiguous().t()
+    for k in originals.keys() - {"weight"}:
+        state[k] = state[k].t().contiguous().t()
+    try:
+        yield
+    finally:
+        originals["weight"].copy_(weight.data)
+        weight.data = originals["weight"]
+        state = optimizer.state.get(weight, {})
+        for k, v in list(state.items()):
+            if k in originals:
+                state[k] = originals[k].copy_(v)
+            elif _weight_shaped(v, weight):  # state the stage's first step created
+                state[k] = v.contiguous()
+
+
+def _weight_shaped(value: object, weight: torch.Tensor) -> bool:
+    return torch.is_tensor(value) and value.shape == weight.shape
 
 
 @torch.no_grad()
@@ -118,9 +164,36 @@ def last_layer_stage(
     `cuda_graph` (default: on CUDA with a fused or capturable Adam): after the first iteration,
     the full batches of an iteration are replayed as one CUDA graph; the same kernels on the same
     buffers, so the same result, without a Python round and the kernel launches of each step.
-    Memory: one more (N, P) buffer (this iteration's vectors in drawn order) and an (N, classes) one.
+    Memory: one more (N, P) buffer (this iteration's vectors in drawn order) and a (classes, N) one.
     """
     model.set_trainable(features=False, add_on=False, prototypes=False, last_layer=True)
+    weight = model.last_layer.weight
+    weight.grad = None
+    # column-major for the float32 products on CPU; the bfloat16 ones were faster row-major (the
+    # gradient product 158 us against 178 us); cuBLAS takes either
+    relayout = similarities.device.type == "cpu" and not amp and _plain_adam(optimizer, weight)
+    with _column_major(weight, optimizer) if relayout else nullcontext():
+        rows = _optimise(model, similarities, targets, optimizer, p, batch_size, class_weights,
+                         oversample, generator, progress, amp, cuda_graph)  # fmt: skip
+    weight.grad = None  # the stage's buffer, in the stage's layout
+    return rows
+
+
+def _optimise(
+    model: ProtoPNet,
+    similarities: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    p: ProtoPNetConfig,
+    batch_size: int,
+    class_weights: torch.Tensor | None,
+    oversample: bool,
+    generator: torch.Generator | None,
+    progress: bool,
+    amp: bool,
+    cuda_graph: bool | None,
+) -> list[dict[str, float]]:
+    """last_layer_stage's loop, on the weight in whichever layout it has."""
     device = similarities.device
     n = len(targets)
     if oversample:
@@ -128,8 +201,10 @@ def last_layer_stage(
         draw = (1.0 / counts.clamp_min(1))[targets].cpu().double()
     weight = model.last_layer.weight
     wrong = 1 - model.prototype_class_identity.t()
-    # flat indices of the own-class weights, which the L1 term leaves alone
-    own = (wrong.reshape(-1) == 0).nonzero().squeeze(1).to(weight.device)
+    column_major = weight.t().is_contiguous()  # see _column_major
+    # flat indices (in memory order) of the own-class weights, which the L1 term leaves alone
+    own_mask = (wrong.t() if column_major else wrong) == 0
+    own = own_mask.reshape(-1).nonzero().squeeze(1).to(weight.device)
     # The gradient is written by hand, not by autograd: autograd's graph and its fresh gradient
     # tensor each step cost a fifth of the stage (2000 x 200, 2 threads: 1.55 s by hand, 1.91 s
     # with autograd). For logits = x W^T (no bias) and a batch of m rows:
@@ -138,8 +213,10 @@ def last_layer_stage(
     # the same update as autograd (tests/train/test_last_layer_gradient.py checks it). It takes
     # three passes over the weight's size: sign(W) into the gradient, zeros at the own-class
     # entries, and the product's accumulation with beta = l1 (so no separate scaling pass).
-    grad = torch.zeros_like(weight)
+    grad = torch.zeros_like(weight)  # in the weight's layout
     weight.grad = grad  # written in place each step; the optimiser reads it from here
+    grad_t = grad.t()
+    grad_flat = (grad_t if column_major else grad).view(-1)
     step, graph_safe = _adam_step(optimizer, weight)
     # bfloat16 products: the vectors are converted once, the weight once a step (on 2 cores with
     # AVX512-BF16 the two products took 0.24 s instead of 0.42-0.46 s at 2000 x 200)
@@ -148,19 +225,20 @@ def last_layer_stage(
     if low is not None:
         weight_low = torch.empty_like(weight, dtype=low)
         grad_low = torch.empty_like(weight, dtype=low)
-        dlogits_low = torch.empty((min(batch_size, n), weight.shape[0]), dtype=low, device=device)
+        dlogits_low = torch.empty((weight.shape[0], min(batch_size, n)), dtype=low, device=device)
     # Each iteration gathers the vectors and targets in drawn order once, so a step's batch is a
-    # contiguous view, and each step writes its logits into an (N, classes) buffer: the loss and
+    # contiguous view, and each step writes its logits into a (classes, N) buffer: the loss and
     # accuracy of the iteration come from it in one pass at the end, not a dozen small ops a
     # step. All buffers are made once: a fresh (batch x P) tensor is 512 KB at 2000 prototypes,
     # which glibc may map and unmap every step (640 steps at 2000 x 200, 2 threads: 1.5 s
-    # instead of 0.72 s).
+    # instead of 0.72 s). The logits and their gradient are (classes, batch), W x^T: the
+    # bfloat16 product was 147 us that way against 182 us as x W^T (2000 x 200, batch 64).
     x_drawn = torch.empty_like(source)
     y_drawn = torch.empty_like(targets)
-    logits_drawn = source.new_empty((n, weight.shape[0]))
-    minus_ones = torch.full((min(batch_size, n), 1), -1.0, device=device)
+    logits_drawn = source.new_empty((weight.shape[0], n))
+    minus_ones = torch.full((1, min(batch_size, n)), -1.0, device=device)
     if class_weights is not None:
-        row_scale = torch.empty((n, 1), device=device)  # w_y / sum of the batch's w_y
+        row_scale = torch.empty((1, n), device=device)  # w_y / sum of the batch's w_y
         batch_of_row = torch.arange(n, device=device) // batch_size
     order = torch.empty(n, dtype=torch.long, device=device)  # this iteration's draw
     starts = range(0, n, batch_size)
@@ -168,25 +246,25 @@ def last_layer_stage(
     def batch_step(start: int) -> None:
         end = min(start + batch_size, n)
         m = end - start
-        x, y = x_drawn[start:end], y_drawn[start:end, None]
+        x, y = x_drawn[start:end], y_drawn[None, start:end]
         if low is None:
-            logits = torch.mm(x, weight.t(), out=logits_drawn[start:end])
+            logits = torch.mm(weight, x.t(), out=logits_drawn[:, start:end])
         else:
             weight_low.copy_(weight)
-            logits = torch.mm(x, weight_low.t(), out=logits_drawn[start:end])
-        dlogits = torch.softmax(logits, 1, dtype=torch.float32)
-        dlogits.scatter_add_(1, y, minus_ones[:m])
+            logits = torch.mm(weight_low, x.t(), out=logits_drawn[:, start:end])
+        dlogits = torch.softmax(logits, 0, dtype=torch.float32)  # (classes, batch)
+        dlogits.scatter_add_(0, y, minus_ones[:, :m])
         scale = p.crs_ent / m
         if class_weights is not None:
-            dlogits.mul_(row_scale[start:end])
+            dlogits.mul_(row_scale[:, start:end])
             scale = p.crs_ent
         torch.sign(weight, out=grad)
-        grad.view(-1).index_fill_(0, own, 0.0)
+        grad_flat.index_fill_(0, own, 0.0)
         if low is None:
-            grad.addmm_(dlogits.t(), x, beta=p.l1, alpha=scale)
+            grad_t.addmm_(x.t(), dlogits.t(), beta=p.l1, alpha=scale)
         else:  # grad = scale * dCE/dW (bfloat16 product) + l1 * sign(W) * wrong
-            torch.mul(dlogits, scale, out=dlogits_low[:m])
-            torch.mm(dlogits_low[:m].t(), x, out=grad_low)
+            torch.mul(dlogits, scale, out=dlogits_low[:, :m])
+            torch.mm(dlogits_low[:, :m], x, out=grad_low)
             torch.add(grad_low, grad, alpha=p.l1, out=grad)
         step()
 
@@ -210,7 +288,7 @@ def last_layer_stage(
         if class_weights is not None:
             w = class_weights[y_drawn]
             batch_total = torch.zeros(len(starts), device=device).index_add_(0, batch_of_row, w)
-            torch.div(w, batch_total[batch_of_row], out=row_scale[:, 0])
+            torch.div(w, batch_total[batch_of_row], out=row_scale[0])
         if graph is None:
             for start in starts:
                 batch_step(start)
@@ -227,9 +305,10 @@ def last_layer_stage(
                 batch_step(start)
         # loss: mean cross-entropy of the batches as drawn plus the L1 term at the iteration's
         # end; accuracy of the batches as drawn (as the original reports it): no extra pass
-        ce = iteration_loss(logits_drawn, y_drawn, batch_size, class_weights)
+        ce = iteration_loss(logits_drawn.t(), y_drawn, batch_size, class_weights)
         l1 = (weight * wrong).abs().sum()
-        correct = (logits_drawn.argmax(1) == y_drawn).float().mean()
+        # max's indices are argmax's (the first maximum), in a third of argmax's time here
+        correct = (logits_drawn.max(0).indices == y_drawn).float().mean()
         rows.append(
             {
                 "iteration": it + 1,
