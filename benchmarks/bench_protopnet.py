@@ -161,6 +161,22 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
             ARGS.repeats,
         )
         res["joint_epoch_amp"]["images_per_s"] = len(train_ds) / res["joint_epoch_amp"]["seconds"]
+    # `train.channels_last`: the same epochs with NHWC weights (the batches stay NCHW)
+    model.to(memory_format=torch.channels_last)
+    mixed = {"joint_epoch_channels_last": {}}
+    if "joint_epoch_bf16" in res:
+        mixed["joint_epoch_bf16_channels_last"] = {"amp": True}
+    if "joint_epoch_amp" in res:
+        mixed["joint_epoch_amp_channels_last"] = {"scaler": scaler}
+    for key, kwargs in mixed.items():
+        res[key] = timed(
+            lambda kw=kwargs: train_epoch(
+                model, train, opt["joint"], p, device, progress=False, **kw
+            ),
+            ARGS.repeats,
+        )
+        res[key]["images_per_s"] = len(train_ds) / res[key]["seconds"]
+    model.to(memory_format=torch.contiguous_format)
 
     @torch.no_grad()
     def forward_all(loader):
@@ -319,7 +335,19 @@ def compare(ours: dict, peer: dict | None) -> dict:
                 "test_speedup": ours["test"]["images_per_s"] / peer["test"]["images_per_s"],
             }
         )
+    for key in CHANNELS_LAST_ROWS:  # `train.channels_last`
+        if key in ours:
+            row[f"{key}_img_s"] = ours[key]["images_per_s"]
+            if peer:
+                row[f"{key}_speedup"] = ours[key]["images_per_s"] / peer["joint_epoch"]["images_per_s"]
     return row
+
+
+CHANNELS_LAST_ROWS = {
+    "joint_epoch_channels_last": "joint epoch, channels_last (img/s)",
+    "joint_epoch_bf16_channels_last": "  + cpu_amp bf16 (img/s)",
+    "joint_epoch_amp_channels_last": "  + CUDA amp fp16 (img/s)",
+}
 
 
 def main() -> None:
@@ -363,6 +391,8 @@ def main() -> None:
             ("joint epoch (img/s)", s["joint_img_s"], s.get("peer_joint_img_s"), s.get("joint_speedup"), "x"),
             ("joint epoch, cpu_amp bf16 (img/s)", s["joint_bf16_img_s"], s.get("peer_joint_img_s"), s.get("joint_bf16_speedup"), "x"),
             ("joint epoch, CUDA amp fp16 (img/s)", s["joint_amp_img_s"], s.get("peer_joint_img_s"), s.get("joint_amp_speedup"), "x"),
+            *((label, s.get(f"{key}_img_s"), s.get("peer_joint_img_s"), s.get(f"{key}_speedup"), "x")
+              for key, label in CHANNELS_LAST_ROWS.items()),
             ("last-layer stage (s) vs 1 epoch", s["last_layer_stage_s"], s.get("peer_last_layer_epoch_s"), s.get("last_layer_speedup"), "x faster"),
             ("last-layer stage, cpu_amp bf16 (s)", s["last_layer_stage_bf16_s"], s.get("peer_last_layer_epoch_s"), s.get("last_layer_bf16_speedup"), "x faster"),
             ("last-layer stage incl. vectors (s)", s["last_layer_stage_incl_vectors_s"], None, None, ""),

@@ -61,6 +61,7 @@ class TrainConfig:
     gamma: float = 0.1
     amp: bool = True  # float16 mixed precision on CUDA
     cpu_amp: bool = False  # bfloat16 autocast for training on CPU (fast with AVX512-BF16/AMX)
+    channels_last: bool = False  # NHWC weights/activations in training (faster convolutions)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads on CPU
     select_metric: str = "balanced_accuracy"  # validation metric that picks the best epoch

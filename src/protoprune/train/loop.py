@@ -25,6 +25,7 @@ from ..io import atomic_write_text
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
+from .layout import apply_memory_format
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def fit(
     epochs = tc.epochs if epochs is None else epochs
     device = torch.device(device) if device is not None else distributed.resolve_device(tc.device)
     class_names = class_names or loaders.class_names
-    model.to(device)
+    apply_memory_format(model.to(device), tc)
     write = run_dir is not None and distributed.is_main()  # rank 0 writes, the others wait
     optimizer = build_optimizer(model.parameters(), tc)
     scheduler = build_scheduler(optimizer, tc, epochs)

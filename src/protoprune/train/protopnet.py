@@ -33,6 +33,7 @@ from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
 from .last_layer import last_layer_stage
+from .layout import apply_memory_format
 from .loop import (
     build_optimizer,
     build_scheduler,
@@ -280,7 +281,7 @@ def train_protopnet(
     into `model` at the end."""
     p, progress = cfg.protopnet, cfg.train.progress and distributed.is_main()
     device = torch.device(device)
-    model.to(device)
+    apply_memory_format(model.to(device), cfg.train)
     class_names = loaders.class_names
     steps = build_schedule(p)
     opt = build_optimizers(model, p)
