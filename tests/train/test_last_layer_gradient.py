@@ -57,8 +57,11 @@ def _autograd_stage(model, sims, targets, opt, p, batch, class_weights, order_se
     return rows
 
 
+@pytest.mark.parametrize("row_major", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_stage_reaches_the_weights_and_rows_autograd_reaches(weighted):
+def test_stage_reaches_the_weights_and_rows_autograd_reaches(weighted, row_major):
+    """On CPU with torch's Adam the stage lays the weight out column-major; with another optimiser
+    (here a subclass of Adam) it keeps it row-major, as on CUDA: both reach autograd's result."""
     trunk = Features(nn.Sequential(nn.Conv2d(3, 4, 1)), 4)
     p = ProtoPNetConfig(prototypes_per_class=3, last_layer_iterations=4, l1=1e-2, last_layer_lr=1e-2)
     torch.manual_seed(0)
@@ -70,6 +73,8 @@ def test_stage_reaches_the_weights_and_rows_autograd_reaches(weighted):
         torch.manual_seed(1)
         model = ProtoPNet(trunk, 4, 3, 8)
         opt = build_optimizers(model, p)["last"]
+        if manual and row_major:
+            opt = _SubclassedAdam(model.last_layer.parameters(), lr=p.last_layer_lr, fused=True)
         if manual:
             rows.append(last_layer_stage(model, sims, targets, opt, p, 16, class_weights,
                                          generator=torch.Generator().manual_seed(5), progress=False))  # fmt: skip
