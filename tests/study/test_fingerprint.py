@@ -9,7 +9,8 @@ from protoprune.demo import packaged_config
 from protoprune.study.config import load_study_config
 from protoprune.study.units import Unit, fingerprint, unit_config
 
-# computed with protoprune before protopnet.trunk_epochs existed (commit fe92975)
+# computed with protoprune before protopnet.trunk_epochs and train.channels_last existed
+# (commit fe92975)
 KNOWN = {
     "baseline": "fbf61ceaa4c71b70e591d1e70dade602d4688e35c7f126f2b5d7b40a1362b8ec",
     "protopnet": "8655b426fa81841de77301ee7e8018aa36e331f7ba2401acf39b39d81e36bd60",
@@ -33,3 +34,10 @@ def test_a_new_setting_away_from_its_old_behaviour_changes_the_fingerprint() -> 
     assert changed != KNOWN["protopnet"]
     # and only for the units that read the section
     assert _fingerprint("baseline", ["run.protopnet.trunk_epochs=2"]) == KNOWN["baseline"]
+
+
+def test_channels_last_reruns_every_unit_only_when_on() -> None:
+    # it changes results in the last bits (other convolution kernels), so it is part of the hash
+    for kind, known in KNOWN.items():
+        assert _fingerprint(kind, ["run.train.channels_last=false"]) == known, kind
+        assert _fingerprint(kind, ["run.train.channels_last=true"]) != known, kind
