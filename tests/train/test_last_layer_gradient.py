@@ -75,6 +75,7 @@ def test_stage_reaches_the_weights_and_rows_autograd_reaches(weighted, row_major
         opt = build_optimizers(model, p)["last"]
         if manual and row_major:
             opt = _SubclassedAdam(model.last_layer.parameters(), lr=p.last_layer_lr, fused=True)
+            stage_opt = opt
         if manual:
             rows.append(last_layer_stage(model, sims, targets, opt, p, 16, class_weights,
                                          generator=torch.Generator().manual_seed(5), progress=False))  # fmt: skip
@@ -83,6 +84,8 @@ def test_stage_reaches_the_weights_and_rows_autograd_reaches(weighted, row_major
         models.append(model.last_layer.weight.detach().clone())
     assert not torch.equal(models[0], ProtoPNet(trunk, 4, 3, 8).last_layer.weight)  # it moved
     torch.testing.assert_close(models[0], models[1], rtol=1e-5, atol=1e-6)
+    if row_major:
+        assert stage_opt.row_major == [True] * 4 * 4  # every step: 4 iterations of 4 batches
     fast, slow = rows
     assert len(fast) == 4 and fast[-1]["loss"] < fast[0]["loss"]
     assert [r["iteration"] for r in fast] == [r["iteration"] for r in slow]
@@ -119,7 +122,12 @@ def test_two_stages_continue_one_optimisation_in_the_weights_own_tensors():
 
 
 class _SubclassedAdam(torch.optim.Adam):
-    """Not `torch.optim.Adam` itself, so the stage steps it through `optimizer.step()`."""
+    """Not `torch.optim.Adam` itself, so the stage steps it through `optimizer.step()`; records
+    whether its parameter was row-major (contiguous) at each step."""
+
+    def step(self, closure=None):
+        self.row_major = [*getattr(self, "row_major", []), self.param_groups[0]["params"][0].is_contiguous()]
+        return super().step(closure)
 
 
 def _run_stage(optimizer_cls=None, amp=False, l1=1e-2, device="cpu", cuda_graph=None,
