@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "check_data",
     "push",
     "prune_filters",
+    "prune_curve",
     "prune_prototypes",
     "explain",
     "report",

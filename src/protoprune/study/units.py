@@ -117,7 +117,11 @@ SECTIONS = {
 # Settings added after studies were run, with the value that reproduces the behaviour from before
 # they existed: left out of the fingerprint at that value, so an older study folder still resumes
 # instead of rerunning its units (tests/study/test_fingerprint.py holds known fingerprints).
-ADDED_LATER = {("protopnet", "trunk_epochs"): 0, ("train", "channels_last"): False}
+ADDED_LATER = {
+    ("protopnet", "trunk_epochs"): 0,
+    ("train", "channels_last"): False,
+    ("prune_filters", "patience"): None,
+}
 
 
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
