@@ -100,6 +100,10 @@ class ProtoPNetConfig:
     joint_lr_prototypes: float = 3e-3
     joint_lr_step: int = 5
     joint_lr_gamma: float = 0.1
+    # when the joint StepLR steps: "start" = before each joint epoch, as the original's main.py
+    # (joint epochs 1..step-1 at the full rate, the step-th at gamma times it); "end" = after it,
+    # one epoch later (protoprune before this option existed)
+    joint_lr_step_at: str = "start"
     last_layer_lr: float = 1e-4
     # loss coefficients
     crs_ent: float = 1.0
@@ -167,6 +171,7 @@ _CHOICES = {
     "protopnet.add_on": ("regular", "bottleneck"),
     "protopnet.similarity": ("log", "cosine"),
     "protopnet.add_on_output": ("sigmoid", "linear"),
+    "protopnet.joint_lr_step_at": ("start", "end"),
     "prune_filters.method": ("lrp", "weight", "grad", "taylor"),
     "prune_filters.scope": ("global", "layer"),
 }

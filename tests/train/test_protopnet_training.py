@@ -268,3 +268,38 @@ def test_class_weights_enter_the_cross_entropy() -> None:
     expected = torch.nn.functional.cross_entropy(out.logits, y, weight=w)
     torch.testing.assert_close(terms["cross_entropy"], expected)
     assert not torch.allclose(expected, torch.nn.functional.cross_entropy(out.logits, y))
+
+
+def _original_joint_lrs(p, lr: float) -> list[float]:
+    """The learning rate of each joint epoch as the original's main.py sets it: its loop over
+    epochs calls joint_lr_scheduler.step() before tnt.train in every epoch after the warm-up."""
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, p.joint_lr_step, p.joint_lr_gamma)
+    lrs = []
+    for epoch in range(p.warm_epochs + p.joint_epochs):
+        if epoch >= p.warm_epochs:
+            scheduler.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()  # tnt.train
+    return lrs
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")  # in the port
+@pytest.mark.parametrize("step_at", ["start", "end"])
+def test_joint_lr_steps_as_the_original_by_default(tmp_path, step_at) -> None:
+    cfg = tiny_config()
+    p = cfg.protopnet
+    p.joint_epochs, p.joint_lr_step, p.push_start, p.push_every = 5, 2, 100, 100
+    p.last_layer_iterations, p.save_push_images = 1, False
+    p.joint_lr_step_at = step_at
+    tp.train_protopnet(tiny_model(), tiny_loaders(), cfg, tmp_path, "cpu")
+    history = pd.read_csv(tmp_path / "history.csv")
+    lrs = history.loc[history.phase == "joint", "lr"].tolist()
+    original = _original_joint_lrs(p, p.joint_lr_features)
+    assert original == pytest.approx([1e-4, 1e-5, 1e-5, 1e-6, 1e-6])  # the hand count
+    if step_at == "start":
+        assert lrs == pytest.approx(original)
+    else:  # one epoch later than the original
+        assert lrs == pytest.approx([p.joint_lr_features] + original[:-1])
+    assert RunConfig().protopnet.joint_lr_step_at == "start"

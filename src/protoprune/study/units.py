@@ -117,7 +117,19 @@ SECTIONS = {
 # Settings added after studies were run, with the value that reproduces the behaviour from before
 # they existed: left out of the fingerprint at that value, so an older study folder still resumes
 # instead of rerunning its units (tests/study/test_fingerprint.py holds known fingerprints).
-ADDED_LATER = {("protopnet", "trunk_epochs"): 0, ("train", "channels_last"): False}
+ADDED_LATER = {
+    ("protopnet", "trunk_epochs"): 0,
+    ("train", "channels_last"): False,
+    ("protopnet", "joint_lr_step_at"): "end",
+}
+
+
+def _drop_inert_settings(d: dict) -> None:
+    """Leave out settings that cannot change this unit's result: when the joint StepLR never
+    reaches a step within the joint epochs, stepping it before or after each epoch is the same."""
+    p = d.get("protopnet")
+    if p and (p["joint_epochs"] < p["joint_lr_step"] or p["joint_lr_gamma"] == 1):
+        p.pop("joint_lr_step_at", None)
 
 
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
@@ -130,6 +142,7 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     for (section, key), old_behaviour in ADDED_LATER.items():
         if section in d and d[section].get(key) == old_behaviour:
             del d[section][key]
+    _drop_inert_settings(d)
     payload = {
         "unit": unit.key,
         "config": d,

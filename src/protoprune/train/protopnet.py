@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,14 @@ def build_optimizers(model: ProtoPNet, p: ProtoPNetConfig) -> dict[str, Any]:
         joint, step_size=p.joint_lr_step, gamma=p.joint_lr_gamma
     )
     return {"warm": warm, "joint": joint, "last": last, "joint_scheduler": scheduler}
+
+
+def step_before_epoch(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Step an lr scheduler before the epoch, as the original's main.py steps the joint StepLR;
+    torch's warning about a step before any `optimizer.step()` is expected here, so silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
 
 
 # --- the phases -----------------------------------------------------------------------------------
@@ -386,6 +395,8 @@ def train_protopnet(
             warm = phase == "warm"
             model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
             optimizer = opt["warm"] if warm else opt["joint"]
+            if not warm and p.joint_lr_step_at == "start":
+                step_before_epoch(opt["joint_scheduler"])
             row["lr"] = optimizer.param_groups[0]["lr"]
             if phase not in ddp:
                 ddp[phase] = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
@@ -403,7 +414,7 @@ def train_protopnet(
                 ddp[phase] if distributed.is_distributed() else None,
                 amp,
             )
-            if not warm:
+            if not warm and p.joint_lr_step_at == "end":
                 opt["joint_scheduler"].step()
             row.update({"train_loss": terms.pop("loss"), **terms})
             val = evaluate("val")
