@@ -44,7 +44,10 @@ class ModelConfig:
     type: str = "classifier"  # classifier | protopnet
     arch: str = "resnet18"  # a name in protoprune.models.ARCHITECTURES
     small_input: bool | None = None  # 3x3 stem, no max-pool; None: auto (image_size <= 64)
-    weights: str | None = None  # local state_dict path for the backbone; nothing is downloaded
+    # backbone init: imagenet (torchvision's default weights), a torchvision weights name
+    # (ResNet18_Weights.IMAGENET1K_V1), both from torch's hub cache, or a local state_dict path;
+    # a run records the full name, and data.mean/std become the weights' own
+    weights: str | None = None
 
 
 @dataclass
