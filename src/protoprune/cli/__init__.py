@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "push",
     "prune_filters",
     "prune_prototypes",
+    "export_onnx",
     "explain",
     "report",
     "study",
