@@ -12,10 +12,13 @@ import torch
 
 from protoprune.errors import ProtopruneError
 from protoprune.models import build_classifier, feature_extractor
+from protoprune.models.backbones import Features
 from protoprune.models.protopnet import ProtoPNet
 from protoprune.prune import onnx_export
 from protoprune.prune.importance import CRITERIA
 from protoprune.prune.structural import prune_step
+
+from .conftest import TinyNet
 
 SIZE = 28
 
@@ -63,29 +66,32 @@ def test_dynamo_export_runs_in_onnxruntime_as_in_torch(models, kind, tmp_path):
         np.testing.assert_allclose(g, e.numpy(), rtol=0, atol=1e-4)
 
 
-def test_the_legacy_exporter_is_the_fallback_with_a_warning(models, tmp_path, monkeypatch, caplog):
+def test_the_legacy_exporter_is_the_fallback_with_a_warning(tmp_path, monkeypatch, caplog):
     def cannot(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(onnx_export, "_dynamo_bytes", cannot)
+    tiny = ProtoPNet(Features(TinyNet().features[:6], 12), 3, prototypes_per_class=2, prototype_dim=8)
     with caplog.at_level(logging.WARNING):
-        result = onnx_export.write_onnx(models["protopnet"], tmp_path / "m.onnx", SIZE)
+        result = onnx_export.write_onnx(tiny.eval(), tmp_path / "m.onnx", SIZE)
     assert result["exporter"] == "legacy" and max(result["max_abs_diff"].values()) <= 1e-4
     assert "legacy TorchScript exporter" in caplog.text and "unsupported operator" in caplog.text
 
 
-def test_a_graph_that_differs_from_torch_is_never_kept(models, tmp_path, monkeypatch, caplog):
-    other = copy.deepcopy(models["baseline"])  # same architecture, other weights
+def test_a_graph_that_differs_from_torch_is_never_kept(tmp_path, monkeypatch, caplog):
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    other = copy.deepcopy(model)  # same architecture, other weights
     with torch.no_grad():
-        other.fc.bias += 1.0
+        other.classifier[-1].bias += 1.0
     wrong = onnx_export._legacy_bytes(other, torch.zeros(2, 3, SIZE, SIZE), ["logits"])
     monkeypatch.setattr(onnx_export, "_dynamo_bytes", lambda *a: wrong)
     with caplog.at_level(logging.WARNING):
-        result = onnx_export.write_onnx(models["baseline"], tmp_path / "m.onnx", SIZE)
+        result = onnx_export.write_onnx(model, tmp_path / "m.onnx", SIZE)
     assert result["exporter"] == "legacy" and "differs from torch" in caplog.text
     monkeypatch.setattr(onnx_export, "_legacy_bytes", lambda *a: wrong)
     with pytest.raises(onnx_export.OnnxExportError, match="max abs difference"):
-        onnx_export.write_onnx(models["baseline"], tmp_path / "bad.onnx", SIZE)
+        onnx_export.write_onnx(model, tmp_path / "bad.onnx", SIZE)
     assert not (tmp_path / "bad.onnx").exists()
 
 

@@ -89,9 +89,14 @@ def sample_images(
 
 def onnx_max_abs_diff(model: nn.Module, path: str | Path, images: torch.Tensor) -> dict[str, float]:
     """Run the .onnx file with onnxruntime on `images`; max |onnx - torch| per output."""
+    return _max_abs_diff(*exportable(model), path, images)
+
+
+def _max_abs_diff(
+    module: nn.Module, names: list[str], path: str | Path, images: torch.Tensor
+) -> dict[str, float]:
     import onnxruntime as ort
 
-    module, names = exportable(model)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: images.float().cpu().numpy()}
     got = session.run(None, feed)
@@ -165,7 +170,7 @@ def write_onnx(
             continue
         atomic_write_bytes(path, data)
         onnx.checker.check_model(onnx.load(str(path)))
-        diff = onnx_max_abs_diff(model, path, images)
+        diff = _max_abs_diff(module, names, path, images)
         if max(diff.values()) <= atol:
             log.info("%s (%s exporter): max |onnxruntime - torch| %s", path.name, exporter, diff)
             return {"path": path, "exporter": exporter, "max_abs_diff": diff}
