@@ -238,10 +238,12 @@ def run_unit(
     unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, external: ExternalTest
 ) -> dict[str, Any]:
     """Run one unit in its folder; returns {"rows": [...], "status": "ok", ...}."""
+    from ..models.pretrained import resolve_pretrained
     from ..seed import resolve_device
     from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data, run_training
 
+    cfg = resolve_pretrained(cfg)  # every evaluation below normalises as the training did
     folder = unit_dir(out, unit)
     base_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "checkpoints" / "best.pt"
     proto_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "protopnet")) / "checkpoints" / "best.pt"
