@@ -44,7 +44,10 @@ class ModelConfig:
     type: str = "classifier"  # classifier | protopnet
     arch: str = "resnet18"  # a name in protoprune.models.ARCHITECTURES
     small_input: bool | None = None  # 3x3 stem, no max-pool; None: auto (image_size <= 64)
-    weights: str | None = None  # local state_dict path for the backbone; nothing is downloaded
+    # backbone init: imagenet (torchvision's default weights), a torchvision weights name
+    # (ResNet18_Weights.IMAGENET1K_V1), both from torch's hub cache, or a local state_dict path;
+    # a run records the full name, and data.mean/std become the weights' own
+    weights: str | None = None
 
 
 @dataclass
@@ -100,6 +103,10 @@ class ProtoPNetConfig:
     joint_lr_prototypes: float = 3e-3
     joint_lr_step: int = 5
     joint_lr_gamma: float = 0.1
+    # when the joint StepLR steps: "start" = before each joint epoch, as the original's main.py
+    # (joint epochs 1..step-1 at the full rate, the step-th at gamma times it); "end" = after it,
+    # one epoch later (protoprune before this option existed)
+    joint_lr_step_at: str = "start"
     last_layer_lr: float = 1e-4
     # loss coefficients
     crs_ent: float = 1.0
@@ -178,6 +185,7 @@ _CHOICES = {
     "protopnet.add_on": ("regular", "bottleneck"),
     "protopnet.similarity": ("log", "cosine"),
     "protopnet.add_on_output": ("sigmoid", "linear"),
+    "protopnet.joint_lr_step_at": ("start", "end"),
     "prune_filters.method": ("lrp", "weight", "grad", "taylor", "random"),
     "prune_filters.scope": ("global", "layer"),
     "prune_filters.ratio_unit": ("filters", "channels"),

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "prune_filters",
     "prune_curve",
     "prune_prototypes",
+    "export_onnx",
     "explain",
     "report",
     "study",

@@ -108,6 +108,10 @@ def execute(args: argparse.Namespace) -> int:
         )
     from ..train.checkpoint import checkpoint_config, load_checkpoint
 
+    if not args.no_export:  # each step writes an .onnx: missing packages fail now, not at step 1
+        from ..prune.onnx_export import require_onnx_packages
+
+        require_onnx_packages()
     ckpt = load_checkpoint(args.checkpoint)
     options = {
         "method": args.method,
