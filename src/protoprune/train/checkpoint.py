@@ -117,7 +117,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> nn.Module:
     cfg.model.weights = None  # the checkpoint holds all weights; do not read the init file again
     model = build_model(cfg, len(ckpt["class_names"]))
     if ckpt.get("pruned_filters"):  # a trunk narrowed by prune-filters: resize layers to the saved shapes
-        from ..prune.export import resize_to_state_dict
+        from ..models.resize import resize_to_state_dict
 
         resize_to_state_dict(model, ckpt["state_dict"])
     return load_state(model, ckpt).eval()

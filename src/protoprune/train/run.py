@@ -16,10 +16,10 @@ from ..config import RunConfig, save_config
 from ..data import build_loaders, build_splits
 from ..data.loaders import Loaders, check_class_coverage
 from ..errors import CheckpointError, ConfigError
+from ..figures import plot_confusion_matrix, plot_training_curves
 from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_run_dir
 from ..metrics import metrics_markdown
 from ..models.factory import build_model, small_input
-from ..report.figures import plot_confusion_matrix, plot_training_curves
 from ..seed import set_seed
 from .checkpoint import (
     load_checkpoint,
