@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, not_a_file
 from ..registry import Registry
 
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
@@ -90,7 +90,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"weights file {path} does not exist",
+            not_a_file("weights file", path),
             "model.weights must be a local state_dict file (nothing is downloaded); leave it empty for random init",
         )
     try:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, not_a_file
 from ..io import atomic_torch_save
 from ..models.backbones import build_classifier
 from ..models.resize import resize_to_state_dict
@@ -53,9 +53,9 @@ def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> n
     path = Path(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise CheckpointError(
-            f"pruned model {path} does not exist",
+            not_a_file("pruned model", path),
             "give a models/step_XX.pt file of a prune-filters run",
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
