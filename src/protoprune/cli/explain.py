@@ -47,8 +47,7 @@ def execute(args: argparse.Namespace) -> int:
     check_device_option(args)
     from ..data.base import open_rgb
     from ..explain.analysis import analyse_checkpoint, explain_files
-    from ..io import check_run_dir
-    from ..train.checkpoint import load_checkpoint, run_dir_of
+    from ..train.checkpoint import load_checkpoint, require_protopnet, run_dir_of
 
     if args.ensemble and not args.images:
         raise ProtopruneError(
@@ -56,13 +55,12 @@ def execute(args: argparse.Namespace) -> int:
         )
     for image in args.images:  # an unreadable image fails now, not after the rendering
         open_rgb(image)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = require_protopnet(load_checkpoint(args.checkpoint))
     for member in args.ensemble:
-        load_checkpoint(member)
+        require_protopnet(load_checkpoint(member))
     out = Path(args.out) if args.out else run_dir_of(ckpt["path"]) / "explanations"
-    check_run_dir(out, force=args.force)
+    out = prepare_run_dir(out, force=args.force)  # everything above is checked: now write
     if args.images:
-        out = prepare_run_dir(out, force=args.force)
         results = explain_files(
             [ckpt["path"], *args.ensemble], args.images, out, top=args.top, hires=args.hires,
             device=args.device,
@@ -70,7 +68,6 @@ def execute(args: argparse.Namespace) -> int:
         for r in results:
             print(json.dumps({k: r[k] for k in ("image_id", "predicted_class", "figure")}))
     else:
-        out = prepare_run_dir(out, force=args.force)
         index = analyse_checkpoint(
             ckpt, out, k=args.k, samples=args.samples, top=args.top, hires=args.hires,
             device=args.device,

@@ -259,10 +259,11 @@ def push_checkpoint(
     cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
     ckpt_path = Path(ckpt["path"])
     dev = distributed.resolve_device(device)
-    out = distributed.prepare_output_dir(Path(out_dir) if out_dir else run_dir_of(ckpt_path) / "push", force=force)
+    out = check_run_dir(Path(out_dir) if out_dir else run_dir_of(ckpt_path) / "push", force=force)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
     require_same_classes(ckpt, class_names, "push")
+    out = distributed.prepare_output_dir(out, force=force)  # the input is sound: now write
     model = model_from_checkpoint(ckpt).to(dev)
     progress = cfg.train.progress and distributed.is_main()
     val_before = evaluate_model(model, loaders.val, class_names, dev)
