@@ -36,7 +36,7 @@ from ..progress import tqdm
 from .filters import markdown_table, reference_set
 from .importance import CRITERIA, build_importance
 from .measure import count_macs_params
-from .relevance import input_bounds
+from .relevance import classifier_head, input_bounds, prunable_modules
 from .structural import FilterPruner
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,11 @@ def curve_block(model, importance, reference, ratios, evals, class_names, image_
         if bn_batches is not None:
             recalibrate_batchnorm(m, bn_batches, device)
         macs, params = count_macs_params(m, image_size, device)
+        widths = {n: x.weight.shape[0] for n, x in prunable_modules(m, [classifier_head(m)]).items()}
         row = {"ratio": ratio, "filters_removed_ratio": pruner.pruned_filter_fraction(),
                "channels_removed_ratio": pruner.pruned_channel_fraction(),
                "filters_removed": pruner.initial_filters - pruner.filters(),
-               "macs": macs, "params": params}  # fmt: skip
+               "macs": macs, "params": params, "_widths": widths}  # fmt: skip
         for split, data in evals.items():
             metrics = _evaluate(m, data, class_names, device)
             row.update({f"{split}_{k}": metrics[k] for k in METRICS})
@@ -167,7 +168,6 @@ def pruning_curve(
     from ..config import save_config
     from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from ..train.run import prepare_data
-    from .relevance import classifier_head
 
     settings = settings or CurveSettings()
     settings.check()
@@ -209,6 +209,9 @@ def pruning_curve(
               for n in _norms(m, settings.normalizations)]  # fmt: skip
     finished = set(map(tuple, done[BLOCK].values.tolist())) if len(done) else set()
     cache: dict[tuple[str, str], list[dict]] = {}  # a data-free criterion's block, for every draw
+    initial = {n: x.weight.shape[0] for n, x in prunable_modules(model, [classifier_head(model)]).items()}
+    widths = pd.read_csv(out / "curve_layers.csv").to_dict("records") \
+        if resume and (out / "curve_layers.csv").is_file() else []  # fmt: skip
     for method, norm, seed in tqdm(blocks, desc="pruning curve", disable=not progress):
         if (method, norm, seed) in finished:
             continue
@@ -227,6 +230,11 @@ def pruning_curve(
                 cache[(method, norm)] = block
         zero = {"ratio": 0.0, "filters_removed_ratio": 0.0, "channels_removed_ratio": 0.0,
                 "filters_removed": 0, "macs": macs0, "params": params0, **base}  # fmt: skip
+        widths.extend({"method": method, "normalize": norm, "ref_seed": seed, "ratio": r["ratio"],
+                       "layer": n, "filters": w, "initial": initial[n]}
+                      for r in block for n, w in r["_widths"].items())  # fmt: skip
+        atomic_write_text(out / "curve_layers.csv", pd.DataFrame(widths).to_csv(index=False))
+        block = [{k: v for k, v in r.items() if k != "_widths"} for r in block]
         frame = pd.DataFrame([zero, *block]).assign(method=method, normalize=norm, ref_seed=seed)
         rows.append(frame[BLOCK + [c for c in frame.columns if c not in BLOCK]])
         df = pd.concat(rows, ignore_index=True)
@@ -234,7 +242,8 @@ def pruning_curve(
         log.info("%s (%s) draw %d: test balanced accuracy %s", method, norm, seed,
                  ", ".join(f"{r['ratio']:.2f}: {r['test_balanced_accuracy']:.3f}" for r in block))  # fmt: skip
     df = pd.concat(rows, ignore_index=True)
-    write_curve_report(df, out, f"Pruning curve (no fine-tuning): {cfg.model.arch}, {ckpt['path']}")
+    write_curve_report(df, out, f"Pruning curve (no fine-tuning): {cfg.model.arch}, {ckpt['path']}",
+                       pd.DataFrame(widths))  # fmt: skip
     return df
 
 
@@ -347,9 +356,25 @@ def curve_table(df: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.
     return pd.DataFrame(rows)
 
 
-def write_curve_report(df: pd.DataFrame, out: Path, title: str) -> None:
-    """curve.md (tables of test balanced accuracy and accuracy, areas, paired differences)
-    and curve.png."""
+def layer_removal(layers: pd.DataFrame, ratio: float) -> pd.DataFrame:
+    """Fraction of each layer group's filters (top-level module: conv1, layer1, ..., features)
+    removed at `ratio`, mean over draws (and runs), one row per criterion x normalisation."""
+    d = layers[np.isclose(layers["ratio"], ratio)].copy()
+    if d.empty:
+        return d
+    d["group"] = d["layer"].str.split(".").str[0]
+    units = [c for c in ("run", "method", "normalize", "ref_seed") if c in d.columns]
+    g = d.groupby(units + ["group"], sort=False)[["filters", "initial"]].sum().reset_index()
+    g["removed"] = 1 - g["filters"] / g["initial"]
+    table = g.pivot_table(index=["method", "normalize"], columns="group", values="removed",
+                          aggfunc="mean", sort=False)  # fmt: skip
+    return table.reset_index()
+
+
+def write_curve_report(df: pd.DataFrame, out: Path, title: str,
+                       layers: pd.DataFrame | None = None) -> None:  # fmt: skip
+    """curve.md (tables of test balanced accuracy and accuracy, areas, paired differences, the
+    filters each criterion removes per layer group) and curve.png."""
     lines = [f"# {title}\n", "Mean ± std over reference-set draws"
              + (" and training seeds" if "run" in df.columns else "") + "; columns: fraction of "
              "filters removed (no fine-tuning); area: mean level of the curve (its area divided "
@@ -361,6 +386,10 @@ def write_curve_report(df: pd.DataFrame, out: Path, title: str) -> None:
     if len(diffs):
         lines += ["\n## Paired differences (test balanced accuracy), 95 % t confidence interval\n",
                   markdown_table(diffs, ".3f")]  # fmt: skip
+    if layers is not None and len(layers):
+        for ratio in sorted(r for r in set(layers["ratio"]) if r in (0.15, 0.3)):
+            lines += [f"\n## Fraction of each layer group's filters removed at {ratio:.2f}\n",
+                      markdown_table(layer_removal(layers, ratio), ".2f")]  # fmt: skip
     atomic_write_text(out / "curve.md", "\n".join(lines))
     plot_curve(df, out / "curve.png", title)
 
@@ -425,15 +454,18 @@ def plot_curve(df: pd.DataFrame, path: Path, title: str) -> Path:
 
 def summarize_curves(run_dirs: Sequence[str | Path], out_dir: str | Path) -> pd.DataFrame:
     """Pool the curves of several runs (e.g. one per training seed) into one report."""
-    frames = []
+    frames, layer_frames = [], []
     for rd in run_dirs:
         p = Path(rd) / "curve.csv"
         if not p.is_file():
             raise ConfigError(f"{rd} holds no curve.csv", "give folders written by `protoprune prune-curve`")
         frames.append(pd.read_csv(p).assign(run=Path(rd).name))
+        if (Path(rd) / "curve_layers.csv").is_file():
+            layer_frames.append(pd.read_csv(Path(rd) / "curve_layers.csv").assign(run=Path(rd).name))
     df = pd.concat(frames, ignore_index=True)
+    layers = pd.concat(layer_frames, ignore_index=True) if layer_frames else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "curves.csv", df.to_csv(index=False))
-    write_curve_report(df, out, f"Pruning curves pooled over {len(frames)} runs")
+    write_curve_report(df, out, f"Pruning curves pooled over {len(frames)} runs", layers)
     return df
