@@ -29,7 +29,16 @@ class DataConfig:
     split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     split_file: str | None = None  # reuse a split.csv written by an earlier run
     batch_size: int = 64
-    num_workers: int = 0
+    # DataLoader worker processes; None: auto (0 on CPU, where workers compete with the model for
+    # the cores; on CUDA up to 8, leaving a core to the main process), with pinned memory on CUDA
+    num_workers: int | None = None
+    # resized uint8 images kept between epochs: none | memory | disk (a memory-mapped file per
+    # split in cache_dir, rebuilt when the files or image_size change); augmentation still per epoch
+    cache: str = "none"
+    cache_dir: str | None = None  # disk cache folder (None: $XDG_CACHE_HOME/protoprune/images)
+    # decode each JPEG at the smallest 1/2, 1/4, 1/8 scale still >= image_size before resizing
+    # (PIL draft): 2-8x fewer pixels decoded; pixels then differ slightly from a full decode
+    jpeg_draft: bool = False
     balance: str = "oversample"  # none | oversample | weighted_loss (train split only)
     augment: bool = True
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -161,6 +170,7 @@ class RunConfig:
 
 _CHOICES = {
     "data.balance": ("none", "oversample", "weighted_loss"),
+    "data.cache": ("none", "memory", "disk"),
     "model.type": ("classifier", "protopnet"),
     "train.optimizer": ("adam", "sgd"),
     "train.scheduler": ("cosine", "step", "none"),
@@ -194,6 +204,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.mean and data.std need three values each (std > 0)", "fix the data section")
     if d.batch_size < 1:
         raise ConfigError(f"data.batch_size = {d.batch_size} must be >= 1", "use a positive batch size")
+    if d.num_workers is not None and d.num_workers < 0:
+        raise ConfigError(
+            f"data.num_workers = {d.num_workers} must be >= 0",
+            "give a number of worker processes, or null for the device's default",
+        )
     if cfg.train.epochs < 0 or cfg.train.lr <= 0:
         raise ConfigError("train.epochs must be >= 0 and train.lr > 0", "fix the train section")
     p = cfg.protopnet

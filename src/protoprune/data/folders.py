@@ -20,6 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from ..errors import DataError
 from .base import ArrayImageDataset, DataSplits, FileImageDataset
 from .splits import split_dataset
+from .transforms import resize_step
 
 # --- ImageFolder -----------------------------------------------------------------------------
 
@@ -212,6 +213,13 @@ class BoxCroppedImageDataset(FileImageDataset):
                 "fix its row in bounding_boxes.txt",
             )
         return image.crop((left, top, right, bottom))
+
+    def load_resized(self, index: int, size: int, draft: bool = False) -> Image.Image:
+        # the box is in full-resolution pixels: decode in full, crop, then resize
+        return resize_step(size)(self.load_image(index))
+
+    def image_signatures(self) -> list[str]:
+        return [f"{s}:box={tuple(b)}" for s, b in zip(super().image_signatures(), self.boxes)]
 
 
 def _cub_base(root: Path) -> Path:

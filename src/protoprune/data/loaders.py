@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from .. import distributed
 from ..config import DataConfig
 from ..errors import DataError
 from .base import DataSplits, ImageDataset
+from .cache import with_pixel_source
 from .registry import DATASETS
 from .sampling import class_balanced_sampler, class_weights
 from .transforms import build_transform
@@ -112,24 +114,61 @@ class CappedLoader:
         return getattr(self.loader, name)
 
 
+def _device_type(device: torch.device | str | None) -> str:
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
+
+
+def loader_settings(cfg: DataConfig, device: torch.device | str | None = None) -> dict:
+    """DataLoader keywords for the device: `num_workers` (None: auto), pinned memory on CUDA,
+    workers kept alive between epochs.
+
+    Auto workers are 0 on CPU (decoding in the main process; on few cores worker processes take
+    the model's cores) and on CUDA one less than this rank's share of the cores, at most 8.
+    """
+    cuda = _device_type(device) == "cuda"
+    workers = cfg.num_workers
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(8, max(0, cores // distributed.world_size() - 1)) if cuda else 0
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
+
+
+def _pixel_sources(splits: DataSplits, cfg: DataConfig, workers: int) -> dict[str, ImageDataset]:
+    """Each split reading its images as data.cache and data.jpeg_draft say (caches built here)."""
+    return {
+        name: with_pixel_source(getattr(splits, name), cfg.image_size, cfg.cache, cfg.jpeg_draft,
+                                cfg.cache_dir, name, workers)  # fmt: skip
+        for name in ("train", "val", "test")
+    }
+
+
 def build_loaders(
-    splits: DataSplits, cfg: DataConfig, generator: torch.Generator | None = None, seed: int = 0
+    splits: DataSplits,
+    cfg: DataConfig,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> Loaders:
     """Transforms and samplers: augmentation and balancing touch the training split only.
 
     Inside a torchrun process group every loader gets a distributed sampler: each rank reads
     its shard (train: reshuffled per epoch from `seed`; push/val/test: in order, gathered back
-    by `distributed.gather_in_order`) and `cfg.batch_size` is the per-rank batch.
+    by `distributed.gather_in_order`) and `cfg.batch_size` is the per-rank batch. `device`
+    (None: CUDA if available) picks the worker and pinned-memory defaults (`loader_settings`).
     """
     t_train = build_transform(cfg.image_size, cfg.mean, cfg.std, train=True, augment=cfg.augment)
     t_eval = build_transform(cfg.image_size, cfg.mean, cfg.std, train=False)
     n_classes = len(splits.class_names)
-    train_ds = splits.train.with_transform(t_train)
+    settings = loader_settings(cfg, device)
+    sources = _pixel_sources(splits, cfg, settings["num_workers"])
+    train_ds = sources["train"].with_transform(t_train)
     sampler = None
     if cfg.balance == "oversample":
         sampler = class_balanced_sampler(splits.train.targets, n_classes, generator)
     weights = class_weights(splits.train.targets, n_classes) if cfg.balance == "weighted_loss" else None
-    common = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
+    common = {"batch_size": cfg.batch_size, **settings}
     ordered = {}  # push/val/test samplers: sequential in one process
     if distributed.is_distributed():
         if sampler is not None:
@@ -146,9 +185,9 @@ def build_loaders(
             # a last batch of one image breaks BatchNorm on 1x1 maps: drop just that case
             drop_last=n_train % cfg.batch_size == 1, **common,
         ),
-        push=DataLoader(splits.train.with_transform(t_eval), sampler=ordered.get("train"), shuffle=False, **common),
-        val=DataLoader(splits.val.with_transform(t_eval), sampler=ordered.get("val"), shuffle=False, **common),
-        test=DataLoader(splits.test.with_transform(t_eval), sampler=ordered.get("test"), shuffle=False, **common),
+        push=DataLoader(sources["train"].with_transform(t_eval), sampler=ordered.get("train"), shuffle=False, **common),
+        val=DataLoader(sources["val"].with_transform(t_eval), sampler=ordered.get("val"), shuffle=False, **common),
+        test=DataLoader(sources["test"].with_transform(t_eval), sampler=ordered.get("test"), shuffle=False, **common),
         class_names=list(splits.class_names),
         loss_weights=weights,
         generator=generator,

@@ -8,6 +8,11 @@ import torch
 from torchvision import transforms as T
 
 
+def resize_step(image_size: int) -> T.Resize:
+    """The first step of every transform; the pixel cache stores its output (a no-op after it)."""
+    return T.Resize((image_size, image_size), antialias=True)
+
+
 def build_transform(
     image_size: int,
     mean: Sequence[float],
@@ -16,7 +21,7 @@ def build_transform(
     augment: bool = True,
 ) -> T.Compose:
     """Resize to `image_size`; for training add flips, rotations and colour jitter."""
-    steps: list = [T.Resize((image_size, image_size), antialias=True)]
+    steps: list = [resize_step(image_size)]
     if train and augment:
         steps += [
             T.RandomHorizontalFlip(),

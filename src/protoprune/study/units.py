@@ -117,15 +117,19 @@ SECTIONS = {
 # Settings added after studies were run, with the value that reproduces the behaviour from before
 # they existed: left out of the fingerprint at that value, so an older study folder still resumes
 # instead of rerunning its units (tests/study/test_fingerprint.py holds known fingerprints).
-ADDED_LATER = {("protopnet", "trunk_epochs"): 0, ("train", "channels_last"): False}
+ADDED_LATER = {
+    ("protopnet", "trunk_epochs"): 0,
+    ("train", "channels_last"): False,
+    ("data", "jpeg_draft"): False,
+}
 
 
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
     """Hash of everything that decides the unit's result (not paths, progress bars, threads, nor
     the sections the unit does not read)."""
     d = {k: v for k, v in cfg.to_dict().items() if k == "seed" or k in SECTIONS[unit.kind]}
-    for section, key in (("data", "split_file"), ("data", "num_workers"), ("train", "progress"),
-                         ("train", "threads")):  # fmt: skip
+    for section, key in (("data", "split_file"), ("data", "num_workers"), ("data", "cache"),
+                         ("data", "cache_dir"), ("train", "progress"), ("train", "threads")):  # fmt: skip
         d[section].pop(key, None)
     for (section, key), old_behaviour in ADDED_LATER.items():
         if section in d and d[section].get(key) == old_behaviour:
