@@ -116,6 +116,10 @@ class ProtoPNetConfig:
     sep: float = -0.08
     l1: float = 1e-4
     save_push_images: bool = True
+    # the push's search (and the similarity vectors cached for the last-layer stage) under
+    # autocast; off: in float32, as evaluation, so a pushed prototype is exactly its source patch
+    # (under CUDA float16 its float32 distance to its source was 4e-5 to 1.5e-4, emulated)
+    push_amp: bool = False
     # class index of each prototype after prototype pruning (None: prototypes_per_class each)
     prototype_classes: list[int] | None = None
 

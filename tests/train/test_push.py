@@ -16,6 +16,7 @@ from protoprune.data.base import ArrayImageDataset
 from protoprune.data.transforms import build_transform
 from protoprune.models.backbones import Features
 from protoprune.models.protopnet import ProtoPNet
+from protoprune.train.protopnet import similarity_vectors
 from protoprune.train.push import push_prototypes
 
 CLASSES = ["a", "b", "c", "d"]  # class "d" has no push images
@@ -167,3 +168,36 @@ def test_asynchronous_rendering_writes_the_same_images(tmp_path) -> None:
     for name in names:
         assert (tmp_path / "sync" / name).read_bytes() == (tmp_path / "async" / name).read_bytes()
     assert "files" not in result.prototypes[0]  # the writer worked on its own copy
+
+
+@pytest.mark.parametrize("push_amp", [False, True])
+def test_push_inside_cpu_autocast_pushes_the_evaluated_models_patches(push_amp: bool) -> None:
+    """Called inside a bfloat16 autocast region, the push still computes in float32, as evaluation
+    does: every pushed prototype is bit for bit its source patch in the evaluated model, its
+    distance there is the smallest of all patches (0 up to float32 rounding) and the cached
+    similarity vectors are evaluation's exactly. `push_amp` (autocast, like the float16 push on
+    CUDA before) breaks all three, which shows the check can fail."""
+    model = tiny_model()
+    loader = tensor_loader()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = push_prototypes(model, loader, "cpu", CLASSES, progress=False, amp=push_amp)
+        cached, _ = similarity_vectors(model, loader, torch.device("cpu"), amp=push_amp)
+    with torch.no_grad():  # evaluation: float32, the loader's batches
+        z = torch.cat([model.conv_features(x) for x, _ in loader])
+        d = torch.cat([model.prototype_distances(model.conv_features(x)) for x, _ in loader])
+        sims = torch.cat([model.similarity_vectors(x) for x, _ in loader])
+    exact, at_min, far = [], [], []
+    for rec in result.prototypes:
+        if not rec["pushed"]:
+            continue
+        j, i, r, c = rec["prototype"], rec["image_index"], rec["latent_h"], rec["latent_w"]
+        exact.append(torch.equal(model.prototype_vectors[j, :, 0, 0], z[i, :, r, c]))
+        at_min.append(bool(d[i, j, r, c] == d[:, j].min()))
+        far.append(float(d[i, j, r, c]))
+    assert len(exact) == 6
+    if not push_amp:
+        assert all(exact) and all(at_min) and max(far) < 1e-6
+        assert torch.equal(result.similarities, sims) and torch.equal(cached, sims)
+    else:
+        assert not any(exact) and max(far) > 1e-6
+        assert not torch.equal(result.similarities, sims) and not torch.equal(cached, sims)

@@ -121,6 +121,7 @@ ADDED_LATER = {
     ("protopnet", "trunk_epochs"): 0,
     ("train", "channels_last"): False,
     ("data", "jpeg_draft"): False,
+    ("protopnet", "push_amp"): False,  # the push on CPU was float32 before the setting existed
 }
 
 

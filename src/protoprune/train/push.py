@@ -42,6 +42,7 @@ from .. import distributed
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
+from . import precision
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def push_prototypes(
     std: Sequence[float] | None = None,
     progress: bool = True,
     render_async: bool = False,
+    amp: bool = False,
 ) -> PushResult:
     """Project each prototype onto the nearest latent patch of an image of its own class.
 
@@ -112,6 +114,10 @@ def push_prototypes(
     `render_async` writes them in a background thread so the caller goes on (the training loop
     runs the after-push evaluations meanwhile); call `wait_rendered()` before relying on the
     files. The PNG writes then leave the push's critical path.
+    The search runs in float32, the precision evaluation runs in, even inside an autocast region,
+    so every pushed prototype is bit for bit its source patch in the evaluated model; `amp`
+    (`protopnet.push_amp`) runs it under autocast instead (float16 on CUDA, bfloat16 on CPU), where
+    the pushed patch then differs from the evaluated one by the low-precision rounding.
     """
     shard = distributed.ordered_shard(push_loader, "the push loader")  # None in one process
     t_start = time.perf_counter()
@@ -126,11 +132,10 @@ def push_prototypes(
     best_pos = torch.zeros(n_protos, dtype=torch.long, device=device)
     latents, targets, logits_before = [], [], []
     offset, input_hw = 0, None
-    amp = device.type == "cuda"
     for x, y in tqdm(push_loader, desc="push", leave=False, disable=not progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         input_hw = tuple(x.shape[-2:])
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with precision.autocast(device, amp):  # enabled=False also switches an outer one off
             out = model.forward_details(x)
         latents.append(out.latent.float())
         targets.append(y)
@@ -187,7 +192,8 @@ def push_prototypes(
         ]
     )
     sims = distributed.gather_in_order(sims, push_loader.sampler)  # whole push set, in order
-    acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
+    with precision.autocast(device, False):  # the evaluated model's logits, as `predict` has them
+        acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
 
     # the winners' similarity maps upsampled to input pixels -> box
     boxes, upsampled = _boxes(maps, input_hw)
