@@ -201,3 +201,43 @@ def test_push_inside_cpu_autocast_pushes_the_evaluated_models_patches(push_amp: 
     else:
         assert not any(exact) and max(far) > 1e-6
         assert not torch.equal(result.similarities, sims) and not torch.equal(cached, sims)
+
+
+def test_rendered_images_match_a_per_prototype_composition(tmp_path) -> None:
+    """More prototypes than one writer chunk, several sharing a source image: each PNG equals the
+    image composed for that prototype alone (source resized to the input size; heatmap 0.6 x image
+    + 0.4 x jet(map scaled to 0..255) x 255, rounded; box outline in yellow)."""
+    from matplotlib import colormaps
+
+    from protoprune.train.push import RENDER_CHUNK, render_prototypes
+
+    rng = np.random.default_rng(5)
+    n_protos, size = 2 * RENDER_CHUNK + 7, (16, 16)
+    ds = ArrayImageDataset(rng.integers(0, 256, (12, 20, 20, 3), dtype=np.uint8), np.arange(12) % 3, CLASSES)
+    maps = rng.random((n_protos, *size), dtype=np.float32)
+    records = []
+    for j in range(n_protos):
+        y0, x0 = rng.integers(0, 8, 2)
+        records.append({"prototype": j, "class": CLASSES[j % 3], "pushed": j % 9 != 4,
+                        "image_index": int(rng.integers(0, 12)), "box_y0": int(y0), "box_y1": int(y0) + 6,
+                        "box_x0": int(x0), "box_x1": int(x0) + 5})  # fmt: skip
+    render_prototypes(records, maps, ds, size, tmp_path / "out")
+    jet = colormaps["jet"]
+    for r in records:
+        if not r["pushed"]:
+            assert r["files"] == {}
+            continue
+        image = np.asarray(ds.load_image(r["image_index"]).resize((16, 16), Image.BILINEAR)).astype(float)
+        m = maps[r["prototype"]]
+        level = np.round((m - m.min()) / (m.max() - m.min()) * 255).astype(int)
+        heat = np.array([jet(v / 255)[:3] for v in range(256)], dtype=np.float32)[level] * 255
+        overlay = np.round(0.6 * image + 0.4 * heat)
+        framed = image.copy()
+        y0, y1, x0, x1 = r["box_y0"], r["box_y1"], r["box_x0"], r["box_x1"]
+        for a in (framed, overlay):
+            a[[y0, y1 - 1], x0:x1] = (255, 255, 0)
+            a[y0:y1, [x0, x1 - 1]] = (255, 255, 0)
+        read = {k: np.asarray(Image.open(tmp_path / "out" / f)).astype(float) for k, f in r["files"].items()}
+        np.testing.assert_array_equal(read["source"], framed)
+        np.testing.assert_array_equal(read["crop"], image[y0:y1, x0:x1])
+        assert np.abs(read["heatmap"] - overlay).max() <= 1  # float64 here, float32 there
