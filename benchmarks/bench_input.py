@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from protoprune.data.base import FileImageDataset
 from protoprune.data.cache import with_pixel_source
+from protoprune.data.loaders import collate_in_numpy
 from protoprune.data.transforms import build_transform
 from protoprune.models import build_classifier
 
@@ -63,7 +64,8 @@ def pipeline_rate(ds, batch: int, workers: int, device: torch.device, epochs: in
     """Images/s over the last of `epochs` epochs (workers kept: their start-up is paid once)."""
     cuda = device.type == "cuda"
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=cuda,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))  # fmt: skip
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
+                        collate_fn=collate_in_numpy if workers == 0 else None)  # as build_loaders; fmt: skip
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()

@@ -185,3 +185,20 @@ def test_loader_defaults_suit_the_device(monkeypatch) -> None:
     assert loader_settings(d, "cuda")["num_workers"] == 3
     d.num_workers = 2
     assert loader_settings(d, "cpu") == {"num_workers": 2, "pin_memory": False, "persistent_workers": True}
+
+
+def test_numpy_collation_equals_default_collate() -> None:
+    from torch.utils.data import default_collate
+
+    from protoprune.data.loaders import collate_in_numpy
+
+    g = torch.Generator().manual_seed(0)
+    batch = [(torch.randn(3, 9, 7, generator=g), i % 3) for i in range(5)]
+    ours, ref = collate_in_numpy(batch), default_collate(batch)
+    assert torch.equal(ours[0], ref[0]) and ours[0].dtype == ref[0].dtype and ours[0].is_contiguous()
+    assert torch.equal(ours[1], ref[1]) and ours[1].dtype == ref[1].dtype == torch.int64
+    half = [(t.half(), y) for t, y in batch]
+    assert torch.equal(collate_in_numpy(half)[0], default_collate(half)[0])
+    assert collate_in_numpy(half)[0].dtype == torch.float16
+    bf16 = [(t.bfloat16(), y) for t, y in batch]  # numpy has no bfloat16: torch stacks those
+    assert torch.equal(collate_in_numpy(bf16)[0], default_collate(bf16)[0])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from .. import distributed
 from ..config import DataConfig
@@ -135,6 +135,22 @@ def loader_settings(cfg: DataConfig, device: torch.device | str | None = None) -
     return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
 
 
+def collate_in_numpy(batch: list) -> list:
+    """default_collate for (image tensor, label) pairs, with the images stacked by numpy.
+
+    In the main process (`num_workers: 0`) torch.stack spreads the copy of a batch over torch's
+    threads: at 224 px (32 x 602 kB) on 2 shared cores it took 0.57 s a batch, 58 % of the
+    pipeline's time. numpy copies on one thread. Workers keep default_collate (one thread there,
+    and its batches go to shared memory without a copy).
+    """
+    images, labels = zip(*batch, strict=True)
+    if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype != torch.bfloat16
+               for t in images):  # fmt: skip
+        return default_collate(batch)
+    stacked = np.stack([t.numpy(force=True) for t in images])
+    return [torch.from_numpy(stacked), default_collate(list(labels))]
+
+
 def _pixel_sources(splits: DataSplits, cfg: DataConfig, workers: int) -> dict[str, ImageDataset]:
     """Each split reading its images as data.cache and data.jpeg_draft say (caches built here)."""
     return {
@@ -168,7 +184,8 @@ def build_loaders(
     if cfg.balance == "oversample":
         sampler = class_balanced_sampler(splits.train.targets, n_classes, generator)
     weights = class_weights(splits.train.targets, n_classes) if cfg.balance == "weighted_loss" else None
-    common = {"batch_size": cfg.batch_size, **settings}
+    collate = collate_in_numpy if settings["num_workers"] == 0 else None
+    common = {"batch_size": cfg.batch_size, "collate_fn": collate, **settings}
     ordered = {}  # push/val/test samplers: sequential in one process
     if distributed.is_distributed():
         if sampler is not None:
