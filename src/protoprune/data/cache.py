@@ -50,7 +50,7 @@ class CachedPixels:
 
     def __init__(self, array: np.ndarray | None = None, path: Path | None = None):
         self.path = path
-        self._array = array if array is not None else np.load(path, mmap_mode="r")
+        self._array = array if array is not None else _open(path)
 
     def __call__(self, index: int) -> Image.Image:
         return Image.fromarray(np.asarray(self._array[index]), "RGB")
@@ -63,7 +63,11 @@ class CachedPixels:
 
     def __setstate__(self, state: dict) -> None:
         self.path = state["path"]
-        self._array = state["_array"] if self.path is None else np.load(self.path, mmap_mode="r")
+        self._array = state["_array"] if self.path is None else _open(self.path)
+
+
+def _open(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 class _Resized(Dataset):
@@ -108,7 +112,7 @@ def default_cache_dir() -> Path:
 
 def _usable(path: Path, shape: tuple[int, ...]) -> bool:
     try:
-        arr = np.load(path, mmap_mode="r")
+        arr = _open(path)
     except (OSError, ValueError):
         return False
     return arr.shape == shape and arr.dtype == np.uint8
