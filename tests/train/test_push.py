@@ -16,6 +16,7 @@ from protoprune.data.base import ArrayImageDataset
 from protoprune.data.transforms import build_transform
 from protoprune.models.backbones import Features
 from protoprune.models.protopnet import ProtoPNet
+from protoprune.train.protopnet import similarity_vectors
 from protoprune.train.push import push_prototypes
 
 CLASSES = ["a", "b", "c", "d"]  # class "d" has no push images
@@ -167,3 +168,76 @@ def test_asynchronous_rendering_writes_the_same_images(tmp_path) -> None:
     for name in names:
         assert (tmp_path / "sync" / name).read_bytes() == (tmp_path / "async" / name).read_bytes()
     assert "files" not in result.prototypes[0]  # the writer worked on its own copy
+
+
+@pytest.mark.parametrize("push_amp", [False, True])
+def test_push_inside_cpu_autocast_pushes_the_evaluated_models_patches(push_amp: bool) -> None:
+    """Called inside a bfloat16 autocast region, the push still computes in float32, as evaluation
+    does: every pushed prototype is bit for bit its source patch in the evaluated model, its
+    distance there is the smallest of all patches (0 up to float32 rounding) and the cached
+    similarity vectors are evaluation's exactly. `push_amp` (autocast, like the float16 push on
+    CUDA before) breaks all three, which shows the check can fail."""
+    model = tiny_model()
+    loader = tensor_loader()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = push_prototypes(model, loader, "cpu", CLASSES, progress=False, amp=push_amp)
+        cached, _ = similarity_vectors(model, loader, torch.device("cpu"), amp=push_amp)
+    with torch.no_grad():  # evaluation: float32, the loader's batches
+        z = torch.cat([model.conv_features(x) for x, _ in loader])
+        d = torch.cat([model.prototype_distances(model.conv_features(x)) for x, _ in loader])
+        sims = torch.cat([model.similarity_vectors(x) for x, _ in loader])
+    exact, at_min, far = [], [], []
+    for rec in result.prototypes:
+        if not rec["pushed"]:
+            continue
+        j, i, r, c = rec["prototype"], rec["image_index"], rec["latent_h"], rec["latent_w"]
+        exact.append(torch.equal(model.prototype_vectors[j, :, 0, 0], z[i, :, r, c]))
+        at_min.append(bool(d[i, j, r, c] == d[:, j].min()))
+        far.append(float(d[i, j, r, c]))
+    assert len(exact) == 6
+    if not push_amp:
+        assert all(exact) and all(at_min) and max(far) < 1e-6
+        assert torch.equal(result.similarities, sims) and torch.equal(cached, sims)
+    else:
+        assert not any(exact) and max(far) > 1e-6
+        assert not torch.equal(result.similarities, sims) and not torch.equal(cached, sims)
+
+
+def test_rendered_images_match_a_per_prototype_composition(tmp_path) -> None:
+    """More prototypes than one writer chunk, several sharing a source image: each PNG equals the
+    image composed for that prototype alone (source resized to the input size; heatmap 0.6 x image
+    + 0.4 x jet(map scaled to 0..255) x 255, rounded; box outline in yellow)."""
+    from matplotlib import colormaps
+
+    from protoprune.train.push import RENDER_CHUNK, render_prototypes
+
+    rng = np.random.default_rng(5)
+    n_protos, size = 2 * RENDER_CHUNK + 7, (16, 16)
+    ds = ArrayImageDataset(rng.integers(0, 256, (12, 20, 20, 3), dtype=np.uint8), np.arange(12) % 3, CLASSES)
+    maps = rng.random((n_protos, *size), dtype=np.float32)
+    records = []
+    for j in range(n_protos):
+        y0, x0 = rng.integers(0, 8, 2)
+        records.append({"prototype": j, "class": CLASSES[j % 3], "pushed": j % 9 != 4,
+                        "image_index": int(rng.integers(0, 12)), "box_y0": int(y0), "box_y1": int(y0) + 6,
+                        "box_x0": int(x0), "box_x1": int(x0) + 5})  # fmt: skip
+    render_prototypes(records, maps, ds, size, tmp_path / "out")
+    jet = colormaps["jet"]
+    for r in records:
+        if not r["pushed"]:
+            assert r["files"] == {}
+            continue
+        image = np.asarray(ds.load_image(r["image_index"]).resize((16, 16), Image.BILINEAR)).astype(float)
+        m = maps[r["prototype"]]
+        level = np.round((m - m.min()) / (m.max() - m.min()) * 255).astype(int)
+        heat = np.array([jet(v / 255)[:3] for v in range(256)], dtype=np.float32)[level] * 255
+        overlay = np.round(0.6 * image + 0.4 * heat)
+        framed = image.copy()
+        y0, y1, x0, x1 = r["box_y0"], r["box_y1"], r["box_x0"], r["box_x1"]
+        for a in (framed, overlay):
+            a[[y0, y1 - 1], x0:x1] = (255, 255, 0)
+            a[y0:y1, [x0, x1 - 1]] = (255, 255, 0)
+        read = {k: np.asarray(Image.open(tmp_path / "out" / f)).astype(float) for k, f in r["files"].items()}
+        np.testing.assert_array_equal(read["source"], framed)
+        np.testing.assert_array_equal(read["crop"], image[y0:y1, x0:x1])
+        assert np.abs(read["heatmap"] - overlay).max() <= 1  # float64 here, float32 there

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,18 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .transforms import resize_step
 
 
 class ImageDataset(Dataset, abc.ABC):
-    """Base class: subclasses implement `load_image(i) -> PIL.Image` (RGB)."""
+    """Base class: subclasses implement `load_image(i) -> PIL.Image` (RGB).
+
+    `pixels` (see `protoprune.data.cache`), when set, is where `__getitem__` gets each image
+    before the transform: already resized, from a cache or a reduced-size decode. `load_image`
+    always gives the image as stored, for rendering.
+    """
+
+    pixels: Callable[[int], Image.Image] | None = None
 
     def __init__(
         self,
@@ -56,10 +65,25 @@ class ImageDataset(Dataset, abc.ABC):
     def load_image(self, index: int) -> Image.Image:
         """The untransformed RGB image at `index`."""
 
+    def load_resized(self, index: int, size: int, draft: bool = False) -> Image.Image:
+        """The image resized to `size` x `size` as the transforms resize it; `draft`: decoded at
+        reduced size first where the file format allows it (JPEG), never below `size`."""
+        return resize_step(size)(self.load_image(index))
+
+    def image_signatures(self) -> list[str]:
+        """One string per image that changes when the image does (keys the disk cache)."""
+        raise NotImplementedError(f"{type(self).__name__} has no image signatures")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.load_image(index)
+        image = self.load_image(index) if self.pixels is None else self.pixels(index)
         x = self.transform(image) if self.transform is not None else image
         return x, int(self.targets[index])
+
+    def with_pixels(self, pixels: Callable[[int], Image.Image] | None) -> ImageDataset:
+        """A shallow copy whose `__getitem__` reads its images from `pixels`."""
+        other = copy.copy(self)
+        other.pixels = pixels
+        return other
 
     def with_transform(self, transform: Callable | None) -> ImageDataset:
         """A shallow copy that applies another transform (the images are shared, not copied)."""
@@ -119,6 +143,13 @@ class SubsetImageDataset(ImageDataset):
     def load_image(self, index: int) -> Image.Image:
         return self.parent.load_image(int(self.indices[index]))
 
+    def load_resized(self, index: int, size: int, draft: bool = False) -> Image.Image:
+        return self.parent.load_resized(int(self.indices[index]), size, draft)
+
+    def image_signatures(self) -> list[str]:
+        signatures = self.parent.image_signatures()
+        return [signatures[i] for i in self.indices]
+
 
 class ArrayImageDataset(ImageDataset):
     """Images held in memory as a uint8 array (N, H, W[, C]), e.g. a MedMNIST npz."""
@@ -145,9 +176,17 @@ class ArrayImageDataset(ImageDataset):
             return Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 else arr, "L").convert("RGB")
         return Image.fromarray(arr, "RGB")
 
+    def image_signatures(self) -> list[str]:
+        return [hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest() for a in self.images]
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image file fully (so truncation shows now, not mid-epoch) with a clear error."""
+
+def open_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image file fully (so truncation shows now, not mid-epoch) with a clear error.
+
+    `draft` (width, height): a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size
+    that is at least this large in both directions (libjpeg's DCT scaling, PIL's `draft`), which
+    decodes 2-8x fewer pixels; other formats are decoded in full.
+    """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"image path {path} is a folder, not an image file", "point at the image file itself")
@@ -155,6 +194,8 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise DataError(f"image file {path} is missing", "restore the file or remove its row from the metadata")
     try:
         with Image.open(path) as im:
+            if draft is not None and im.format == "JPEG":
+                im.draft("RGB", draft)
             im.load()
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
@@ -175,6 +216,23 @@ class FileImageDataset(ImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return open_rgb(self.paths[index])
+
+    def load_resized(self, index: int, size: int, draft: bool = False) -> Image.Image:
+        if not draft:
+            return super().load_resized(index, size)
+        return resize_step(size)(open_rgb(self.paths[index], draft=(size, size)))
+
+    def image_signatures(self) -> list[str]:
+        return [_file_signature(p) for p in self.paths]
+
+
+def _file_signature(path: Path) -> str:
+    """Path, size and modification time: a replaced or edited file gets another signature."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise DataError(f"image file {path} is missing", "restore the file or remove its row from the metadata") from None
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..config import data_root_fix
 from ..errors import DataError
 from .base import ArrayImageDataset, DataSplits, FileImageDataset
 from .splits import split_dataset
+from .transforms import resize_step
 
 # --- ImageFolder -----------------------------------------------------------------------------
 
@@ -213,6 +214,13 @@ class BoxCroppedImageDataset(FileImageDataset):
                 "fix its row in bounding_boxes.txt",
             )
         return image.crop((left, top, right, bottom))
+
+    def load_resized(self, index: int, size: int, draft: bool = False) -> Image.Image:
+        # the box is in full-resolution pixels: decode in full, crop, then resize
+        return resize_step(size)(self.load_image(index))
+
+    def image_signatures(self) -> list[str]:
+        return [f"{s}:box={tuple(b)}" for s, b in zip(super().image_signatures(), self.boxes)]
 
 
 def _cub_base(root: Path) -> Path:

@@ -291,8 +291,19 @@ class _PooledImageDataset(ImageDataset):
         )
 
     def load_image(self, index: int) -> Image.Image:
+        part, i = self._locate(index)
+        return self.parts[part].load_image(i)
+
+    def load_resized(self, index: int, size: int, draft: bool = False) -> Image.Image:
+        part, i = self._locate(index)
+        return self.parts[part].load_resized(i, size, draft)
+
+    def image_signatures(self) -> list[str]:
+        return [s for p in self.parts for s in p.image_signatures()]
+
+    def _locate(self, index: int) -> tuple[int, int]:
         part = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        return self.parts[part].load_image(index - int(self.offsets[part]))
+        return part, index - int(self.offsets[part])
 
 
 def resplit_from_file(splits: DataSplits, path: str | Path) -> DataSplits:

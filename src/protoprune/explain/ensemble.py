@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
+from ..data.loaders import loader_settings
 from ..data.transforms import build_transform
 from ..errors import CheckpointError
 from ..metrics import compute_metrics
@@ -88,7 +89,7 @@ def evaluate_ensemble(
         transform = build_transform(d.image_size, d.mean, d.std, train=False)
         loader = DataLoader(
             images.with_transform(transform), batch_size=data_cfg.data.batch_size, shuffle=False,
-            num_workers=data_cfg.data.num_workers,
+            num_workers=loader_settings(data_cfg.data, dev)["num_workers"],
         )  # fmt: skip
         out = member_logits(model_from_checkpoint(c).to(dev), loader, dev, f"member {n}")
         logits.append(out)

@@ -122,6 +122,8 @@ ADDED_LATER = {
     ("train", "channels_last"): False,
     ("prune_filters", "patience"): None,
     ("protopnet", "joint_lr_step_at"): "end",
+    ("data", "jpeg_draft"): False,
+    ("protopnet", "push_amp"): False,  # the push on CPU was float32 before the setting existed
 }
 
 
@@ -137,8 +139,8 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     """Hash of everything that decides the unit's result (not paths, progress bars, threads, nor
     the sections the unit does not read)."""
     d = {k: v for k, v in cfg.to_dict().items() if k == "seed" or k in SECTIONS[unit.kind]}
-    for section, key in (("data", "split_file"), ("data", "num_workers"), ("train", "progress"),
-                         ("train", "threads")):  # fmt: skip
+    for section, key in (("data", "split_file"), ("data", "num_workers"), ("data", "cache"),
+                         ("data", "cache_dir"), ("train", "progress"), ("train", "threads")):  # fmt: skip
         d[section].pop(key, None)
     for (section, key), old_behaviour in ADDED_LATER.items():
         if section in d and d[section].get(key) == old_behaviour:

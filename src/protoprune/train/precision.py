@@ -5,9 +5,11 @@ AMX oneDNN runs convolutions in it about twice as fast as in float32 (ResNet18 a
 63 -> 139 training images/s). On other CPUs it is emulated and slower, hence opt-in there
 (`train.cpu_amp`) and a warning when the CPU lacks it. On CPU only training runs in bfloat16
 (autocast, and the matrix products of ProtoPNet's last-layer stage): evaluation and push stay in
-float32, so reported metrics and pushed prototypes do not depend on the setting beyond the
-weights that training reached (on CUDA the push and nearest-patch searches also use float16
-autocast). Prototype distances are float32 always (ProtoPNet).
+float32 on every device, so reported metrics and pushed prototypes do not depend on the setting
+beyond the weights that training reached, and a pushed prototype is exactly its source patch in
+the evaluated model (`protopnet.push_amp` runs the push under autocast instead; the
+nearest-patch search of prototype pruning uses float16 autocast on CUDA). Prototype distances are
+float32 always (ProtoPNet).
 """
 
 from __future__ import annotations

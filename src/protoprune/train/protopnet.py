@@ -263,14 +263,15 @@ def refit_last_layer(
 
 @torch.no_grad()
 def similarity_vectors(
-    model: ProtoPNet, loader, device: torch.device
+    model: ProtoPNet, loader, device: torch.device, amp: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, P) last-layer inputs and targets of a whole loader (used when resuming mid-stage);
-    under torchrun gathered from all ranks' shards, in dataset order, on every rank."""
+    under torchrun gathered from all ranks' shards, in dataset order, on every rank. In float32,
+    as evaluation computes them (also inside an autocast region); `amp`: under autocast."""
     model.eval()
     sims, ys = [], []
     for x, y in loader:
-        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+        with precision.autocast(device, amp):
             sims.append(model.similarity_vectors(x.to(device)).float())
         ys.append(y.to(device))
     return (
@@ -439,7 +440,7 @@ def train_protopnet(
                 out_dir = run_dir / "prototypes" / f"epoch-{epoch + 1:03d}"
             result = push_prototypes(
                 model, loaders.push, device, class_names, out_dir, progress=progress,
-                render_async=True,
+                render_async=True, amp=p.push_amp,
             )  # fmt: skip
             cached = (result.similarities, result.targets)
             val = evaluate("val")  # while the prototype images are written
@@ -464,7 +465,7 @@ def train_protopnet(
                      before["val"]["balanced_accuracy"], val["balanced_accuracy"], result.seconds)  # fmt: skip
         else:  # last_layer
             if cached is None:  # resumed between the push and this stage
-                cached = similarity_vectors(model, loaders.push, device)
+                cached = similarity_vectors(model, loaders.push, device, p.push_amp)
             g = torch.Generator().manual_seed(cfg.seed * 7919 + len(state["pushes"]))
             iters = last_layer_stage(
                 model,

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
 from ..progress import tqdm
+from . import precision
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def push_prototypes(
     std: Sequence[float] | None = None,
     progress: bool = True,
     render_async: bool = False,
+    amp: bool = False,
 ) -> PushResult:
     """Project each prototype onto the nearest latent patch of an image of its own class.
 
@@ -112,6 +115,10 @@ def push_prototypes(
     `render_async` writes them in a background thread so the caller goes on (the training loop
     runs the after-push evaluations meanwhile); call `wait_rendered()` before relying on the
     files. The PNG writes then leave the push's critical path.
+    The search runs in float32, the precision evaluation runs in, even inside an autocast region,
+    so every pushed prototype is bit for bit its source patch in the evaluated model; `amp`
+    (`protopnet.push_amp`) runs it under autocast instead (float16 on CUDA, bfloat16 on CPU), where
+    the pushed patch then differs from the evaluated one by the low-precision rounding.
     """
     shard = distributed.ordered_shard(push_loader, "the push loader")  # None in one process
     t_start = time.perf_counter()
@@ -126,11 +133,10 @@ def push_prototypes(
     best_pos = torch.zeros(n_protos, dtype=torch.long, device=device)
     latents, targets, logits_before = [], [], []
     offset, input_hw = 0, None
-    amp = device.type == "cuda"
     for x, y in tqdm(push_loader, desc="push", leave=False, disable=not progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         input_hw = tuple(x.shape[-2:])
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with precision.autocast(device, amp):  # enabled=False also switches an outer one off
             out = model.forward_details(x)
         latents.append(out.latent.float())
         targets.append(y)
@@ -187,7 +193,8 @@ def push_prototypes(
         ]
     )
     sims = distributed.gather_in_order(sims, push_loader.sampler)  # whole push set, in order
-    acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
+    with precision.autocast(device, False):  # the evaluated model's logits, as `predict` has them
+        acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
 
     # the winners' similarity maps upsampled to input pixels -> box
     boxes, upsampled = _boxes(maps, input_hw)
@@ -321,12 +328,16 @@ def _boxes(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tor
 
 
 def _source_pixels(dataset: Any, indices: list[int], size: tuple[int, int], mean, std) -> np.ndarray:
-    """The images the network saw, as uint8 (N, H, W, 3): untransformed images resized to the input size."""
+    """The images the network saw, as uint8 (N, H, W, 3): untransformed images resized to the input
+    size (from the dataset's pixel cache or reduced-size decode where it has one, see data.cache)."""
     h, w = size
+    pixels = getattr(dataset, "pixels", None)
     out = []
     for i in indices:
         if hasattr(dataset, "load_image"):
-            img = dataset.load_image(i).convert("RGB").resize((w, h), Image.BILINEAR)
+            img = pixels(i) if pixels is not None else None
+            if img is None or img.size != (w, h):
+                img = dataset.load_image(i).convert("RGB").resize((w, h), Image.BILINEAR)
             out.append(np.asarray(img, dtype=np.uint8))
             continue
         x = np.asarray(dataset[i][0], dtype=np.float32)  # (3, H, W), normalised
@@ -342,6 +353,9 @@ def _jet_lut() -> np.ndarray:
     return colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)
 
 
+RENDER_CHUNK = 32  # prototypes composed at once by one writer thread: arrays stay in cache
+
+
 def render_prototypes(
     records: list[dict[str, Any]],
     upsampled: np.ndarray,
@@ -353,62 +367,31 @@ def render_prototypes(
 ) -> Path:
     """Write source-with-box, crop and heatmap PNGs of every pushed prototype, plus the index files.
 
-    `upsampled`: (P, H, W) similarity maps in input pixels. The images are composed for all
-    prototypes at once with array ops; only the PNG encoding is
-    per file (in a thread pool: PIL releases the GIL while encoding). Everything goes to a temporary
-    folder first, which then replaces `out_dir` in one rename, so a crash never leaves a mixed set.
+    `upsampled`: (P, H, W) similarity maps in input pixels. Writer threads each take a chunk of
+    prototypes (ordered by source image, so an image that won several is read once), load its
+    source images, compose its images with array ops and encode them (PIL and numpy release the
+    GIL). Everything goes to a temporary folder first, which then replaces `out_dir` in one
+    rename, so a crash never leaves a mixed set.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        done = [r for r in records if r["pushed"]]
+        done = sorted((r for r in records if r["pushed"]), key=lambda r: (r["image_index"], r["prototype"]))
         for r in records:
             r["files"] = {}
+        for r in done:
+            stem = f"prototype_{r['prototype']:04d}_{r['class']}"
+            r["files"] = {kind: f"{stem}_{kind}.png" for kind in ("source", "crop", "heatmap")}
         if done:
             # numpy, not torch: this runs in the background writer during training, and a torch op
             # there starts a second OpenMP team that, on few cores, slowed every small op of the
             # training thread (bench_protopnet's small last-layer stage: 0.19 s before, 0.07 s
             # after). A dataset without `load_image` still runs its own transform here.
-            js = np.array([r["prototype"] for r in done])
-            unique, inverse = np.unique([r["image_index"] for r in done], return_inverse=True)
-            images = _source_pixels(dataset, unique.tolist(), size, mean, std)[inverse]
-            images = images.astype(np.float32)
-            maps = np.asarray(upsampled, dtype=np.float32)[js]
-            lo = maps.min(axis=(1, 2), keepdims=True)
-            hi = maps.max(axis=(1, 2), keepdims=True)
-            level = ((maps - lo) / np.maximum(hi - lo, 1e-12) * 255).round().astype(np.int64)
-            heat = _jet_lut()[level] * 255  # (n, H, W, 3)
-            overlay = 0.6 * images + 0.4 * heat
-            box = np.array([[r["box_y0"], r["box_y1"], r["box_x0"], r["box_x1"]] for r in done])
-            edge = _box_edges(box, size)[..., None]
-            color = np.array(BOX_COLOR, dtype=np.float32)
-            framed = np.where(edge, color, images).round().astype(np.uint8)
-            overlay = np.where(edge, color, overlay).round().astype(np.uint8)
-            plain = images.round().astype(np.uint8)
-            jobs = []
-            for n, r in enumerate(done):
-                stem = f"prototype_{r['prototype']:04d}_{r['class']}"
-                crop = plain[n, r["box_y0"] : r["box_y1"], r["box_x0"] : r["box_x1"]]
-                r["files"] = {
-                    "source": f"{stem}_source.png",
-                    "crop": f"{stem}_crop.png",
-                    "heatmap": f"{stem}_heatmap.png",
-                }
-                jobs += [
-                    (tmp / r["files"]["source"], framed[n]),
-                    (tmp / r["files"]["crop"], crop),
-                    (tmp / r["files"]["heatmap"], overlay[n]),
-                ]
+            heat_lut = 0.4 * (_jet_lut() * 255)  # the heatmap's share of the overlay, per level
+            chunks = [done[i : i + RENDER_CHUNK] for i in range(0, len(done), RENDER_CHUNK)]
             workers = min(4, os.cpu_count() or 1)
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                list(
-                    pool.map(
-                        lambda job: Image.fromarray(job[1]).save(
-                            job[0], format="PNG", compress_level=1
-                        ),
-                        jobs,
-                    )
-                )
+                list(pool.map(lambda c: _render_chunk(c, upsampled, dataset, size, tmp, heat_lut, mean, std), chunks))
         table = pd.DataFrame(
             [
                 {
@@ -428,6 +411,35 @@ def render_prototypes(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _render_chunk(chunk, upsampled, dataset, size, folder: Path, heat_lut, mean, std) -> None:
+    """Compose and write the three PNGs of each prototype in `chunk`.
+
+    Deflate level 1 with the run-length strategy: on 100 real dermoscopy images 10 % smaller and
+    3-10 % faster to write than level 1's default strategy (64 px 0.56 vs 0.62 ms, 6.1 vs 6.8 kB;
+    224 px 4.2 vs 4.3 ms); level 0 was 40 % faster but 2.3x larger at 224 px.
+    """
+    js = np.array([r["prototype"] for r in chunk])
+    unique, inverse = np.unique([r["image_index"] for r in chunk], return_inverse=True)
+    plain = _source_pixels(dataset, unique.tolist(), size, mean, std)[inverse]  # (n, H, W, 3) uint8
+    maps = np.asarray(upsampled[js], dtype=np.float32)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    level = ((maps - lo) / np.maximum(hi - lo, 1e-12) * 255).round().astype(np.int64)
+    overlay = 0.6 * plain.astype(np.float32)
+    overlay += heat_lut[level]
+    overlay = np.rint(overlay, out=overlay).astype(np.uint8)
+    box = np.array([[r["box_y0"], r["box_y1"], r["box_x0"], r["box_x1"]] for r in chunk])
+    edge = _box_edges(box, size)
+    framed = plain.copy()
+    framed[edge] = BOX_COLOR
+    overlay[edge] = BOX_COLOR
+    for n, r in enumerate(chunk):
+        crop = plain[n, r["box_y0"] : r["box_y1"], r["box_x0"] : r["box_x1"]]
+        for kind, pixels in (("source", framed[n]), ("crop", crop), ("heatmap", overlay[n])):
+            Image.fromarray(pixels).save(folder / r["files"][kind], format="PNG", compress_level=1,
+                                         compress_type=zlib.Z_RLE)  # fmt: skip
 
 
 def _box_edges(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:

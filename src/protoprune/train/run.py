@@ -14,7 +14,7 @@ import torch
 from .. import distributed
 from ..config import RunConfig, save_config
 from ..data import build_loaders, build_splits
-from ..data.loaders import Loaders, check_class_coverage
+from ..data.loaders import Loaders, check_class_coverage, loader_settings
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..figures import plot_confusion_matrix, plot_training_curves
 from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_run_dir
@@ -46,7 +46,7 @@ def prepare_data(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Loaders, 
     splits = build_splits(cfg.data, cfg.seed)
     if run_dir is not None:
         atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
-    return build_loaders(splits, cfg.data, generator, seed=cfg.seed), splits
+    return build_loaders(splits, cfg.data, generator, seed=cfg.seed, device=cfg.train.device), splits
 
 
 def write_metrics(run_dir: Path, results: dict[str, dict], title: str, class_names: list[str]) -> None:
@@ -236,7 +236,7 @@ def evaluate_external_isic2018(checkpoint: str | Path, root: str | Path, device:
     dev = distributed.resolve_device(device)
     sampler = DistributedSampler(data, shuffle=False) if distributed.is_distributed() else None
     loader = DataLoader(data, batch_size=cfg.data.batch_size, shuffle=False, sampler=sampler,
-                        num_workers=cfg.data.num_workers)  # fmt: skip
+                        num_workers=loader_settings(cfg.data, dev)["num_workers"])  # fmt: skip
     return evaluate_model(model_from_checkpoint(ckpt).to(dev), loader, ckpt["class_names"], dev)
 
 
