@@ -34,9 +34,7 @@ def test_dilation_widens_the_window() -> None:
     assert rf.y == Window(-2, 1, 5)
 
 
-@pytest.mark.parametrize(
-    ("arch", "size"), [("resnet18", 435), ("resnet50", 427), ("vgg16", 212)]
-)
+@pytest.mark.parametrize(("arch", "size"), [("resnet18", 435), ("resnet50", 427), ("vgg16", 212)])
 def test_published_receptive_fields_of_imagenet_trunks(arch: str, size: int) -> None:
     """Araujo et al. (Distill 2019) list 435 (ResNet-18), 427 (ResNet-50), 212 (VGG-16)."""
     rf = receptive_field(feature_extractor(build_classifier(arch, 7)))

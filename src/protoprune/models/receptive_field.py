@@ -67,9 +67,7 @@ class ReceptiveField:
     y: Window
     x: Window
 
-    def box(
-        self, h: int, w: int, input_hw: tuple[int, int], cells: int = 1
-    ) -> list[int]:
+    def box(self, h: int, w: int, input_hw: tuple[int, int], cells: int = 1) -> list[int]:
         """(y0, y1, x0, x1), end exclusive, clipped to the image, of the `cells` x `cells` patch
         whose top-left latent cell is (h, w) (a prototype of size `cells`)."""
         y0 = self.y.start + h * self.y.jump
@@ -84,7 +82,9 @@ class ReceptiveField:
         y0, y1, x0, x1 = self.box(h, w, input_hw, cells)
         return (y1 - y0) * (x1 - x0) / float(input_hw[0] * input_hw[1])
 
-    def max_fraction(self, grid: tuple[int, int], input_hw: tuple[int, int], cells: int = 1) -> float:
+    def max_fraction(
+        self, grid: tuple[int, int], input_hw: tuple[int, int], cells: int = 1
+    ) -> float:
         """The largest share any patch of the latent grid sees."""
         return max(
             self.fraction(h, w, input_hw, cells)
@@ -98,7 +98,11 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _layer(rf: ReceptiveField, module: nn.Module) -> ReceptiveField:
-    k, s, p = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+    k, s, p = (
+        _pair(module.kernel_size),
+        _pair(module.stride or module.kernel_size),
+        _pair(module.padding),
+    )
     d = _pair(getattr(module, "dilation", 1))
     return ReceptiveField(rf.y.then(k[0], s[0], p[0], d[0]), rf.x.then(k[1], s[1], p[1], d[1]))
 
@@ -114,7 +118,9 @@ def _through(rf: ReceptiveField, module: nn.Module) -> ReceptiveField:
     if isinstance(module, _POINTWISE):
         return rf
     if isinstance(module, (BasicBlock, Bottleneck)):
-        convs = [module.conv1, module.conv2] + ([module.conv3] if isinstance(module, Bottleneck) else [])
+        convs = [module.conv1, module.conv2] + (
+            [module.conv3] if isinstance(module, Bottleneck) else []
+        )
         main = rf
         for conv in convs:
             main = _layer(main, conv)

@@ -26,6 +26,7 @@ from zennit.composites import COMPOSITES, Composite
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 from ..errors import ConfigError
+from .prp import with_prototype_rule
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -107,7 +108,8 @@ def build_composite(name: str, model: nn.Module) -> Composite:
             f"unknown LRP composite {name!r}",
             f"set prune_filters.lrp_composite to one of: {', '.join(sorted(COMPOSITES))}",
         )
-    return COMPOSITES[name](canonizers=canonizers_for(model))
+    composite = COMPOSITES[name](canonizers=canonizers_for(model))
+    return with_prototype_rule(composite)  # PRP through a ProtoPNet's prototype layer, if any
 
 
 @contextmanager
