@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--k", type=int, help="nearest patches per prototype (default prune_prototypes.k)"
     )
+    parser.add_argument("--heatmap", choices=("upsample", "prp", "both"), default="both",
+                        help="local heatmaps: the upsampled similarity map (as the original), "
+                             "PRP pixel relevance, or both side by side (default both)")  # fmt: skip
     parser.add_argument("--out", help="output folder (default: <run folder>/explanations)")
     parser.add_argument(
         "--force", action="store_true", help="replace an existing output folder (kept as .old-N)"
@@ -63,9 +66,11 @@ def execute(args: argparse.Namespace) -> int:
             top=args.top,
             hires=args.hires,
             device=args.device,
+            heatmap=args.heatmap,
         )
         for r in results:
             print(json.dumps({k: r[k] for k in ("image_id", "predicted_class", "figure")}))
+        warning = results[0]["localisation"]["warning"] if results else None
     else:
         index = analyse_checkpoint(
             ckpt,
@@ -75,7 +80,11 @@ def execute(args: argparse.Namespace) -> int:
             top=args.top,
             hires=args.hires,
             device=args.device,
+            heatmap=args.heatmap,
         )
         print(json.dumps({"local": len(index["local"]), "quality": index["quality"]}, indent=2))
+        warning = index["localisation"]["warning"]
+    if warning:
+        print(f"warning: {warning}")
     print(f"explanations: {out}")
     return 0

@@ -22,6 +22,7 @@ from PIL import Image
 from ..config import RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
+from ..models.receptive_field import localisation, receptive_field_or_none
 from ..seed import resolve_device
 from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
@@ -58,6 +59,8 @@ def _save_gallery(sources: PrototypeSources, classes: list[str], out: Path) -> p
     for j in range(len(sources.image_index)):
         row = {"prototype": j, "class": classes[j], "source_image": sources.image_id[j],
                "source_class": sources.image_class[j], "distance": sources.distance[j],
+               "rf_box": sources.rf_boxes[j] if sources.rf_boxes else None,
+               "rf_fraction": sources.rf_fraction[j] if sources.rf_fraction else None,
                "source": "", "crop": ""}  # fmt: skip
         if sources.framed[j] is not None:
             stem = f"prototype_{j:04d}"
@@ -81,8 +84,12 @@ def analyse_checkpoint(
     hires: bool = True,
     device: str = "auto",
     progress: bool | None = None,
+    heatmap: str = "both",
 ) -> dict[str, Any]:
-    """Gallery, local explanations of `samples` test images, global analysis and quality."""
+    """Gallery, local explanations of `samples` test images, global analysis and quality.
+
+    `heatmap` (upsample | prp | both) picks the local explanations' heatmaps; the index records
+    how far the model localises (`localisation`: receptive field, share of the image, warning)."""
     from ..train.checkpoint import (
         checkpoint_config,
         load_checkpoint,
@@ -116,7 +123,7 @@ def analyse_checkpoint(
         expl = explain_image(
             model, test_ds.load_image(i), class_names, image_size=cfg.data.image_size,
             mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
-            label=int(y[i]), image_id=test_ds.image_ids[i],
+            label=int(y[i]), image_id=test_ds.image_ids[i], heatmap=heatmap,
         )  # fmt: skip
         files = save_explanation(
             expl, sources, out / "local", f"sample_{n:02d}_{test_ds.image_ids[i]}"
@@ -142,6 +149,11 @@ def analyse_checkpoint(
         "checkpoint": ckpt.get("path"),
         "k": k,
         "hires": hires,
+        "heatmap": heatmap,
+        "localisation": localisation(
+            receptive_field_or_none(model), nearest_train.map_shape, nearest_train.input_hw,
+            model.prototype_size,
+        ),  # fmt: skip
         "prototypes": model.num_prototypes,
         "gallery": gallery.to_dict(orient="records"),
         "local": local,
@@ -172,6 +184,7 @@ def explain_files(
     hires: bool = False,
     device: str = "auto",
     progress: bool = True,
+    heatmap: str = "both",
 ) -> list[dict[str, Any]]:
     """Explain image files with one model or an ensemble (logits summed; prototypes per member)."""
     from ..train.checkpoint import (
@@ -214,6 +227,7 @@ def explain_files(
         expl = explain_image(
             models if len(models) > 1 else models[0], path, names, image_size=cfg.data.image_size,
             mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
+            heatmap=heatmap,
         )  # fmt: skip
         files = save_explanation(expl, sources, out_dir, f"{n:02d}_{Path(path).stem}")
         results.append({**files, **expl.record})

@@ -34,7 +34,7 @@ def prp_heatmaps(
     idx = torch.as_tensor(list(prototypes), dtype=torch.long, device=x.device)
     xs = x.detach().expand(n, *x.shape[1:]).clone().requires_grad_(True)
     comp = build_composite(composite, model)
-    with eval_mode(model), frozen_parameters(model), comp.context(model):
+    with torch.enable_grad(), eval_mode(model), frozen_parameters(model), comp.context(model):
         sims = model.prototype_layer(model.conv_features(xs), model.prototype_vectors)  # (n, P)
         rows = torch.arange(n, device=x.device)
         start = torch.zeros_like(sims)

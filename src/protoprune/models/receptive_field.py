@@ -83,14 +83,55 @@ class ReceptiveField:
         return (y1 - y0) * (x1 - x0) / float(input_hw[0] * input_hw[1])
 
     def max_fraction(
-        self, grid: tuple[int, int], input_hw: tuple[int, int], cells: int = 1
+        self, positions: tuple[int, int], input_hw: tuple[int, int], cells: int = 1
     ) -> float:
-        """The largest share any patch of the latent grid sees."""
+        """The largest share any of the (H', W') patch positions of a distance map sees."""
         return max(
             self.fraction(h, w, input_hw, cells)
-            for h in range(grid[0] - cells + 1)
-            for w in range(grid[1] - cells + 1)
+            for h in range(positions[0])
+            for w in range(positions[1])
         )
+
+    def record(self, h: int, w: int, input_hw: tuple[int, int], cells: int = 1) -> dict:
+        """rf_y0, rf_y1, rf_x0, rf_x1 (input pixels, end exclusive) and rf_fraction of a patch."""
+        box = self.box(h, w, input_hw, cells)
+        out = dict(zip(("rf_y0", "rf_y1", "rf_x0", "rf_x1"), box))
+        return {**out, "rf_fraction": round(self.fraction(h, w, input_hw, cells), 4)}
+
+
+def localisation(
+    rf: ReceptiveField | None, positions: tuple[int, int], input_hw: tuple[int, int], cells: int
+) -> dict:
+    """What a box on this model's explanations can mean: the receptive field per latent cell, the
+    largest share of the image a patch sees, and a plain warning when that exceeds one half."""
+    if rf is None:
+        return {"receptive_field": None, "max_fraction": None, "localised": None, "warning": None}
+    share = rf.max_fraction(positions, input_hw, cells)
+    size = (rf.y.size + (cells - 1) * rf.y.jump, rf.x.size + (cells - 1) * rf.x.jump)
+    warning = None
+    if share > LOCALISED_LIMIT:
+        warning = (
+            f"Each prototype patch of this model sees up to {100 * share:.0f} % of the "
+            f"{input_hw[0]} x {input_hw[1]} px input (receptive field {size[0]} x {size[1]} px, "
+            f"stride {rf.y.jump} px): the boxes mark where a similarity peaks, they are not "
+            "localised parts of the lesion."
+        )
+    return {
+        "receptive_field": {"size": list(size), "stride": [rf.y.jump, rf.x.jump],
+                            "start": [rf.y.start, rf.x.start]},  # fmt: skip
+        "max_fraction": round(share, 4),
+        "localised": share <= LOCALISED_LIMIT,
+        "warning": warning,
+    }
+
+
+def receptive_field_or_none(model: nn.Module) -> ReceptiveField | None:
+    """`receptive_field(model)`, or None for a trunk it cannot trace (explanations go on
+    without the receptive-field boxes)."""
+    try:
+        return receptive_field(model)
+    except ConfigError:
+        return None
 
 
 def _pair(v) -> tuple[int, int]:

@@ -155,6 +155,9 @@ def _gallery(index: dict[str, Any], status: dict[int, dict[str, Any]], backgroun
                 f'<div class="{" ".join(classes)}">{imgs}<br><b>prototype {j}</b> '
                 f'<span class="badge">{_e(label)}</span><br>from {_e(g["source_image"])} '
                 f"({_e(g['source_class'])})"
+                + (f"<br>sees {100 * g['rf_fraction']:.0f} % of the image"
+                   if g.get("rf_fraction") == g.get("rf_fraction") and g.get("rf_fraction")
+                   else "")  # fmt: skip
                 + ("<br><i>background?</i>" if j in background else "")
                 + "</div>"
             )
@@ -240,10 +243,14 @@ def build_report(
         pruning = json.loads(pruning_file.read_text()) if pruning_file.is_file() else None
         status = {r["prototype"]: r for r in pruning["prototypes"]} if pruning else {}
         background = set(index["quality"]["background_prototypes"])
-        legend = (
-            "<p class=muted>Each card: the prototype's patch and its source training image (box: the "
-            "95th-percentile region of its similarity map). Red: pruned; orange: merged duplicate; "
-            "dashed outline: source patch flagged as background.</p>"
+        loc = index.get("localisation") or {}
+        warning = (f'<p class="wrong"><b>Not localised:</b> {_e(loc["warning"])}</p>'
+                   if loc.get("warning") else "")  # fmt: skip
+        legend = warning + (
+            "<p class=muted>Each card: the prototype's patch and its source training image (yellow "
+            "box: the 95th-percentile region of its similarity map; cyan box: the receptive field "
+            "of the latent patch, all the pixels it can see). Red: pruned; orange: merged "
+            "duplicate; dashed outline: source patch flagged as background.</p>"
         )
         if not pruning:
             legend += "<p class=muted>No prototype pruning in this run (protoprune prune-prototypes RUN).</p>"
@@ -262,17 +269,22 @@ def build_report(
             for s in index["local"]
         )
         sections.append(("local", "Local explanations (test images)",
-                         "<p class=muted>Per image the most similar prototypes: where each matched "
-                         "(heatmap, box), similarity x last-layer weight = contribution to the "
-                         "predicted class, and the prototype's source patch.</p>" + cases))  # fmt: skip
+                         warning + "<p class=muted>Per image the most similar prototypes: where "
+                         "each matched (upsampled similarity map with its 95th-percentile box in "
+                         "yellow and the matched patch's receptive field in cyan; beside it the PRP "
+                         "map, the pixels whose relevance made the prototype similar), similarity "
+                         "x last-layer weight = contribution to the predicted class, and the "
+                         "prototype's source patch.</p>" + cases))  # fmt: skip
         glob = "".join(
             f"<h3>{_e(f['class'])}: nearest {_e(f['split'])} patches</h3>"
             + _img("explain/global/" + f["figure"], f"{f['class']} {f['split']} neighbours")
             for f in index["global"]
         )
         sections.append(("global", "Global analysis",
-                         '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
-                         '<a href="explain/global/nearest_test.csv">test</a>.</p>' + glob))  # fmt: skip
+                         warning + '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
+                         '<a href="explain/global/nearest_test.csv">test</a>. Boxes: yellow the '
+                         "95th-percentile region, cyan the receptive field of the matched patch."
+                         "</p>" + glob))  # fmt: skip
         q = index["quality"]
         sections.append(("quality", "Prototype quality",
                          f"<p>Mean class purity of the {index['k']} nearest training patches: "
