@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap", choices=("upsample", "prp", "both"), default="both",
                         help="local heatmaps: the upsampled similarity map (as the original), "
                              "PRP pixel relevance, or both side by side (default both)")  # fmt: skip
+    parser.add_argument("--masks", metavar="DIR",
+                        help="lesion masks <image_id>_segmentation.png (ISIC 2018 Task 1 layout) "
+                             "for the on-lesion share (default: the Otsu lightness proxy)")  # fmt: skip
     parser.add_argument("--out", help="output folder (default: <run folder>/explanations)")
     parser.add_argument(
         "--force", action="store_true", help="replace an existing output folder (kept as .old-N)"
@@ -81,6 +84,7 @@ def execute(args: argparse.Namespace) -> int:
             hires=args.hires,
             device=args.device,
             heatmap=args.heatmap,
+            masks=args.masks,
         )
         print(json.dumps({"local": len(index["local"]), "quality": index["quality"]}, indent=2))
         warning = index["localisation"]["warning"]

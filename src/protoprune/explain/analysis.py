@@ -85,11 +85,16 @@ def analyse_checkpoint(
     device: str = "auto",
     progress: bool | None = None,
     heatmap: str = "both",
+    masks: str | Path | None = None,
+    quality_images: int = 3,
 ) -> dict[str, Any]:
     """Gallery, local explanations of `samples` test images, global analysis and quality.
 
     `heatmap` (upsample | prp | both) picks the local explanations' heatmaps; the index records
-    how far the model localises (`localisation`: receptive field, share of the image, warning)."""
+    how far the model localises (`localisation`: receptive field, share of the image, warning).
+    The quality table adds the explanation metrics (`explain.metrics`: stability, deletion AUC
+    on each prototype's `quality_images` nearest test images, on-lesion share with the masks in
+    folder `masks` or the proxy); `quality/summary.json` holds the per-model means."""
     from ..train.checkpoint import (
         checkpoint_config,
         load_checkpoint,
@@ -99,7 +104,10 @@ def analyse_checkpoint(
     )
     from ..train.evaluate import predict
     from ..train.run import prepare_data
+    from .lesion import mask_folder
+    from .metrics import explanation_metrics, model_summary
 
+    masks = mask_folder(masks)  # checked before any long work
     ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = cfg or checkpoint_config(ckpt)
     k = k or cfg.prune_prototypes.k
@@ -142,18 +150,24 @@ def analyse_checkpoint(
         model, {"train": (loaders.push, train_ds), "test": (loaders.test, test_ds)}, class_names,
         out / "global", k, dev, sources, {"train": nearest_train}, progress,
     )  # fmt: skip
+    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
+                       nearest_train.input_hw, model.prototype_size)  # fmt: skip
     counts = top_match_counts(model, loaders.test, dev)
     quality = prototype_quality(model, nearest_train, sources, counts, class_names)
+    metrics = explanation_metrics(model, glob["nearest"]["test"], sources, train_ds, loaders.test,
+                                  test_ds, dev, masks, quality_images)  # fmt: skip
+    quality = quality.merge(metrics, on="prototype")
+    quality["rf_fraction"] = sources.rf_fraction
     qfiles = write_quality(quality, class_names, out / "quality")
+    summary = {**model_summary(quality), "max_rf_fraction": loc["max_fraction"],
+               "lesion_masks": "folder" if masks else "proxy"}  # fmt: skip
+    atomic_write_json(out / "quality" / "summary.json", summary)
     index = {
         "checkpoint": ckpt.get("path"),
         "k": k,
         "hires": hires,
         "heatmap": heatmap,
-        "localisation": localisation(
-            receptive_field_or_none(model), nearest_train.map_shape, nearest_train.input_hw,
-            model.prototype_size,
-        ),  # fmt: skip
+        "localisation": loc,
         "prototypes": model.num_prototypes,
         "gallery": gallery.to_dict(orient="records"),
         "local": local,
@@ -162,6 +176,7 @@ def analyse_checkpoint(
             **qfiles,
             "background_prototypes": quality.loc[quality["background"], "prototype"].tolist(),
             "mean_purity": float(quality["purity"].mean()),
+            "summary": summary,
         },
     }
     atomic_write_json(out / "explanations.json", index)

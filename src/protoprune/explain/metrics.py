@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -145,3 +146,71 @@ def distinct_share(source_ids: Sequence[str]) -> float:
     """Distinct source images / prototypes with a source."""
     ids = [s for s in source_ids if s]
     return len(set(ids)) / len(ids) if ids else float("nan")
+
+
+def on_lesion_shares(
+    model: ProtoPNet, sources: Any, dataset: Any, input_hw: tuple[int, int],
+    device: torch.device | str = "cpu", masks: Any = None,
+) -> tuple[dict[str, np.ndarray], list[str]]:  # fmt: skip
+    """(P,) on-lesion share of the PRP and the upsampled map of each prototype on its source
+    image (at network-input size), and each mask's origin ('mask', 'proxy' or '')."""
+    from .lesion import lesion_mask
+    from .render import image_array
+
+    p = model.num_prototypes
+    shares = {kind: np.full(p, np.nan) for kind in ("prp", "upsample")}
+    origin = [""] * p
+    by_image: dict[int, list[int]] = {}
+    for j, i in enumerate(sources.image_index):
+        if i >= 0:
+            by_image.setdefault(int(i), []).append(j)
+    for i, protos in by_image.items():
+        x = dataset[i][0][None].to(device)
+        pixels = image_array(dataset.load_image(i), input_hw)
+        mask, how = lesion_mask(pixels, sources.image_id[protos[0]], masks)
+        heat, _ = prp_heatmaps(model, x, protos)
+        for n, j in enumerate(protos):
+            shares["prp"][j] = mass_inside(heat[n].cpu().numpy(), mask)
+            up = upsampled_map(model, x, j).cpu().numpy()
+            shares["upsample"][j] = mass_inside(up - up.min(), mask)  # the map as drawn (min-max)
+            origin[j] = how
+    return shares, origin
+
+
+def explanation_metrics(
+    model: ProtoPNet, nearest_test: NearestPatches, sources: Any, push_dataset: Any,
+    test_loader: Any, test_dataset: Any, device: torch.device | str = "cpu",
+    masks: Any = None, images: int = 3,
+) -> pd.DataFrame:  # fmt: skip
+    """One row per prototype: stability, deletion AUCs, on-lesion shares, near-duplicate."""
+    table = pd.DataFrame({"prototype": range(model.num_prototypes)})
+    table["stability"] = stability(model, test_loader, device)
+    aucs = deletion_aucs(model, nearest_test, test_dataset, device, images)
+    for kind, v in aucs.items():
+        table[f"deletion_auc_{kind}"] = v
+    shares, origin = on_lesion_shares(model, sources, push_dataset, nearest_test.input_hw,
+                                      device, masks)  # fmt: skip
+    for kind, v in shares.items():
+        table[f"on_lesion_{kind}"] = v
+    table["lesion_mask"] = origin
+    table["duplicate_of"] = near_duplicates(model)
+    return table
+
+
+SUMMARY_COLUMNS = (
+    "purity", "stability", "deletion_auc_prp", "deletion_auc_upsample", "deletion_auc_random",
+    "on_lesion_prp", "on_lesion_upsample",
+)  # fmt: skip
+
+
+def model_summary(table: pd.DataFrame) -> dict[str, float]:
+    """Per-model means of the per-prototype table, the background share, distinct sources and
+    the number of near-duplicate prototypes."""
+    out = {f"mean_{c}": float(np.nanmean(table[c])) for c in SUMMARY_COLUMNS if c in table}
+    if "background" in table:
+        out["background_share"] = float(table["background"].mean())
+    if "source_image" in table:
+        out["distinct_sources"] = distinct_share(table["source_image"].fillna("").tolist())
+    if "duplicate_of" in table:
+        out["near_duplicates"] = int((table["duplicate_of"] >= 0).sum())
+    return out

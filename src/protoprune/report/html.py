@@ -165,6 +165,34 @@ def _gallery(index: dict[str, Any], status: dict[int, dict[str, Any]], backgroun
     return "".join(parts)
 
 
+QUALITY_ROWS = (
+    ("mean_purity", "class purity of the k nearest training patches (mean)"),
+    ("background_share", "share of prototypes whose source patch is flagged as background"),
+    ("distinct_sources", "distinct source images / prototypes"),
+    ("near_duplicates", "near-duplicate prototypes (equal to an earlier one)"),
+    ("mean_stability", "stability: share of own-class test images whose peak cell survives "
+                       "input noise"),
+    ("mean_deletion_auc_prp", "deletion AUC, PRP order (lower: the map found what matters)"),
+    ("mean_deletion_auc_upsample", "deletion AUC, upsampled-similarity order"),
+    ("mean_deletion_auc_random", "deletion AUC, random order (the control)"),
+    ("mean_on_lesion_prp", "on-lesion share of the PRP map on the source image"),
+    ("mean_on_lesion_upsample", "on-lesion share of the upsampled map on the source image"),
+    ("max_rf_fraction", "largest share of the image one prototype patch sees"),
+)  # fmt: skip
+
+
+def _quality_summary(summary: dict[str, Any]) -> str:
+    """The per-model explanation-quality table (explain.metrics)."""
+    if not summary:
+        return ""
+    rows = "".join(f"<tr><td>{_e(label)}</td><td>{_fmt(summary.get(key))}</td></tr>"
+                   for key, label in QUALITY_ROWS if key in summary)  # fmt: skip
+    masks = ("real lesion masks" if summary.get("lesion_masks") == "folder"
+             else "a lesion-mask proxy (Otsu threshold of the lightness, largest component)")  # fmt: skip
+    return (f"<h3>Explanation quality</h3><table>{rows}</table>"
+            f"<p class=muted>On-lesion shares use {masks}.</p>")  # fmt: skip
+
+
 def render_html(title: str, sections: list[tuple[str, str, str]]) -> str:
     """The page: sections are (anchor, heading, body html)."""
     nav = "".join(f'<a href="#{a}">{_e(h)}</a>' for a, h, _ in sections)
@@ -291,6 +319,7 @@ def build_report(
                          f"{q['mean_purity']:.3f}. Source patches flagged as background "
                          "(box mostly in the outer 1/8 border ring, or grey-level contrast below half "
                          f"the image's): {_e(q['background_prototypes'] or 'none')}.</p>"
+                         + _quality_summary(q.get("summary") or {})
                          + _img("explain/quality/" + q["figure"], "prototype quality")
                          + '<p><a href="explain/quality/prototype_quality.csv">table</a></p>'))  # fmt: skip
     else:
