@@ -247,3 +247,31 @@ def explain_files(
         files = save_explanation(expl, sources, out_dir, f"{n:02d}_{Path(path).stem}")
         results.append({**files, **expl.record})
     return results
+
+
+def explanation_summary(
+    model: Any, loaders: Any, k: int, device: torch.device | str = "cpu",
+    images: int = 3, masks: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The per-model explanation-quality numbers (explain.metrics.model_summary, with
+    `expl_` prefixed) without writing files: the study's row of a ProtoPNet arm."""
+    from .metrics import explanation_metrics, model_summary
+
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    names = loaders.class_names
+    nearest_train = k_nearest_patches(model, loaders.push, k, dev, False)
+    nearest_test = k_nearest_patches(model, loaders.test, images, dev, False)
+    sources = prototype_sources(model, nearest_train, loaders.push.dataset, names, dev)
+    counts = top_match_counts(model, loaders.test, dev)
+    quality = prototype_quality(model, nearest_train, sources, counts, names)
+    quality = quality.merge(
+        explanation_metrics(model, nearest_test, sources, loaders.push.dataset, loaders.test,
+                            loaders.test.dataset, dev, masks, images),  # fmt: skip
+        on="prototype",
+    )
+    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
+                       nearest_train.input_hw, model.prototype_size)  # fmt: skip
+    out = {f"expl_{key}": v for key, v in model_summary(quality).items()}
+    out["expl_max_rf_fraction"] = loc["max_fraction"]
+    return out

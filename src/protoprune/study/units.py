@@ -117,7 +117,8 @@ SECTIONS = {
 # Settings added after studies were run, with the value that reproduces the behaviour from before
 # they existed: left out of the fingerprint at that value, so an older study folder still resumes
 # instead of rerunning its units (tests/study/test_fingerprint.py holds known fingerprints).
-ADDED_LATER = {("protopnet", "trunk_epochs"): 0, ("train", "channels_last"): False}
+ADDED_LATER = {("protopnet", "trunk_epochs"): 0, ("train", "channels_last"): False,
+               ("protopnet", "trunk_layers"): None}  # fmt: skip
 
 
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
@@ -284,6 +285,10 @@ def run_unit(
         ]
         curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
         result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
+    if unit.kind.startswith("protopnet"):  # explanation quality of every ProtoPNet arm
+        from ..explain.analysis import explanation_summary
+
+        row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device))
     result["status"] = row["status"]
     result["rows"] = [row]
     return result
