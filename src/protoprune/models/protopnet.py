@@ -277,14 +277,31 @@ class TrunkClassifier(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+def cut_trunk(features: Features, arch: str, layers: int) -> Features:
+    """A ResNet trunk up to its stage `layers` (1..4): a finer latent grid, a smaller receptive
+    field per cell (`protopnet.trunk_layers`). Shares the kept modules."""
+    if not arch.startswith("resnet") or not 1 <= int(layers) <= 4:
+        raise ConfigError(
+            f"protopnet.trunk_layers = {layers} with model.arch {arch!r}",
+            "trunk_layers keeps ResNet stages 1..4; leave it unset for VGG and DenseNet trunks",
+        )
+    body = features.body[: 4 + int(layers)]  # conv1, bn1, relu, maxpool, layer1..layerN
+    last = body[-1][-1]
+    out = last.bn3.num_features if hasattr(last, "bn3") else last.bn2.num_features
+    return Features(body, out)
+
+
 def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
     """The configured ProtoPNet: any baseline architecture (incl. small-image variants) as trunk."""
     from .factory import small_input
 
     backbone = build_classifier(cfg.model.arch, num_classes, small_input(cfg), cfg.model.weights)
     p = cfg.protopnet
+    features = feature_extractor(backbone)
+    if p.trunk_layers is not None:
+        features = cut_trunk(features, cfg.model.arch, p.trunk_layers)
     return ProtoPNet(
-        feature_extractor(backbone),
+        features,
         num_classes,
         prototypes_per_class=p.prototypes_per_class,
         prototype_dim=p.prototype_dim,
