@@ -30,7 +30,7 @@ from ..models.protopnet import ProtoPNet
 from .nearest import NearestPatches
 from .prp import prp_heatmaps
 
-DELETION_STEPS = 20
+DELETION_STEPS = 10  # removal steps of the deletion curve (10 % of the pixels each)
 STABILITY_NOISE = 0.2  # std of the Gaussian noise, in normalised-input units (~0.05 of [0, 1] pixels)
 
 
