@@ -44,3 +44,15 @@ def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
     path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _quick_onnx_export(request, monkeypatch) -> None:
+    """torch's dynamo ONNX exporter takes 2-5 s a ResNet18 on 2 shared cores (the legacy one
+    0.2-0.8 s): tests that only need an .onnx file use the legacy exporter (its graph is still run
+    by onnxruntime against torch); tests/prune/test_onnx_export.py tests the dynamo path."""
+    if request.module.__name__.endswith("test_onnx_export"):
+        return
+    from protoprune.prune import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXPORTERS", ("legacy",))

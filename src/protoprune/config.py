@@ -44,7 +44,10 @@ class ModelConfig:
     type: str = "classifier"  # classifier | protopnet
     arch: str = "resnet18"  # a name in protoprune.models.ARCHITECTURES
     small_input: bool | None = None  # 3x3 stem, no max-pool; None: auto (image_size <= 64)
-    weights: str | None = None  # local state_dict path for the backbone; nothing is downloaded
+    # backbone init: imagenet (torchvision's default weights), a torchvision weights name
+    # (ResNet18_Weights.IMAGENET1K_V1), both from torch's hub cache, or a local state_dict path;
+    # a run records the full name, and data.mean/std become the weights' own
+    weights: str | None = None
 
 
 @dataclass
@@ -104,6 +107,10 @@ class ProtoPNetConfig:
     joint_lr_prototypes: float = 3e-3
     joint_lr_step: int = 5
     joint_lr_gamma: float = 0.1
+    # when the joint StepLR steps: "start" = before each joint epoch, as the original's main.py
+    # (joint epochs 1..step-1 at the full rate, the step-th at gamma times it); "end" = after it,
+    # one epoch later (protoprune before this option existed)
+    joint_lr_step_at: str = "start"
     last_layer_lr: float = 1e-4
     # loss coefficients
     crs_ent: float = 1.0
@@ -119,10 +126,13 @@ class ProtoPNetConfig:
 class FilterPruningConfig:
     """Explanation-guided filter pruning (Yeom et al. 2021)."""
 
-    method: str = "lrp"  # lrp | weight | grad | taylor
+    method: str = "lrp"  # lrp | weight | grad | taylor | random
     total_pr: float = 0.6
     pr_step: float = 0.15
-    epochs: int = 1  # fine-tuning epochs between steps
+    epochs: int = 1  # fine-tuning epochs between steps (the cap when patience is set)
+    # fine-tune each step until val balanced accuracy has not improved for this many epochs
+    # (at most `epochs`), then keep the best epoch's weights; null: always `epochs` epochs
+    patience: int | None = None
     finetune_batches: int | None = None  # cap each fine-tuning epoch at N batches (None: whole)
     finetune_lr: float | None = None  # a classifier's fine-tuning lr (None: train.lr); ProtoPNet: joint lrs
     scope: str = "global"  # global | layer
@@ -130,8 +140,16 @@ class FilterPruningConfig:
     # channels, so without it latency falls slower than MACs (1 = exact ratios)
     round_to: int = 8
     ref_per_class: int = 10
-    lrp_composite: str = "epsilon_plus_flat"
+    # The defaults compute what the reference implementation computes; docs/pruning_criteria.md
+    # lists each option below against it.
+    ratio_unit: str = "filters"  # ratios count conv/linear filters (reference) | group channels
+    normalize: str = "none"  # per-layer score normalisation: none | sum | l2 | reference (--norm)
+    group_reduction: str = "sum"  # coupled layers' scores of one channel: sum | mean
+    lrp_composite: str = "yeom2021"  # the reference's rules, or a zennit composite name
+    lrp_output: str = "onehot"  # explained output: onehot (reference) | logit
     norm: int = 1  # weight criterion: 1 or 2
+    weight_fuse_batchnorm: bool = True  # weight criterion on BN-fused filters (reference)
+    score_batchnorm: str = "eval"  # grad/taylor BatchNorm statistics while scoring: eval | train
 
 
 @dataclass
@@ -171,8 +189,14 @@ _CHOICES = {
     "protopnet.add_on": ("regular", "bottleneck"),
     "protopnet.similarity": ("log", "cosine"),
     "protopnet.add_on_output": ("sigmoid", "linear"),
-    "prune_filters.method": ("lrp", "weight", "grad", "taylor"),
+    "protopnet.joint_lr_step_at": ("start", "end"),
+    "prune_filters.method": ("lrp", "weight", "grad", "taylor", "random"),
     "prune_filters.scope": ("global", "layer"),
+    "prune_filters.ratio_unit": ("filters", "channels"),
+    "prune_filters.normalize": ("none", "sum", "l2", "reference"),
+    "prune_filters.group_reduction": ("sum", "mean"),
+    "prune_filters.lrp_output": ("onehot", "logit"),
+    "prune_filters.score_batchnorm": ("eval", "train"),
 }
 
 
@@ -241,6 +265,14 @@ def validate(cfg: RunConfig) -> None:
             f"prune_filters.finetune_lr = {f.finetune_lr} must be > 0",
             "give a learning rate such as 0.0001, or null to use train.lr",
         )
+    if f.patience is not None and f.patience < 1:
+        raise ConfigError(
+            f"prune_filters.patience = {f.patience} must be >= 1",
+            "give a number of epochs without improvement, or null for fixed epochs",
+        )
+    from .prune.relevance import check_composite  # zennit's registry names the composites
+
+    check_composite(f.lrp_composite)
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
     q = cfg.prune_prototypes

@@ -50,7 +50,7 @@ def test_weights_of_another_architecture_fail_clearly(tmp_path):
 
 
 def test_missing_weights_file_and_unknown_arch(tmp_path):
-    with pytest.raises(ConfigError, match="nothing is downloaded"):
+    with pytest.raises(ConfigError, match="or a local state_dict file"):
         build_classifier("resnet18", 7, weights=tmp_path / "none.pt")
     with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
         build_classifier("resnet81", 7)

@@ -133,3 +133,77 @@ def test_prune_filters_cli_writes_table_models_and_plot(tmp_path, baseline):
         )
         == 2
     )
+
+
+def test_prune_curve_cli_cuts_each_ratio_one_shot_and_resumes(tmp_path, baseline):
+    import shutil
+
+    from protoprune.prune.importance import LRPImportance
+    from protoprune.prune.relevance import input_bounds
+    from protoprune.prune.structural import prune_step
+    from protoprune.train.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+    )
+    from protoprune.train.evaluate import evaluate_model
+    from protoprune.train.run import prepare_data
+
+    out = tmp_path / "curve"
+    args = ["prune-curve", str(baseline), "--methods", "lrp,weight,random", "--ratios", "0.1,0.3",
+            "--ref-seeds", "2", "--normalize", "none,reference", "--splits", "test",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    df = pd.read_csv(out / "curve.csv")
+    # lrp and weight with and without --norm, random raw only; 2 draws; ratio 0 and two cuts
+    assert len(df) == (2 + 2 + 1) * 2 * 3
+    assert (out / "curve.png").stat().st_size > 0 and "Paired differences" in (out / "curve.md").read_text()
+    cut = df[df.ratio > 0]
+    assert np.allclose(cut["filters_removed_ratio"], cut["ratio"], atol=0.02)
+    weight = cut[(cut.method == "weight") & (cut.normalize == "none")]
+    assert weight.groupby("ratio")["test_accuracy"].nunique().eq(1).all()  # data-free: one cut
+    # one cell recomputed independently: lrp, draw 1, 30 % removed from a fresh copy
+    ckpt = load_checkpoint(baseline)
+    cfg = checkpoint_config(ckpt)
+    loaders, _ = prepare_data(cfg)
+    model = model_from_checkpoint(ckpt).eval()
+    ref = reference_set(loaders.push.dataset, cfg.prune_filters.ref_per_class, 1, cfg.data.batch_size)
+    imp = LRPImportance(bounds=input_bounds(cfg.data.mean, cfg.data.std), ignored_layers=[model.classifier[-1]])
+    prune_step(model, imp, 0.3, torch.zeros(1, 3, 16, 16), ref)
+    expected = evaluate_model(model, loaders.test, loaders.class_names)["balanced_accuracy"]
+    row = cut[(cut.method == "lrp") & (cut.normalize == "none") & (cut.ref_seed == 1) & (cut.ratio == 0.3)]
+    assert row["test_balanced_accuracy"].item() == pytest.approx(expected)
+    # resuming a finished curve computes nothing new; pooling two runs pairs run x draw
+    assert main(args + ["--resume"]) == 0
+    assert pd.read_csv(out / "curve.csv").equals(df)
+    shutil.copytree(out, tmp_path / "curve2")
+    assert main(["prune-curve", "--summarize", str(out), str(tmp_path / "curve2"), "--out", str(tmp_path / "pooled")]) == 0
+    pooled = (tmp_path / "pooled" / "curve.md").read_text()
+    assert "lrp/none - random/none" in pooled and "| area | 4 |" in pooled
+
+
+@pytest.mark.parametrize("bad", [["--ratios", "0.7:0.1:0.1"], ["--methods", "lrp,magic"],
+                                 ["--normalize", "max"], ["--splits", "train"]])  # fmt: skip
+def test_prune_curve_refuses_bad_settings_before_loading(tmp_path, bad, capsys):
+    rc = main(["prune-curve", str(tmp_path / "missing.pt"), *bad, "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "missing.pt" not in capsys.readouterr().err  # refused before the checkpoint is read
+    assert not (tmp_path / "o").exists()
+
+
+def test_fine_tuning_stops_after_patience_epochs_without_improvement(tmp_path):
+    from protoprune.models import build_classifier
+    from protoprune.train.loop import fit
+
+    cfg = load_config(None, ["data.dataset=bundled", "data.max_per_split=20", "data.batch_size=20",
+                             "data.image_size=16", "train.progress=false", "train.lr=1e-12"])  # fmt: skip
+    from protoprune.train.run import prepare_data
+
+    loaders, _ = prepare_data(cfg)
+    model = build_classifier("resnet18", len(loaders.class_names), small_input=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.0  # with lr ~ 0 and frozen statistics the model cannot change
+    out = fit(model, loaders, cfg, epochs=5, device="cpu", patience=1)
+    assert len(out["history"]) == 2 and out["best_epoch"] == 1  # epoch 2 cannot improve
+    assert len(fit(model, loaders, cfg, epochs=3, device="cpu")["history"]) == 3

@@ -60,19 +60,24 @@ def _protopnet() -> ProtoPNet:
 
 
 def test_trunk_pruning_relevance_enters_the_trunk_conserved() -> None:
-    """The relevance of the explained logit arriving at the latent map (the add-on's output) and
-    at the trunk's output equals the logit: epsilon rule (no bias) then PRP."""
+    """The relevance arriving at the latent map (the add-on's output) is what the last layer's
+    epsilon rule (no bias, eps 1e-6) passes on: R * z / (z + eps sign z) for the explained logit z
+    and initial relevance R (the true class's logit, or one), all of it through PRP."""
     model = _protopnet()
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     modules = {"latent": model.add_on_layers, "last": model.last_layer}
-    r = lrp_batch(model, x, y, modules)
-    logit = r.logits.gather(1, y[:, None])[:, 0]
-    torch.testing.assert_close(r.signed["latent"].sum(1), logit, rtol=1e-4, atol=1e-6)
+    for output in ("logit", "onehot"):
+        r = lrp_batch(model, x, y, modules, output=output)
+        z = r.logits.gather(1, y[:, None])[:, 0].double()
+        start = z if output == "logit" else torch.ones_like(z)
+        expected = start * z / (z + 1e-6 * z.sign())
+        torch.testing.assert_close(r.signed["latent"].sum(1).double(), expected, rtol=1e-4, atol=1e-6)
     # the same composite without the prototype rule (a plain gradient through the layer, the
     # path before PRP) does not conserve it
     plain = COMPOSITES["epsilon_plus_flat"](canonizers=canonizers_for(model))
-    g = lrp_batch(model, x, y, modules, plain)
-    assert not torch.allclose(g.signed["latent"].sum(1), logit, rtol=1e-2)
+    g = lrp_batch(model, x, y, modules, plain, output="logit")
+    z = g.logits.gather(1, y[:, None])[:, 0]
+    assert not torch.allclose(g.signed["latent"].sum(1), z, rtol=1e-2)
 
 
 def test_the_composite_puts_prp_on_the_prototype_layer_only() -> None:

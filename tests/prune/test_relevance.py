@@ -39,7 +39,7 @@ def test_epsilon_lrp_conserves_the_logit(arch, first):
     modules = filter_output_modules(model, prunable_modules(model, [classifier_head(model)]))
     x, y = torch.randn(3, 3, 16, 16), torch.tensor([0, 3, 6])
     reference = model(x)
-    r = lrp_batch(model, x, y, modules, _epsilon_composite(model))
+    r = lrp_batch(model, x, y, modules, _epsilon_composite(model), output="logit")
     logit = r.logits.gather(1, y.view(-1, 1)).squeeze(1)
     assert torch.allclose(r.logits, reference, atol=1e-3)  # merged BN: same function up to rounding
     assert torch.allclose(r.input_relevance.sum((1, 2, 3)), logit, rtol=1e-3, atol=1e-6)
@@ -61,7 +61,7 @@ def test_conservation_is_exact_without_biases():
             nn.init.zeros_(m.bias)
     modules = filter_output_modules(model, prunable_modules(model, [classifier_head(model)]))
     x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
-    r = lrp_batch(model, x, y, modules, _epsilon_composite(model))
+    r = lrp_batch(model, x, y, modules, _epsilon_composite(model), output="logit")
     logit = r.logits.gather(1, y.view(-1, 1)).squeeze(1)
     assert torch.allclose(r.input_relevance.sum((1, 2, 3)), logit, rtol=1e-3)
     for name in ("features.0", "features.4", "classifier.0"):

@@ -41,3 +41,16 @@ def test_channels_last_reruns_every_unit_only_when_on() -> None:
     for kind, known in KNOWN.items():
         assert _fingerprint(kind, ["run.train.channels_last=false"]) == known, kind
         assert _fingerprint(kind, ["run.train.channels_last=true"]) != known, kind
+
+
+def test_joint_lr_timing_reruns_protopnet_units_only_where_it_changes_the_schedule() -> None:
+    # study_full pins the old timing ("end"), so its folders resume; the original's ("start")
+    # reruns its ProtoPNet units: 5 joint epochs reach the StepLR step of 5
+    assert _fingerprint("protopnet", ["run.protopnet.joint_lr_step_at=end"]) == KNOWN["protopnet"]
+    assert _fingerprint("protopnet", ["run.protopnet.joint_lr_step_at=start"]) != KNOWN["protopnet"]
+    assert _fingerprint("baseline", ["run.protopnet.joint_lr_step_at=start"]) == KNOWN["baseline"]
+    # with fewer joint epochs than the step size the timing changes nothing: same fingerprint
+    short = ["run.protopnet.joint_epochs=4"]
+    assert _fingerprint("protopnet", [*short, "run.protopnet.joint_lr_step_at=start"]) == (
+        _fingerprint("protopnet", [*short, "run.protopnet.joint_lr_step_at=end"])
+    )

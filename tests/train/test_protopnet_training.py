@@ -268,3 +268,77 @@ def test_class_weights_enter_the_cross_entropy() -> None:
     expected = torch.nn.functional.cross_entropy(out.logits, y, weight=w)
     torch.testing.assert_close(terms["cross_entropy"], expected)
     assert not torch.allclose(expected, torch.nn.functional.cross_entropy(out.logits, y))
+
+
+def _original_joint_lrs(p, lr: float) -> list[float]:
+    """The learning rate of each joint epoch as the original's main.py sets it: its loop over
+    epochs calls joint_lr_scheduler.step() before tnt.train in every epoch after the warm-up."""
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, p.joint_lr_step, p.joint_lr_gamma)
+    lrs = []
+    for epoch in range(p.warm_epochs + p.joint_epochs):
+        if epoch >= p.warm_epochs:
+            scheduler.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()  # tnt.train
+    return lrs
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")  # in the port
+@pytest.mark.parametrize("step_at", ["start", "end"])
+def test_joint_lr_steps_as_the_original_by_default(tmp_path, step_at) -> None:
+    cfg = tiny_config()
+    p = cfg.protopnet
+    p.joint_epochs, p.joint_lr_step, p.push_start, p.push_every = 5, 2, 100, 100
+    p.last_layer_iterations, p.save_push_images = 1, False
+    p.joint_lr_step_at = step_at
+    tp.train_protopnet(tiny_model(), tiny_loaders(), cfg, tmp_path, "cpu")
+    history = pd.read_csv(tmp_path / "history.csv")
+    lrs = history.loc[history.phase == "joint", "lr"].tolist()
+    original = _original_joint_lrs(p, p.joint_lr_features)
+    assert original == pytest.approx([1e-4, 1e-5, 1e-5, 1e-6, 1e-6])  # the hand count
+    if step_at == "start":
+        assert lrs == pytest.approx(original)
+    else:  # one epoch later than the original
+        assert lrs == pytest.approx([p.joint_lr_features] + original[:-1])
+    assert RunConfig().protopnet.joint_lr_step_at == "start"
+
+
+def _original_costs(min_distances, targets, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """train_and_test.py's class-specific cluster and separation costs, ported line by line."""
+    max_dist = model.prototype_shape[1] * model.prototype_shape[2] * model.prototype_shape[3]
+    prototypes_of_correct_class = torch.t(model.prototype_class_identity[:, targets])
+    inverted_distances, _ = torch.max((max_dist - min_distances) * prototypes_of_correct_class, dim=1)
+    cluster_cost = torch.mean(max_dist - inverted_distances)
+    prototypes_of_wrong_class = 1 - prototypes_of_correct_class
+    inverted_distances_to_nontarget_prototypes, _ = torch.max(
+        (max_dist - min_distances) * prototypes_of_wrong_class, dim=1
+    )
+    separation_cost = torch.mean(max_dist - inverted_distances_to_nontarget_prototypes)
+    return cluster_cost, separation_cost
+
+
+def test_costs_match_the_original_also_for_a_class_without_prototypes() -> None:
+    torch.manual_seed(0)
+    trunk = Features(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), 8)
+    # prototype pruning left class c (index 2) without prototypes
+    model = ProtoPNet(trunk, 3, prototype_dim=6, prototype_classes=[0, 0, 1, 1, 1]).eval()
+    x = torch.randn(6, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 2, 0, 1])
+    out = model.forward_details(x)
+    cluster, separation = tp.prototype_costs(out.min_distances, y, model)
+    assert torch.isfinite(cluster)
+    ref_cluster, ref_separation = _original_costs(out.min_distances, y, model)
+    torch.testing.assert_close(cluster, ref_cluster)
+    torch.testing.assert_close(separation, ref_separation)
+    # the same gradient too: the class-c samples' constant max_dist has none
+    grads = torch.autograd.grad(cluster + separation, model.prototype_vectors, retain_graph=True)
+    ref = torch.autograd.grad(ref_cluster + ref_separation, model.prototype_vectors)
+    torch.testing.assert_close(grads[0], ref[0])
+    terms = tp.protopnet_loss(out, y, model, RunConfig().protopnet)
+    assert torch.isfinite(terms["loss"])
+    # by hand: samples 2 and 3 (class c) add max_dist = 6 x 1 x 1 each to the cluster sum
+    own = torch.stack([out.min_distances[i, [0, 1]].min() for i in (0, 4)]
+                      + [out.min_distances[i, [2, 3, 4]].min() for i in (1, 5)])
+    torch.testing.assert_close(cluster, (own.sum() + 2 * 6.0) / 6)

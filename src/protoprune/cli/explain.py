@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=8, help="test images to explain without IMAGE (default 8)"
     )
     parser.add_argument(
-        "--k", type=int, help="nearest patches per prototype (default prune_prototypes.k)"
+        "--k", type=int,
+        help="nearest training patches per prototype, its source included (default "
+        "prune_prototypes.k = 6); the test set's are one fewer, as in the original",
     )
     parser.add_argument("--heatmap", choices=("upsample", "prp", "both"), default="both",
                         help="local heatmaps: the upsampled similarity map (as the original), "

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 NAME = "prune-filters"
-HELP = "prune filters of a trained classifier by lrp | weight | grad | taylor, fine-tuning between steps"
+HELP = "prune filters of a trained classifier by lrp | weight | grad | taylor | random, fine-tuning between steps"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        choices=["lrp", "weight", "grad", "taylor"],
-        help="pruning criterion (default: lrp)",
+        choices=["lrp", "weight", "grad", "taylor", "random"],
+        help="pruning criterion (default: lrp; random: the control)",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=["none", "sum", "l2", "reference"],
+        help="per-layer score normalisation (default none, as the reference; reference = its --norm)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="fine-tune each step until val balanced accuracy has not improved for N epochs "
+        "(--epochs is then the cap)",
     )
     parser.add_argument(
         "--total-pr",
@@ -97,12 +108,18 @@ def execute(args: argparse.Namespace) -> int:
         )
     from ..train.checkpoint import checkpoint_config, load_checkpoint
 
+    if not args.no_export:  # each step writes an .onnx: missing packages fail now, not at step 1
+        from ..prune.onnx_export import require_onnx_packages
+
+        require_onnx_packages()
     ckpt = load_checkpoint(args.checkpoint)
     options = {
         "method": args.method,
         "total_pr": args.total_pr,
         "pr_step": args.pr_step,
         "epochs": args.epochs,
+        "patience": args.patience,
+        "normalize": args.normalize,
         "finetune_batches": args.finetune_batches,
         "scope": args.scope,
         "ref_per_class": args.ref_per_class,

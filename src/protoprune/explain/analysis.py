@@ -23,6 +23,7 @@ from ..config import RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.receptive_field import localisation, receptive_field_or_none
+from ..prune.relevance import input_bounds
 from ..seed import resolve_device
 from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
@@ -155,7 +156,8 @@ def analyse_checkpoint(
     counts = top_match_counts(model, loaders.test, dev)
     quality = prototype_quality(model, nearest_train, sources, counts, class_names)
     metrics = explanation_metrics(model, glob["nearest"]["test"], sources, train_ds, loaders.test,
-                                  test_ds, dev, masks, quality_images)  # fmt: skip
+                                  test_ds, dev, masks, quality_images,
+                                  input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
     quality = quality.merge(metrics, on="prototype")
     quality["rf_fraction"] = sources.rf_fraction
     qfiles = write_quality(quality, class_names, out / "quality")
@@ -252,11 +254,14 @@ def explain_files(
 def explanation_summary(
     model: Any, loaders: Any, k: int, device: torch.device | str = "cpu",
     images: int = 3, masks: str | Path | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The per-model explanation-quality numbers (explain.metrics.model_summary, with
     `expl_` prefixed) without writing files: the study's row of a ProtoPNet arm."""
+    from ..prune.relevance import DEFAULT_BOUNDS
     from .metrics import explanation_metrics, model_summary
 
+    bounds = bounds or DEFAULT_BOUNDS
     dev = torch.device(device)
     model = model.to(dev).eval()
     names = loaders.class_names
@@ -267,7 +272,7 @@ def explanation_summary(
     quality = prototype_quality(model, nearest_train, sources, counts, names)
     quality = quality.merge(
         explanation_metrics(model, nearest_test, sources, loaders.push.dataset, loaders.test,
-                            loaders.test.dataset, dev, masks, images),  # fmt: skip
+                            loaders.test.dataset, dev, masks, images, bounds),  # fmt: skip
         on="prototype",
     )
     loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,

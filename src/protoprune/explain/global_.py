@@ -1,4 +1,7 @@
-"""Global analysis: each prototype's k nearest patches in the training and the test set.
+"""Global analysis: each prototype's nearest patches in the training and the test set.
+
+As the original's global_analysis.py (k = 5): k + 1 = 6 patches from the training set, whose
+nearest is the prototype's own source after a push, and k = 5 from the test set.
 
 For every split a CSV (prototype, rank, image id and class, distance, latent position) and, per
 class, a figure grid: one row per prototype, its source patch first, then the k nearest patches
@@ -107,8 +110,10 @@ def global_analysis(
     sources: PrototypeSources | None = None,
     nearest: dict[str, NearestPatches] | None = None,
     progress: bool = True,
+    source_split: str = "train",
 ) -> dict[str, Any]:
-    """k nearest patches per prototype for each split in `splits` {name: (loader, dataset)}.
+    """Nearest patches per prototype for each split in `splits` {name: (loader, dataset)}: k in
+    `source_split` (the prototypes' source included), k - 1 in every other split.
 
     Precomputed `nearest` results are reused. Writes nearest_<split>.csv and
     nearest_<split>_<class>.png; returns {"nearest": {split: NearestPatches}, "files": [...]}.
@@ -120,8 +125,9 @@ def global_analysis(
     classes = model.prototype_classes.cpu()
     for split, (loader, dataset) in splits.items():
         if split not in nearest:
+            k_split = k if split == source_split else max(k - 1, 1)
             nearest[split] = k_nearest_patches(
-                model, loader, k, device, progress, f"nearest {split}"
+                model, loader, k_split, device, progress, f"nearest {split}"
             )
         nn_ = nearest[split]
         ids = getattr(dataset, "image_ids", None)

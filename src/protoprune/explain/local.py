@@ -25,6 +25,7 @@ from ..data.transforms import build_transform
 from ..io import atomic_save_figure, atomic_write_json
 from ..models.protopnet import ProtoPNet
 from ..models.receptive_field import localisation, receptive_field_or_none
+from ..prune.relevance import input_bounds
 from .nearest import NearestPatches
 from .render import (
     RF_COLOR,
@@ -188,7 +189,9 @@ def explain_image(
     boxes, up = similarity_boxes(maps, size)
     input_hw = (image_size, image_size)
     fields = [receptive_field_or_none(m) for m in members]
-    prp = _prp_maps(members, x, member_of, proto_of, order, size) if heatmap != "upsample" else None
+    prp = None
+    if heatmap != "upsample":
+        prp = _prp_maps(members, x, member_of, proto_of, order, size, input_bounds(mean, std))
     listed = []
     for rank, r in enumerate(order):
         mi, j = int(member_of[r]), int(proto_of[r])
@@ -241,7 +244,7 @@ def explain_image(
     return Explanation(record, drawing, up, prp)
 
 
-def _prp_maps(members, x, member_of, proto_of, order, size) -> torch.Tensor:
+def _prp_maps(members, x, member_of, proto_of, order, size, bounds) -> torch.Tensor:
     """PRP maps of the listed prototypes (per member, one batched pass), at drawing size."""
     from .prp import prp_heatmaps
 
@@ -249,7 +252,7 @@ def _prp_maps(members, x, member_of, proto_of, order, size) -> torch.Tensor:
     for mi, m in enumerate(members):
         ranks = [n for n, r in enumerate(order) if int(member_of[r]) == mi]
         if ranks:
-            heat, _ = prp_heatmaps(m, x, [int(proto_of[order[n]]) for n in ranks])
+            heat, _ = prp_heatmaps(m, x, [int(proto_of[order[n]]) for n in ranks], bounds=bounds)
             maps[ranks] = heat.float().cpu()
     if tuple(size) != tuple(maps.shape[-2:]):
         maps = torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear")[:, 0]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.protopnet import ProtoPNet
+from ..prune.relevance import DEFAULT_BOUNDS
 from .nearest import NearestPatches
 from .prp import prp_heatmaps
 
@@ -94,6 +95,7 @@ def deletion_auc(curve: np.ndarray) -> float:
 def deletion_aucs(
     model: ProtoPNet, nearest_test: NearestPatches, dataset: Any,
     device: torch.device | str = "cpu", images: int = 3, steps: int = DELETION_STEPS, seed: int = 0,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """(P,) mean deletion AUC per heatmap kind (prp, upsample, random) over each prototype's
     `images` nearest test images (nan where none)."""
@@ -108,7 +110,7 @@ def deletion_aucs(
                 pairs.setdefault(int(i), []).append(j)
     for i, protos in pairs.items():
         x = dataset[i][0][None].to(device)
-        heat, _ = prp_heatmaps(model, x, protos)
+        heat, _ = prp_heatmaps(model, x, protos, bounds=bounds)
         for n, j in enumerate(protos):
             orders = {
                 "prp": heat[n].flatten().argsort(descending=True),
@@ -151,6 +153,7 @@ def distinct_share(source_ids: Sequence[str]) -> float:
 def on_lesion_shares(
     model: ProtoPNet, sources: Any, dataset: Any, input_hw: tuple[int, int],
     device: torch.device | str = "cpu", masks: Any = None,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> tuple[dict[str, np.ndarray], list[str]]:  # fmt: skip
     """(P,) on-lesion share of the PRP and the upsampled map of each prototype on its source
     image (at network-input size), and each mask's origin ('mask', 'proxy' or '')."""
@@ -168,7 +171,7 @@ def on_lesion_shares(
         x = dataset[i][0][None].to(device)
         pixels = image_array(dataset.load_image(i), input_hw)
         mask, how = lesion_mask(pixels, sources.image_id[protos[0]], masks)
-        heat, _ = prp_heatmaps(model, x, protos)
+        heat, _ = prp_heatmaps(model, x, protos, bounds=bounds)
         for n, j in enumerate(protos):
             shares["prp"][j] = mass_inside(heat[n].cpu().numpy(), mask)
             up = upsampled_map(model, x, j).cpu().numpy()
@@ -180,16 +183,16 @@ def on_lesion_shares(
 def explanation_metrics(
     model: ProtoPNet, nearest_test: NearestPatches, sources: Any, push_dataset: Any,
     test_loader: Any, test_dataset: Any, device: torch.device | str = "cpu",
-    masks: Any = None, images: int = 3,
+    masks: Any = None, images: int = 3, bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> pd.DataFrame:  # fmt: skip
     """One row per prototype: stability, deletion AUCs, on-lesion shares, near-duplicate."""
     table = pd.DataFrame({"prototype": range(model.num_prototypes)})
     table["stability"] = stability(model, test_loader, device)
-    aucs = deletion_aucs(model, nearest_test, test_dataset, device, images)
+    aucs = deletion_aucs(model, nearest_test, test_dataset, device, images, bounds=bounds)
     for kind, v in aucs.items():
         table[f"deletion_auc_{kind}"] = v
     shares, origin = on_lesion_shares(model, sources, push_dataset, nearest_test.input_hw,
-                                      device, masks)  # fmt: skip
+                                      device, masks, bounds)  # fmt: skip
     for kind, v in shares.items():
         table[f"on_lesion_{kind}"] = v
     table["lesion_mask"] = origin

@@ -88,11 +88,25 @@ def merge_topk(
     """Keep the k smallest of (P, k) running values and (P, B) new candidates.
 
     Each tuple is (distances, *payloads) of matching shapes; payloads follow their distances.
+    Exact ties go to the earlier column (the running best before the candidates, and the
+    candidates in their order): a stable sort, where `topk` leaves the choice unspecified. So an
+    image seen earlier keeps its place against a later one at the same distance, as in the
+    original's find_nearest, whose heap drops a newcomer that only equals its farthest entry.
     """
     values = torch.cat([best[0], candidates[0]], 1)
     kk = min(k, values.shape[1])
-    top, order = values.topk(kk, dim=1, largest=False, sorted=True)
+    top, order = values.sort(dim=1, stable=True)
+    top, order = top[:, :kk], order[:, :kk]
     return (top, *(torch.cat([b, c], 1).gather(1, order) for b, c in zip(best[1:], candidates[1:])))
+
+
+def _by_image_index(
+    tensors: tuple[torch.Tensor, ...], image_index: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Reorder the columns of each (P, n) tensor by ascending image index (missing, -1, last)."""
+    key = image_index.masked_fill(image_index < 0, torch.iinfo(image_index.dtype).max)
+    order = key.sort(dim=1, stable=True).indices
+    return tuple(t.gather(1, order) for t in tensors)
 
 
 @torch.no_grad()
@@ -147,6 +161,8 @@ def k_nearest_patches(
     if global_index is not None:  # merge the ranks' bests: the global k nearest on every rank
         dist, img, pos, cls = (torch.cat(distributed.all_gather_tensor(t.t().contiguous())).t()
                                for t in (dist, img, pos, cls))  # fmt: skip
+        # the ranks hold interleaved shards: ties go to the earlier image of the whole data set
+        dist, img, pos, cls = _by_image_index((dist, img, pos, cls), img)
         dist, img, pos, cls = merge_topk(
             (dist[:, :0], img[:, :0], pos[:, :0], cls[:, :0]), (dist, img, pos, cls), k
         )

@@ -14,9 +14,13 @@ from collections.abc import Sequence
 import torch
 
 from ..models.protopnet import ProtoPNet
-from ..prune.relevance import build_composite, eval_mode, frozen_parameters
-
-DEFAULT_COMPOSITE = "epsilon_plus_flat"  # prune_filters.lrp_composite's default
+from ..prune.relevance import (
+    DEFAULT_BOUNDS,
+    DEFAULT_COMPOSITE,
+    build_composite,
+    eval_mode,
+    frozen_parameters,
+)
 
 
 def prp_heatmaps(
@@ -24,16 +28,19 @@ def prp_heatmaps(
     x: torch.Tensor,
     prototypes: Sequence[int],
     composite: str = DEFAULT_COMPOSITE,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, H, W) pixel relevance (summed over colour channels) of each listed prototype's
     similarity on the one image `x` (1, 3, H, W), and the (n,) similarities explained.
 
     One forward and one backward pass for all n prototypes (the image repeated n times).
+    `bounds`: the normalised input range (`prune.relevance.input_bounds`) for the default
+    composite's z^B first layer.
     """
     n = len(prototypes)
     idx = torch.as_tensor(list(prototypes), dtype=torch.long, device=x.device)
     xs = x.detach().expand(n, *x.shape[1:]).clone().requires_grad_(True)
-    comp = build_composite(composite, model)
+    comp = build_composite(composite, model, bounds)
     with torch.enable_grad(), eval_mode(model), frozen_parameters(model), comp.context(model):
         sims = model.prototype_layer(model.conv_features(xs), model.prototype_vectors)  # (n, P)
         rows = torch.arange(n, device=x.device)

@@ -1,11 +1,14 @@
-"""torchvision classifiers by name, with a small-image variant and offline weight loading.
+"""torchvision classifiers by name, with a small-image variant and pretrained weights.
 
 The small-image variant (for inputs <= 64 px) keeps torchvision's modules and names but uses a
 3x3 stride-1 stem and drops the first max-pool, so a 28x28 image still has a 3x3+ latent grid.
+With torchvision's pretrained weights that stem starts at random (a 7x7 kernel does not fit a
+3x3 one) and every other trunk layer is pretrained; a warning names the random layers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +18,9 @@ from torchvision import models as tvm
 
 from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
+from .pretrained import ensure_cached, torchvision_weights, weights_name
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
@@ -69,20 +75,51 @@ def build_classifier(
     small_input: bool = False,
     weights: str | Path | None = None,
 ) -> nn.Module:
-    """A torchvision classifier with `num_classes` outputs; random init unless `weights` is a local file.
+    """A torchvision classifier with `num_classes` outputs; random init unless `weights` is given.
 
-    `weights` may be an ImageNet state_dict of the same architecture (its head is skipped because
-    the class count differs) or a protoprune checkpoint's state_dict.
+    `weights`: torchvision weights by name (`imagenet`, `ResNet18_Weights.IMAGENET1K_V1`; from
+    torch's hub cache, see `models.pretrained`), or a local file holding an ImageNet state_dict of
+    the same architecture or a protoprune checkpoint's state_dict. The head is always new (the
+    class count differs).
     """
     factory = ARCHITECTURES.get(arch)
-    model = factory(weights=None)
+    pretrained = torchvision_weights(arch, weights)
+    if pretrained is not None:
+        ensure_cached(pretrained)
+        model = factory(weights=pretrained)  # torchvision's loader (it also renames old keys)
+        loaded = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    else:
+        model = factory(weights=None)
     if small_input:
         _make_small(model, arch)
-    if weights is not None:
+    if pretrained is None and weights is not None:
         load_backbone_weights(model, weights, arch)
     _replace_head(model, arch, num_classes)
+    if pretrained is not None:
+        _warn_random_layers(model, arch, loaded, weights_name(pretrained))
     model.protoprune_arch = arch  # type: ignore[attr-defined]
     return model
+
+
+def _head_prefix(model: nn.Module, arch: str) -> str:
+    fam = family(arch)
+    if fam == "vgg":
+        return f"classifier.{len(model.classifier) - 1}."
+    return "fc." if fam == "resnet" else "classifier."
+
+
+def _warn_random_layers(model: nn.Module, arch: str, loaded: dict[str, int], name: str) -> None:
+    """Warn about the trunk tensors that did not come from the pretrained weights (the
+    small-image variant's stem: its shapes differ); the new head is expected."""
+    head = _head_prefix(model, arch)
+    fresh = [k for k, p in model.named_parameters()
+             if not k.startswith(head) and loaded.get(k) != p.data_ptr()]  # fmt: skip
+    if fresh:
+        log.warning(
+            "model.weights %s: %s start from random initialisation (the small-image variant, "
+            "model.small_input, has other layer shapes there); every other layer is pretrained",
+            name, ", ".join(fresh),
+        )
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> None:
@@ -91,7 +128,8 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> None
     if not path.is_file():
         raise ConfigError(
             f"weights file {path} does not exist",
-            "model.weights must be a local state_dict file (nothing is downloaded); leave it empty for random init",
+            "model.weights is imagenet, a torchvision weights name (e.g. ResNet18_Weights.IMAGENET1K_V1) "
+            "or a local state_dict file; leave it empty for random init",
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

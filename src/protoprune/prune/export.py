@@ -1,4 +1,4 @@
-"""Save a pruned classifier so it reloads anywhere, and export it to ONNX.
+"""Save a pruned classifier so it reloads anywhere, and export it to ONNX (`onnx_export`).
 
 A pruned model's layers are narrower than the architecture's constructor builds. torch-pruning's
 own `tp.state_dict`/`tp.load_state_dict` pickle every module's `__dict__`, which
@@ -118,28 +118,11 @@ def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> n
     return model.eval()
 
 
-def export_onnx(model: nn.Module, path: str | Path, image_size: int, check: bool = True) -> Path:
-    """ONNX export (dynamic batch) with the TorchScript exporter; validated with onnx.checker."""
-    import copy
-    import io
+def export_onnx(
+    model: nn.Module, path: str | Path, image_size: int, images: torch.Tensor | None = None
+) -> Path:
+    """ONNX export (dynamic batch; a ProtoPNet gives logits and similarities), checked with
+    onnx.checker and run by onnxruntime against torch on real images (see `onnx_export`)."""
+    from .onnx_export import write_onnx
 
-    from ..io import atomic_write_bytes
-
-    cpu = copy.deepcopy(model).to("cpu").eval()
-    x = torch.zeros(1, 3, image_size, image_size)
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        cpu,
-        (x,),
-        buffer,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    path = atomic_write_bytes(path, buffer.getvalue())
-    if check:
-        import onnx
-
-        onnx.checker.check_model(onnx.load(str(path)))
-    return path
+    return write_onnx(model, path, image_size, images)["path"]

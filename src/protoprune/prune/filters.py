@@ -40,6 +40,7 @@ from ..models.protopnet import ProtoPNet
 from .export import export_onnx, save_pruned
 from .importance import FilterImportance, build_importance
 from .measure import measure_model
+from .relevance import input_bounds
 from .structural import FilterPruner
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,12 @@ def run_schedule(
     progress: bool = True,
     ignored_layers: Sequence[nn.Module] | None = None,
     round_to: int = 1,
+    ratio_unit: str = "filters",
 ) -> pd.DataFrame:
     """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step.
 
-    `ignored_layers` (default: the classifier head) keep their outputs."""
+    `ignored_layers` (default: the classifier head) keep their outputs. `finetune` may return the
+    number of epochs it ran (recorded as `finetune_epochs`)."""
     model.to(device).eval()
     example = torch.zeros(1, 3, image_size, image_size, device=device)
     # a ProtoPNet's prototypes are a bare Parameter used by F.conv2d: tell torch-pruning their
@@ -132,8 +135,18 @@ def run_schedule(
     unwrapped = [(model.prototype_vectors, 1)] if isinstance(model, ProtoPNet) else None
     pruner = FilterPruner(model, importance, ratios, example, scope=scope,
                           ignored_layers=ignored_layers, unwrapped_parameters=unwrapped,
-                          round_to=round_to)  # fmt: skip
-    base = {"step": 0, "target_ratio": 0.0, "pruned_ratio": 0.0, "channels": pruner.channels()}
+                          round_to=round_to, ratio_unit=ratio_unit)  # fmt: skip
+
+    def removed() -> dict[str, Any]:
+        return {
+            "pruned_ratio": pruner.pruned_fraction(),
+            "filters_removed_ratio": pruner.pruned_filter_fraction(),
+            "channels_removed_ratio": pruner.pruned_channel_fraction(),
+            "filters": pruner.filters(),
+            "channels": pruner.channels(),
+        }
+
+    base = {"step": 0, "target_ratio": 0.0, **removed()}
     base.update(_metrics(evaluate, model, loaders, device, "_pruned"))
     base.update({k.replace("_pruned", ""): v for k, v in base.items() if k.endswith("_pruned")})
     base.update(measure_model(model, image_size, latency=latency))
@@ -149,16 +162,13 @@ def run_schedule(
         importance.prepare(model, reference, progress=progress)  # on the CURRENT model
         score_seconds = time.perf_counter() - t0
         pruner.step()
-        row: dict[str, Any] = {
-            "step": k,
-            "target_ratio": ratio,
-            "pruned_ratio": pruner.pruned_fraction(),
-        }
-        row["channels"] = pruner.channels()
+        row: dict[str, Any] = {"step": k, "target_ratio": ratio, **removed()}
         row.update(_metrics(evaluate, model, loaders, device, "_pruned"))
         t0 = time.perf_counter()
         if finetune is not None:
-            finetune(model)
+            ran = finetune(model)
+            if isinstance(ran, int):
+                row["finetune_epochs"] = ran
             row.update(_metrics(evaluate, model, loaders, device, ""))
         else:
             row.update(
@@ -232,7 +242,8 @@ def prune_filters(
     model = model_from_checkpoint(ckpt).to(device)
     reference = reference_set(loaders.push.dataset, pf.ref_per_class, cfg.seed, cfg.data.batch_size)
     ignored = protopnet_ignored_layers(model) if proto else None
-    importance = build_importance(pf, ignored_layers=ignored or ())
+    importance = build_importance(pf, ignored_layers=ignored or (), seed=cfg.seed,
+                                  bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
     ratios = schedule(pf.total_pr, pf.pr_step)
     small = uses_small_input(cfg)
     meta = {
@@ -244,13 +255,14 @@ def prune_filters(
         "total_pr": pf.total_pr,
         "pr_step": pf.pr_step,
         "epochs": pf.epochs,
+        "patience": pf.patience,
         "finetune_batches": pf.finetune_batches,
         # a ProtoPNet is repaired at its joint learning rates (protopnet.joint_lr_*)
         "finetune_lr": None if proto else (pf.finetune_lr if pf.finetune_lr is not None else cfg.train.lr),
         "ref_per_class": pf.ref_per_class,
         "round_to": pf.round_to,
         "reference_images": sum(len(y) for _, y in reference),
-        "lrp_composite": pf.lrp_composite,
+        **criterion_settings(pf),
         "image_size": cfg.data.image_size,
         "device": str(device),
     }
@@ -272,11 +284,13 @@ def prune_filters(
         tune_cfg = copy.deepcopy(cfg)
         tune_cfg.train.lr = pf.finetune_lr
 
-    def finetune(m: nn.Module) -> None:
+    def finetune(m: nn.Module) -> int:
         if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
             protopnet_repair(m, tune, cfg, pf.epochs, device)
-        else:
-            fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device)
+            return pf.epochs
+        out = fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device,
+                  patience=pf.patience)  # fmt: skip
+        return len(out["history"])
 
     def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
         if not main:
@@ -311,7 +325,21 @@ def prune_filters(
         cfg.train.progress and main,
         ignored,
         pf.round_to,
+        pf.ratio_unit,
     )
+
+
+def criterion_settings(pf) -> dict[str, Any]:
+    """The settings that decide which filters a criterion removes (for results' metadata)."""
+    return {
+        "ratio_unit": pf.ratio_unit,
+        "normalize": pf.normalize,
+        "group_reduction": pf.group_reduction,
+        "lrp_composite": pf.lrp_composite,
+        "lrp_output": pf.lrp_output,
+        "weight_fuse_batchnorm": pf.weight_fuse_batchnorm,
+        "score_batchnorm": pf.score_batchnorm,
+    }
 
 
 def plot_pruning_curves(

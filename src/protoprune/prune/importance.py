@@ -1,20 +1,22 @@
-"""Filter-pruning criteria as torch-pruning `Importance`s: lrp, weight, grad, taylor.
+"""Filter-pruning criteria as torch-pruning `Importance`s: lrp, weight, grad, taylor, random.
 
 Each criterion first scores every output channel of every prunable layer of the CURRENT model
 (`prepare(model, reference)`, called again after each pruning step), then torch-pruning asks it for
 one score per channel of each dependency group (`__call__(group)`). A group couples layers whose
-channels must be removed together (e.g. all convs feeding one residual sum); as in torch-pruning's
-own `GroupMagnitudeImportance`, the group score of a channel is the mean over the coupled layers.
+channels must be removed together (e.g. all convs feeding one residual sum); the group score of a
+channel is the SUM over the coupled layers (`group_reduction="sum"`): removing the channel removes
+what flows through all of them. (torch-pruning's own importances average; `"mean"` does that.)
 
-Scores are normalised per layer before global ranking, as in the reference implementation of
-Yeom et al. (2021): relevance and weight norms are divided by the layer's sum (for LRP this is
-"relevance share of the layer"), gradient and Taylor scores by the layer's L2 norm (as Molchanov
-et al. 2017). `normalize="none"` ranks raw scores.
+By default every criterion computes what the reference implementation of Yeom et al. (2021),
+github seulkiyeom/LRP_pruning (`modules/filterprune.py`), computes, and ranks the raw scores of all
+layers together (its default; `normalize="reference"` reproduces its `--norm`: per-layer sum for
+lrp and weight, L2 for grad and taylor). docs/pruning_criteria.md lists every departure.
 """
 
 from __future__ import annotations
 
 import abc
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -24,9 +26,12 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import FilterPruningConfig
-from ..errors import ProtopruneError
+from ..errors import ConfigError, ProtopruneError
 from ..registry import Registry
 from .relevance import (
+    DEFAULT_BOUNDS,
+    DEFAULT_COMPOSITE,
+    batchnorm_pairs,
     build_composite,
     classifier_head,
     filter_output_modules,
@@ -38,9 +43,12 @@ from .relevance import (
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+NORMALIZATIONS = ("none", "sum", "l2", "reference")
+GROUP_REDUCTIONS = ("sum", "mean")
 
 
-def _normalize(v: torch.Tensor, how: str) -> torch.Tensor:
+def normalize_layer(v: torch.Tensor, how: str) -> torch.Tensor:
+    """One layer's scores divided by their sum or L2 norm (the reference's `--norm`), or as is."""
     if how == "none":
         return v
     denom = v.sum() if how == "sum" else v.norm()
@@ -51,13 +59,28 @@ class FilterImportance(tp.importance.Importance):
     """Base: per-layer channel scores computed by `prepare`, reduced over torch-pruning groups."""
 
     name = "base"
-    normalize = "sum"
+    reference_norm = "none"  # what the reference's --norm applies to this criterion
     needs_data = True
 
-    def __init__(self, ignored_layers: Sequence[nn.Module] = (), normalize: str | None = None):
+    def __init__(
+        self,
+        ignored_layers: Sequence[nn.Module] = (),
+        normalize: str = "none",
+        group_reduction: str = "sum",
+    ):
+        if normalize not in NORMALIZATIONS:
+            raise ConfigError(
+                f"unknown score normalisation {normalize!r}",
+                f"set prune_filters.normalize to one of: {', '.join(NORMALIZATIONS)}",
+            )
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise ConfigError(
+                f"unknown group reduction {group_reduction!r}",
+                f"set prune_filters.group_reduction to one of: {', '.join(GROUP_REDUCTIONS)}",
+            )
         self.ignored_layers = list(ignored_layers)
-        if normalize is not None:
-            self.normalize = normalize
+        self.normalize = self.reference_norm if normalize == "reference" else normalize
+        self.group_reduction = group_reduction
         self.scores: dict[nn.Module, torch.Tensor] = {}  # module -> raw score per output channel
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -86,115 +109,176 @@ class FilterImportance(tp.importance.Importance):
     ) -> dict[str, torch.Tensor]:
         """Raw per-channel scores of every prunable layer, keyed by layer name."""
 
+    def _layer_scores(self, layer: nn.Module) -> torch.Tensor:
+        score = self.scores[layer]
+        if score.numel() != layer.weight.shape[0]:
+            raise ProtopruneError(
+                f"{self.name} scores of a layer with {score.numel()} channels used on one with "
+                f"{layer.weight.shape[0]}: the scores are stale",
+                "call importance.prepare(model, reference) on the current model before each pruning step",
+            )
+        return normalize_layer(score, self.normalize)
+
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        imps, idxs_list = [], []
+        n = len(group[0][1])
+        total, count = torch.zeros(n), torch.zeros(n)
         for i, (dep, idxs) in enumerate(group):
             layer, fn = dep.target.module, dep.handler
             if fn not in _OUT_FNS or layer not in self.scores:
                 continue
-            score = self.scores[layer]
-            if score.numel() != layer.weight.shape[0]:
-                raise ProtopruneError(
-                    f"{self.name} scores of a layer with {score.numel()} channels used on one with "
-                    f"{layer.weight.shape[0]}: the scores are stale",
-                    "call importance.prepare(model, reference) on the current model before each pruning step",
-                )
-            imps.append(_normalize(score, self.normalize)[idxs])
-            idxs_list.append(group[i].root_idxs)
-        if not imps:
+            imp = self._layer_scores(layer)[idxs]
+            root = torch.as_tensor(group[i].root_idxs, dtype=torch.long)
+            total.scatter_add_(0, root, imp)
+            count.scatter_add_(0, root, torch.ones_like(imp))
+        if not count.any():
             return None  # tp skips groups without a scored layer
-        n = len(group[0][1])
-        total = torch.zeros(n)
-        count = torch.zeros(n)
-        for imp, root in zip(imps, idxs_list):
-            root_t = torch.as_tensor(root, dtype=torch.long)
-            total.scatter_add_(0, root_t, imp)
-            count.scatter_add_(0, root_t, torch.ones_like(imp))
-        return total / count.clamp_min(1)
+        return total if self.group_reduction == "sum" else total / count.clamp_min(1)
 
 
 class WeightImportance(FilterImportance):
-    """L1 (or L2) norm of each filter's weights (Li et al. 2017): the data-free baseline."""
+    """L1 (or L2) norm of each filter with its BatchNorm fused in (Li et al. 2017).
+
+    The reference reads the weight of its LRP wrapper's conv, into which the BatchNorm after it is
+    fused (`lrp_general6.py: bnafterconv_overwrite_intoconv`: w * gamma / sqrt(var + eps)); a raw
+    conv weight before a BatchNorm says little, since the BN rescales every channel.
+    `fuse_batchnorm=False` scores the raw weights.
+    """
 
     name = "weight"
-    normalize = "sum"
+    reference_norm = "sum"
     needs_data = False
 
-    def __init__(self, norm: int = 1, **kwargs):
+    def __init__(self, norm: int = 1, fuse_batchnorm: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.p = norm
+        self.fuse_batchnorm = fuse_batchnorm
 
     def _compute(self, model, layers, reference, progress):
-        return {n: m.weight.detach().flatten(1).norm(p=self.p, dim=1) for n, m in layers.items()}
+        named = dict(model.named_modules())
+        scale = {}
+        if self.fuse_batchnorm:
+            for conv, bn_name in batchnorm_pairs(model):
+                bn = named[bn_name]
+                scale[conv] = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().abs()
+        out = {}
+        for n, m in layers.items():
+            norm = m.weight.detach().flatten(1).norm(p=self.p, dim=1)
+            out[n] = norm * scale[n] if n in scale else norm
+        return out
 
 
 class _ActivationImportance(FilterImportance):
-    """Shared loop for data-driven criteria over the reference set."""
+    """Shared loop for data-driven criteria over the reference set: per-batch values summed."""
+
+    def _outputs(self, model, layers):
+        return filter_output_modules(model, layers)
 
     def _compute(self, model, layers, reference, progress):
         device = next(model.parameters()).device
-        outputs = filter_output_modules(model, layers)
+        outputs = self._outputs(model, layers)
         totals: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
         for x, y in tqdm(reference, desc=f"{self.name} scores", leave=False, disable=not progress):
-            batch = self._batch(model, x.to(device), y.to(device), outputs)
-            for name, (value, count) in batch.items():
+            for name, value in self._batch(model, x.to(device), y.to(device), outputs).items():
                 totals[name] = totals[name] + value if name in totals else value
-                counts[name] = counts.get(name, 0) + count
-        return self._finish(totals, counts)
+        return self._finish(totals)
 
-    def _finish(self, totals, counts):
-        return {n: totals[n] / max(counts[n], 1) for n in totals}
+    def _finish(self, totals):
+        return totals
 
 
-class GradImportance(_ActivationImportance):
-    """Mean |dL/da| over each filter's output map and the reference set (L = CE, true class)."""
+class _GradientImportance(_ActivationImportance):
+    """grad and taylor as the reference: |sum over batches of mean(g) (or mean(a g))| per channel,
+    read at each layer's own output (a conv's, before its BatchNorm)."""
+
+    reference_norm = "l2"
+    product = False
+
+    def __init__(self, batchnorm: str = "eval", **kwargs):
+        super().__init__(**kwargs)
+        self.batchnorm = batchnorm
+
+    def _outputs(self, model, layers):
+        return layers
+
+    def _batch(self, model, x, y, outputs):
+        g, ag = gradient_batch(model, x, y, outputs, self.batchnorm)
+        return ag if self.product else g
+
+    def _finish(self, totals):
+        return {n: v.abs() for n, v in totals.items()}
+
+
+class GradImportance(_GradientImportance):
+    """|mean dL/da| over each filter's output map, summed over the reference batches (Sun et al.
+    2017; L = CE of the true class)."""
 
     name = "grad"
-    normalize = "l2"
-
-    def _batch(self, model, x, y, outputs):
-        g, _, n = gradient_batch(model, x, y, outputs)
-        return {k: (g[k], n[k]) for k in g}
 
 
-class TaylorImportance(_ActivationImportance):
-    """Mean |a * dL/da| over each filter's output map and the reference set (Molchanov et al.)."""
+class TaylorImportance(_GradientImportance):
+    """|mean a * dL/da| over each filter's output map, summed over the batches (Molchanov et al.
+    2017)."""
 
     name = "taylor"
-    normalize = "l2"
-
-    def _batch(self, model, x, y, outputs):
-        _, t, n = gradient_batch(model, x, y, outputs)
-        return {k: (t[k], n[k]) for k in t}
+    product = True
 
 
 class LRPImportance(_ActivationImportance):
-    """Sum of |R| over each filter's output map, summed over the reference set (Yeom et al. 2021).
+    """Sum of |R| over each filter's output map and the reference set (Yeom et al. 2021).
 
-    R is the LRP relevance of the true class's logit from a zennit composite (default
-    epsilon_plus_flat: epsilon for dense layers, z+ = alpha1-beta0 for convolutions, flat for the
-    first layer) on the canonized current model.
+    R is the LRP relevance of the true class (one-hot by default, as the reference; `output="logit"`
+    starts from the logit) from a zennit composite (default `yeom2021`, the reference's rules: see
+    `relevance`) on the canonized current model, read at the BatchNorm-fused conv's output.
     """
 
     name = "lrp"
-    normalize = "sum"
+    reference_norm = "sum"
 
-    def __init__(self, composite: str = "epsilon_plus_flat", **kwargs):
+    def __init__(
+        self,
+        composite: str = DEFAULT_COMPOSITE,
+        output: str = "onehot",
+        bounds: tuple[float, float] = DEFAULT_BOUNDS,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.composite = composite
+        self.output = output
+        self.bounds = bounds
 
     def _compute(self, model, layers, reference, progress):
-        build_composite(self.composite, model)  # fail early on an unknown name
+        self._built = build_composite(self.composite, model, self.bounds)  # fails early on a bad name
         return super()._compute(model, layers, reference, progress)
 
     def _batch(self, model, x, y, outputs):
-        r = lrp_batch(model, x, y, outputs, self.composite)
-        return {k: (v.sum(0), 1) for k, v in r.absolute.items()}
+        r = lrp_batch(model, x, y, outputs, self._built, self.output)
+        return {k: v.sum(0) for k, v in r.absolute.items()}
 
-    def _finish(self, totals, counts):
-        return totals  # a sum over the reference set, as in the paper
+
+class RandomImportance(FilterImportance):
+    """Seeded uniform scores: the control every pruning comparison needs.
+
+    Each `prepare` draws new scores from one generator seeded at construction, so a schedule is
+    reproducible for a seed; a layer's draw depends on its name and shape, not on dict order.
+    """
+
+    name = "random"
+    needs_data = False
+
+    def __init__(self, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = int(seed)
+        self.calls = 0
+
+    def _compute(self, model, layers, reference, progress):
+        self.calls += 1
+        out = {}
+        for n, m in layers.items():
+            key = zlib.crc32(f"{self.seed}/{self.calls}/{n}".encode())
+            g = torch.Generator().manual_seed(key)
+            out[n] = torch.rand(m.weight.shape[0], generator=g)
+        return out
 
 
 CRITERIA: Registry[type[FilterImportance]] = Registry("pruning criterion")
@@ -202,16 +286,28 @@ CRITERIA.register("lrp", LRPImportance)
 CRITERIA.register("weight", WeightImportance)
 CRITERIA.register("grad", GradImportance)
 CRITERIA.register("taylor", TaylorImportance)
+CRITERIA.register("random", RandomImportance)
 
 
 def build_importance(
-    cfg: FilterPruningConfig, method: str | None = None, **kwargs
+    cfg: FilterPruningConfig,
+    method: str | None = None,
+    *,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    seed: int = 0,
+    **kwargs,
 ) -> FilterImportance:
-    """The configured criterion (`method` overrides cfg.method)."""
+    """The configured criterion (`method` overrides cfg.method); `bounds`: the normalised input
+    range (LRP's box rule), `seed`: the random criterion's seed."""
     method = method or cfg.method
     cls = CRITERIA.get(method)
+    kwargs = {"normalize": cfg.normalize, "group_reduction": cfg.group_reduction, **kwargs}
     if cls is LRPImportance:
-        return cls(composite=cfg.lrp_composite, **kwargs)
+        return cls(composite=cfg.lrp_composite, output=cfg.lrp_output, bounds=bounds, **kwargs)
     if cls is WeightImportance:
-        return cls(norm=cfg.norm, **kwargs)
+        return cls(norm=cfg.norm, fuse_batchnorm=cfg.weight_fuse_batchnorm, **kwargs)
+    if issubclass(cls, _GradientImportance):
+        return cls(batchnorm=cfg.score_batchnorm, **kwargs)
+    if cls is RandomImportance:
+        return cls(seed=seed, **kwargs)
     return cls(**kwargs)

@@ -3,11 +3,19 @@
 LRP (Bach et al. 2015) comes from zennit: a composite attaches the rules to the layers and a
 canonizer first merges each BatchNorm into the convolution before it (and, for ResNets, turns the
 residual addition into a module so it gets a rule). zennit implements LRP as a modified gradient:
-with the output gradient set to `one_hot(target) * logit`, the gradient that arrives at any tensor
-IS that tensor's relevance (each rule returns `R_in` as the input gradient; ReLUs and the merged
-BatchNorms pass it on unchanged). So the relevance of a filter is read as the gradient at its
-output map, not `a * grad` (that product is only what a plain-gradient explainer does at the input).
+with the output gradient set to the initial relevance (the reference's one-hot of the true class,
+or `one_hot * logit`), the gradient that arrives at any tensor IS that tensor's relevance (each
+rule returns `R_in` as the input gradient; ReLUs and the merged BatchNorms pass it on unchanged).
+So the relevance of a filter is read as the gradient at its output map, not `a * grad` (that
+product is only what a plain-gradient explainer does at the input).
 `tests/prune/test_relevance.py` checks the conservation that follows from this.
+
+The default rule set is the one of the reference implementation of Yeom et al. (2021)
+(github seulkiyeom/LRP_pruning, `prune_resnet.py`'s `lrp_params_def1` / `lrp_layer2method`):
+BatchNorm fused into the conv before it, z+ (positive contributions, any-sign inputs) with biases
+ignored for every conv, the z^B box rule (bounds of the normalised input range, biases ignored)
+for the first conv, epsilon = 1e-6 for linear layers, and the z rule (stabiliser 1e-6) for the
+residual sum and average pooling. It is built from zennit's rules: `yeom2021_composite`.
 
 All hooks and canonizers live in `with` blocks and are removed on exit, also on errors.
 """
@@ -22,8 +30,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer, NamedMergeBatchNorm
-from zennit.composites import COMPOSITES, Composite
+from zennit.composites import COMPOSITES, Composite, SpecialFirstLayerMapComposite, layer_map_base
+from zennit.rules import Epsilon, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.types import Convolution
 
 from ..errors import ConfigError
 from .prp import with_prototype_rule
@@ -101,14 +111,63 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
     return [NamedMergeBatchNorm([((conv,), bn) for conv, bn in pairs])] if pairs else []
 
 
-def build_composite(name: str, model: nn.Module) -> Composite:
-    """A zennit composite from its registry name (e.g. epsilon_plus_flat), canonized for `model`."""
-    if name not in COMPOSITES:
+DEFAULT_COMPOSITE = "yeom2021"
+DEFAULT_BOUNDS = (-3.0, 3.0)  # input bounds for z^B when the data's normalisation is not known
+
+
+def input_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[float, float]:
+    """Lowest and highest value a normalised pixel can take: the z^B rule's box.
+
+    As the reference (`conv2d_zbeta_wrapper_class`: min over channels of -mean/std, max of
+    (1 - mean)/std, there for ImageNet's constants), from the run's own normalisation.
+    """
+    low = min(-m / s for m, s in zip(mean, std))
+    high = max((1 - m) / s for m, s in zip(mean, std))
+    return float(low), float(high)
+
+
+def yeom2021_composite(
+    low: float, high: float, canonizers: Sequence[Canonizer] = ()
+) -> SpecialFirstLayerMapComposite:
+    """The reference implementation's LRP rules (see the module docstring), from zennit's rules.
+
+    The reference's stabilisers differ in the last digits (its z+ adds 1e-12 only to exact zeros,
+    zennit adds 1e-6 * sign); `tests/prune/test_reference_port.py` compares the scores with a port.
+    """
+    layer_map = layer_map_base(1e-6) + [
+        (Convolution, ZPlus(stabilizer=1e-6, zero_params="bias")),
+        (nn.Linear, Epsilon(epsilon=1e-6)),
+    ]
+    first_map = [(Convolution, ZBox(low=low, high=high, stabilizer=1e-6, zero_params="bias"))]
+    return SpecialFirstLayerMapComposite(
+        layer_map=layer_map, first_map=first_map, canonizers=list(canonizers)
+    )
+
+
+def composite_names() -> list[str]:
+    return sorted({DEFAULT_COMPOSITE, *COMPOSITES})
+
+
+def check_composite(name: str) -> None:
+    if name != DEFAULT_COMPOSITE and name not in COMPOSITES:
         raise ConfigError(
             f"unknown LRP composite {name!r}",
-            f"set prune_filters.lrp_composite to one of: {', '.join(sorted(COMPOSITES))}",
+            f"set prune_filters.lrp_composite to one of: {', '.join(composite_names())}",
         )
-    composite = COMPOSITES[name](canonizers=canonizers_for(model))
+
+
+def build_composite(
+    name: str, model: nn.Module, bounds: tuple[float, float] = DEFAULT_BOUNDS
+) -> Composite:
+    """A zennit composite by name (`yeom2021` or zennit's registry, e.g. epsilon_plus_flat),
+    canonized for `model`; `bounds` are the input range for box rules."""
+    check_composite(name)
+    if name == DEFAULT_COMPOSITE:
+        composite = yeom2021_composite(*bounds, canonizers=canonizers_for(model))
+    elif name == "epsilon_gamma_box":
+        composite = COMPOSITES[name](low=bounds[0], high=bounds[1], canonizers=canonizers_for(model))
+    else:
+        composite = COMPOSITES[name](canonizers=canonizers_for(model))
     return with_prototype_rule(composite)  # PRP through a ProtoPNet's prototype layer, if any
 
 
@@ -178,22 +237,43 @@ class Relevance:
     absolute: dict[str, torch.Tensor]  # sum of |R| over each output map, (B, C)
 
 
+EXPLAINED_OUTPUTS = ("onehot", "logit")
+
+
+def initial_relevance(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
+    """Relevance put on the logits before the backward pass.
+
+    ``onehot`` (default, the reference's `lrp_anchor = output * T / (output * T).sum(1)`): 1 at the
+    true class, so every reference image carries the same total relevance; ``logit``: the true
+    class's logit, so confident images weigh more.
+    """
+    start = torch.zeros_like(logits)
+    start.scatter_(1, targets.view(-1, 1).to(logits.device), 1.0)
+    if output == "logit":
+        return start * logits.detach()
+    if output != "onehot":
+        raise ConfigError(
+            f"unknown explained output {output!r}",
+            f"set prune_filters.lrp_output to one of: {', '.join(EXPLAINED_OUTPUTS)}",
+        )
+    return start
+
+
 def lrp_batch(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     modules: dict[str, nn.Module],
-    composite: str | Composite = "epsilon_plus_flat",
+    composite: str | Composite = DEFAULT_COMPOSITE,
+    output: str = "onehot",
 ) -> Relevance:
-    """Explain the logit of `targets` with LRP and read the relevance at each module's output map."""
+    """Explain the true class with LRP and read the relevance at each module's output map."""
     comp = build_composite(composite, model) if isinstance(composite, str) else composite
     x = inputs.detach().clone().requires_grad_(True)
     with eval_mode(model), frozen_parameters(model), comp.context(model) as hooked, \
             capture_outputs(modules) as outs:  # fmt: skip
         logits = hooked(x)
-        start = torch.zeros_like(logits)
-        start.scatter_(1, targets.view(-1, 1).to(logits.device), 1.0)
-        start = start * logits.detach()  # initial relevance: the explained logit (Yeom et al.)
+        start = initial_relevance(logits, targets, output)
         names = [n for n in modules if n in outs]
         grads = torch.autograd.grad(
             logits, [x] + [outs[n] for n in names], grad_outputs=start, allow_unused=True
@@ -207,27 +287,57 @@ def lrp_batch(
     return Relevance(logits.detach(), grads[0].detach(), signed, absolute)
 
 
-def gradient_batch(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, modules: dict[str, nn.Module]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
-    """Per channel: sum over the batch and map of |dL/da| and of |a * dL/da| (L = CE of the true class).
+@contextmanager
+def batchnorm_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """``eval``: BatchNorm with its running statistics; ``train``: with the batch's statistics, as
+    the reference's scoring pass runs (it calls `model.train()`), running statistics restored on
+    exit so that scoring never changes the model."""
+    if mode not in ("eval", "train"):
+        raise ConfigError(
+            f"unknown BatchNorm mode {mode!r} for scoring", "set prune_filters.score_batchnorm "
+            "to eval (running statistics) or train (batch statistics, as the reference)"
+        )
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.named_buffers()} for m in norms]
+    with eval_mode(model):
+        try:
+            for m in norms:
+                m.train(mode == "train")
+            yield model
+        finally:
+            with torch.no_grad():
+                for m, buffers in zip(norms, saved):
+                    for k, v in buffers.items():
+                        getattr(m, k).copy_(v)
 
-    Returns (sum |g|, sum |a g|, number of positions per channel) so callers can average over a
-    whole reference set. The loss is summed over the batch so a sample's gradient does not depend
-    on the batch size.
+
+def gradient_batch(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    modules: dict[str, nn.Module],
+    batchnorm: str = "eval",
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per channel: the mean over batch and positions of dL/da and of a * dL/da, signed.
+
+    As the reference (`filterprune.py: compute_filter_criterion`): L is the cross-entropy of the
+    true class averaged over the batch, a the output of each `module` (for a conv, its own output,
+    before BatchNorm), values `sum(g) / (B * H * W)` per batch; callers add the batches and take
+    |.| of the total.
     """
     inputs = inputs.detach().requires_grad_(True)  # the graph's root while weights are frozen
-    with eval_mode(model), frozen_parameters(model), capture_outputs(modules) as outs:
+    with batchnorm_mode(model, batchnorm), frozen_parameters(model), \
+            capture_outputs(modules) as outs:  # fmt: skip
         logits = model(inputs)
-        loss = nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")
+        loss = nn.functional.cross_entropy(logits, targets.to(logits.device))
         names = [n for n in modules if n in outs]
         grads = torch.autograd.grad(loss, [outs[n] for n in names], allow_unused=True)
-    grad_abs, taylor_abs, counts = {}, {}, {}
+    grad_mean, taylor_mean = {}, {}
     for name, g in zip(names, grads):
         a = outs[name].detach()
         if g is None:
             g = torch.zeros_like(a)
-        grad_abs[name] = _channel_sum(g.abs()).sum(0)
-        taylor_abs[name] = _channel_sum((a * g).abs()).sum(0)
-        counts[name] = a.numel() // a.shape[1]
-    return grad_abs, taylor_abs, counts
+        positions = a.numel() // a.shape[1]
+        grad_mean[name] = _channel_sum(g).sum(0) / positions
+        taylor_mean[name] = _channel_sum(a * g).sum(0) / positions
+    return grad_mean, taylor_mean

@@ -11,8 +11,11 @@ Scopes:
   (torch-pruning's ``global_pruning=True``). Default, as in Yeom et al. (2021).
 - ``layer``: every layer loses the same fraction of its filters, ranked within the layer.
 
-Ratios are fractions of the ORIGINAL filters (the scopes' channel counts when the pruner was
-built), so an iterative schedule 0.15, 0.30, ... removes 15 % of the original filters a step.
+Ratios are fractions of the ORIGINAL filters when the pruner was built, so an iterative schedule
+0.15, 0.30, ... removes 15 % of the original filters a step. A filter is one output channel of a
+prunable conv or linear layer, as the reference implementation counts (`total_num_filters`); a
+group channel shared by k coupled convs (a residual stream) removes k filters at once.
+``ratio_unit="channels"`` counts group channels instead (each shared channel once).
 With ``round_to`` > 1 every pruned layer keeps a multiple of that many filters, so the reached
 ratio differs from the target by a few channels a layer; tables report the reached ratio.
 """
@@ -31,6 +34,8 @@ from .importance import FilterImportance
 from .relevance import classifier_head, prunable_modules
 
 SCOPES = ("global", "layer")
+RATIO_UNITS = ("filters", "channels")
+_OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
 
 class FilterPruner:
@@ -58,7 +63,12 @@ class FilterPruner:
         max_layer_ratio: float = 0.9,
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
         round_to: int = 1,
+        ratio_unit: str = "filters",
     ):
+        if ratio_unit not in RATIO_UNITS:
+            raise ConfigError(
+                f"ratio unit {ratio_unit!r} is unknown", f"use one of: {', '.join(RATIO_UNITS)}"
+            )
         if int(round_to) < 1:
             raise ConfigError(f"round_to must be >= 1, got {round_to}", "use 1 (off), 8 or 16")
         if scope not in SCOPES:
@@ -79,12 +89,14 @@ class FilterPruner:
         )
         self.max_layer_ratio = max_layer_ratio
         self.round_to = int(round_to)
+        self.ratio_unit = ratio_unit
         self.steps_done = 0
         self.dg = tp.DependencyGraph().build_dependency(
             model, example_inputs=example_inputs, unwrapped_parameters=unwrapped_parameters
         )
         self.initial = {root: n for root, n in self._roots()}
         self.initial_channels = sum(self.initial.values())
+        self.initial_filters = self.filters()
 
     def _groups(self):
         ignored = [m for layer in self.ignored_layers for m in layer.modules()]
@@ -101,9 +113,29 @@ class FilterPruner:
         """Current channels over all prunable groups."""
         return sum(n for _, n in self._roots())
 
-    def pruned_fraction(self) -> float:
-        """Fraction of the original channels removed so far."""
+    def filters(self) -> int:
+        """Current filters: output channels of the prunable conv / linear layers."""
+        return count_filters(self.model, self.ignored_layers)
+
+    def _filters_per_channel(self, group) -> int:
+        """Filters one channel of `group` carries: its coupled prunable layers' outputs."""
+        prunable = {id(m) for m in prunable_modules(self.model, self.ignored_layers).values()}
+        layers = {id(d.target.module) for d, _ in group if d.handler in _OUT_FNS}
+        return max(1, len(layers & prunable))
+
+    def pruned_channel_fraction(self) -> float:
+        """Fraction of the original group channels removed so far."""
         return 1 - self.channels() / self.initial_channels
+
+    def pruned_filter_fraction(self) -> float:
+        """Fraction of the original filters removed so far."""
+        return 1 - self.filters() / self.initial_filters
+
+    def pruned_fraction(self) -> float:
+        """Fraction removed so far, in the unit the ratios count (`ratio_unit`)."""
+        if self.ratio_unit == "channels":
+            return self.pruned_channel_fraction()
+        return self.pruned_filter_fraction()
 
     def step(self) -> int:
         """Prune to the next ratio; returns the number of channels removed."""
@@ -126,6 +158,7 @@ class FilterPruner:
         """Which channels of which group to remove to reach `ratio` of the original channels."""
         candidates = []  # (score, key, channel) for every removable channel
         per_group: dict[tuple[nn.Module, object], list[tuple[float, int]]] = {}
+        weight: dict[tuple[nn.Module, object], int] = {}  # filters a channel of the group carries
         for group in self._groups():
             dep = group[0].dep
             root, fn = dep.target.module, dep.handler
@@ -137,19 +170,36 @@ class FilterPruner:
                 continue
             ranked = sorted((float(s), i) for i, s in enumerate(scores.tolist()))[: current - keep]
             per_group[(root, fn)] = ranked
+            weight[(root, fn)] = self._filters_per_channel(group)
             if self.scope == "layer":
                 n_cut = current - round(initial * (1 - ratio))
                 candidates.extend((s, (root, fn), i) for s, i in ranked[: max(n_cut, 0)])
         if self.scope == "global":
-            n_cut = self.channels() - round(self.initial_channels * (1 - ratio))
-            pool = [(s, key, i) for key, ranked in per_group.items() for s, i in ranked]
-            candidates = sorted(pool, key=lambda c: c[0])[: max(n_cut, 0)]
+            pool = sorted(
+                ((s, key, i) for key, ranked in per_group.items() for s, i in ranked),
+                key=lambda c: c[0],
+            )
+            candidates = self._lowest(pool, ratio, weight)
         plan: dict[tuple[nn.Module, object], list[int]] = {}
         for _, key, i in candidates:
             plan.setdefault(key, []).append(i)
         if self.round_to > 1:
             plan = self._round_widths(plan, per_group)
         return plan
+
+    def _lowest(self, pool, ratio, weight):
+        """The lowest-scored channels of `pool` (sorted) that reach `ratio` in the ratio unit."""
+        if self.ratio_unit == "channels":
+            n_cut = self.channels() - round(self.initial_channels * (1 - ratio))
+            return pool[: max(n_cut, 0)]
+        to_remove = self.filters() - round(self.initial_filters * (1 - ratio))
+        chosen, removed = [], 0
+        for c in pool:
+            if removed >= to_remove:
+                break
+            chosen.append(c)
+            removed += weight[c[1]]
+        return chosen
 
     def _round_widths(self, plan, per_group):
         """Move each pruned group's remaining width to the nearest multiple of `round_to`.
@@ -192,6 +242,7 @@ def prune_step(
     max_layer_ratio: float = 0.9,
     progress: bool = False,
     round_to: int = 1,
+    ratio_unit: str = "filters",
 ) -> nn.Module:
     """Score the current `model` on `reference` and remove `ratio` of its filters in place (one shot)."""
     if ratio <= 0:
@@ -199,6 +250,6 @@ def prune_step(
     importance.prepare(model, reference, progress=progress)
     FilterPruner(
         model, importance, [ratio], example_inputs, scope, ignored_layers, max_layer_ratio,
-        round_to=round_to,
+        round_to=round_to, ratio_unit=ratio_unit,
     ).step()
     return model

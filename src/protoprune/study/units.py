@@ -117,8 +117,21 @@ SECTIONS = {
 # Settings added after studies were run, with the value that reproduces the behaviour from before
 # they existed: left out of the fingerprint at that value, so an older study folder still resumes
 # instead of rerunning its units (tests/study/test_fingerprint.py holds known fingerprints).
-ADDED_LATER = {("protopnet", "trunk_epochs"): 0, ("train", "channels_last"): False,
-               ("protopnet", "trunk_layers"): None}  # fmt: skip
+ADDED_LATER = {
+    ("protopnet", "trunk_epochs"): 0,
+    ("train", "channels_last"): False,
+    ("prune_filters", "patience"): None,
+    ("protopnet", "joint_lr_step_at"): "end",
+    ("protopnet", "trunk_layers"): None,
+}
+
+
+def _drop_inert_settings(d: dict) -> None:
+    """Leave out settings that cannot change this unit's result: when the joint StepLR never
+    reaches a step within the joint epochs, stepping it before or after each epoch is the same."""
+    p = d.get("protopnet")
+    if p and (p["joint_epochs"] < p["joint_lr_step"] or p["joint_lr_gamma"] == 1):
+        p.pop("joint_lr_step_at", None)
 
 
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
@@ -131,6 +144,7 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     for (section, key), old_behaviour in ADDED_LATER.items():
         if section in d and d[section].get(key) == old_behaviour:
             del d[section][key]
+    _drop_inert_settings(d)
     payload = {
         "unit": unit.key,
         "config": d,
@@ -226,10 +240,12 @@ def run_unit(
     unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, external: ExternalTest
 ) -> dict[str, Any]:
     """Run one unit in its folder; returns {"rows": [...], "status": "ok", ...}."""
+    from ..models.pretrained import resolve_pretrained
     from ..seed import resolve_device
     from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data, run_training
 
+    cfg = resolve_pretrained(cfg)  # every evaluation below normalises as the training did
     folder = unit_dir(out, unit)
     base_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "checkpoints" / "best.pt"
     proto_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "protopnet")) / "checkpoints" / "best.pt"
@@ -287,8 +303,10 @@ def run_unit(
         result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
     if unit.kind.startswith("protopnet"):  # explanation quality of every ProtoPNet arm
         from ..explain.analysis import explanation_summary
+        from ..prune.relevance import input_bounds
 
-        row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device))
+        bounds = input_bounds(cfg.data.mean, cfg.data.std)
+        row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device, bounds=bounds))
     result["status"] = row["status"]
     result["rows"] = [row]
     return result

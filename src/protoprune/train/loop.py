@@ -140,8 +140,12 @@ def fit(
     resume: bool = False,
     device: torch.device | str | None = None,
     class_names: list[str] | None = None,
+    patience: int | None = None,
 ) -> dict:
     """Train, validate each epoch and load the best validation state into `model`.
+
+    With `patience`, stops once `train.select_metric` on val has not improved for that many epochs
+    (`epochs` is then the cap; e.g. fine-tuning a pruned model until it has converged).
 
     With `run_dir`, writes checkpoints/last.pt every epoch (for --resume), checkpoints/best.pt on
     improvement and history.csv; without it (e.g. fine-tuning between pruning steps) keeps the best
@@ -234,6 +238,9 @@ def fit(
                 **rng,
             )
         distributed.barrier()
+        if patience is not None and epoch + 1 - best_epoch >= patience:
+            log.info("no improvement for %d epochs: stopping at epoch %d", patience, epoch + 1)
+            break
     if tc.sync_batchnorm:
         distributed.revert_sync_batchnorm(model)
     if best_state is not None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +80,25 @@ def prototype_costs(
     min_distances: torch.Tensor, targets: torch.Tensor, model: ProtoPNet
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster cost (distance to the nearest own-class prototype) and separation cost (to the
-    nearest other-class prototype), each averaged over the batch."""
+    nearest other-class prototype), each averaged over the batch.
+
+    A sample whose class has no prototypes (after prototype pruning) contributes the original's
+    max_dist = D x k x k to the cluster cost, a constant without gradient, instead of infinity:
+    the original's max_dist - max((max_dist - d) * own) equals it when `own` is all zero (and is
+    the nearest own distance otherwise, for distances below max_dist). Likewise for the separation
+    cost when every prototype is of the sample's class.
+    """
     own = model.prototype_classes[None, :] == targets[:, None]  # (B, P)
+    max_dist = float(math.prod(model.prototype_shape[1:]))
+    return _nearest_of(min_distances, own, max_dist), _nearest_of(min_distances, ~own, max_dist)
+
+
+def _nearest_of(min_distances: torch.Tensor, mask: torch.Tensor, empty: float) -> torch.Tensor:
+    """Mean over the batch of the smallest distance among `mask`ed prototypes; `empty` for a row
+    without any (the original's value there)."""
     inf = torch.tensor(float("inf"), device=min_distances.device, dtype=min_distances.dtype)
-    cluster = torch.where(own, min_distances, inf).amin(1).mean()
-    separation = torch.where(own, inf, min_distances).amin(1).mean()
-    return cluster, separation
+    nearest = torch.where(mask, min_distances, inf).amin(1)
+    return torch.where(mask.any(1), nearest, torch.full_like(nearest, empty)).mean()
 
 
 def wrong_class_l1(model: ProtoPNet) -> torch.Tensor:
@@ -150,6 +165,14 @@ def build_optimizers(model: ProtoPNet, p: ProtoPNetConfig) -> dict[str, Any]:
         joint, step_size=p.joint_lr_step, gamma=p.joint_lr_gamma
     )
     return {"warm": warm, "joint": joint, "last": last, "joint_scheduler": scheduler}
+
+
+def step_before_epoch(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Step an lr scheduler before the epoch, as the original's main.py steps the joint StepLR;
+    torch's warning about a step before any `optimizer.step()` is expected here, so silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
 
 
 # --- the phases -----------------------------------------------------------------------------------
@@ -386,6 +409,8 @@ def train_protopnet(
             warm = phase == "warm"
             model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
             optimizer = opt["warm"] if warm else opt["joint"]
+            if not warm and p.joint_lr_step_at == "start":
+                step_before_epoch(opt["joint_scheduler"])
             row["lr"] = optimizer.param_groups[0]["lr"]
             if phase not in ddp:
                 ddp[phase] = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
@@ -403,7 +428,7 @@ def train_protopnet(
                 ddp[phase] if distributed.is_distributed() else None,
                 amp,
             )
-            if not warm:
+            if not warm and p.joint_lr_step_at == "end":
                 opt["joint_scheduler"].step()
             row.update({"train_loss": terms.pop("loss"), **terms})
             val = evaluate("val")

@@ -19,6 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_run_dir
 from ..metrics import metrics_markdown
 from ..models.factory import build_model, small_input
+from ..models.pretrained import resolve_pretrained
 from ..report.figures import plot_confusion_matrix, plot_training_curves
 from ..seed import set_seed
 from .checkpoint import (
@@ -68,6 +69,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     # everything that can fail on bad input (folder, config, data, model) is checked before the
     # run folder is touched, so a failed start never leaves a half-made or moved-aside folder
     run_dir = check_run_dir(run_dir or default_run_dir(cfg), force=force, resume=resume)
+    cfg = resolve_pretrained(cfg)  # torchvision weights: cached (or a clear error) and recorded
     if resume:
         _check_resume_config(cfg, run_dir)
     distributed.barrier()  # every rank has checked the folder before rank 0 changes it
