@@ -4,8 +4,10 @@
 Measures, for each scale, protoprune's joint epoch, push (with the rendering of every prototype's
 images: in a background thread, as training runs it, and waited for, as `protoprune push` runs
 it), the cached last-layer stage, test inference and one no-grad forward pass over the push
-set (the floor any push must pay), then runs /work/shared/bench/peer_protopnet.py (the original
-ProtoPNet code, unedited) on the same sizes in a subprocess and reports the ratios.
+set (the floor any push must pay), then runs the peer script `peer_protopnet.py` (which times the
+original ProtoPNet code, unedited, from the `protopnet_original/` folder beside it) on the same
+sizes in a subprocess and reports the ratios. Give its location with `--peer PATH` or the
+environment variable PROTOPRUNE_PEER_BENCH, or pass `--skip-peer` to time protoprune alone.
 
 Scales: small (7 classes x 10 prototypes, 700 train images) and paper (200 classes x 10 = 2000
 prototypes, 2000 train images); resnet18, 64 px, batch 64, 2 threads. The data is the peer's
@@ -13,7 +15,8 @@ synthetic deterministic images, held as tensors by both. For parity with the ori
 ResNet18 (7x7 stride-2 stem + max-pool), protoprune's trunk is built with small_input=False.
 `--device cuda` runs both on the GPU (the original calls .cuda() itself when one is there).
 
-    python benchmarks/bench_protopnet.py --repeats 1 --out results/bench_protopnet.json
+    python benchmarks/bench_protopnet.py --peer PATH/peer_protopnet.py --repeats 1 \
+        --out results/bench_protopnet.json
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PEER = Path(os.environ.get("PROTOPRUNE_PEER_BENCH", "/work/shared/bench/peer_protopnet.py"))
+PEER_ENV = "PROTOPRUNE_PEER_BENCH"
 SCALES = {
     "small": {"n_classes": 7, "protos_per_class": 10, "n_train": 700, "n_test": 350},
     "paper": {"n_classes": 200, "protos_per_class": 10, "n_train": 2000, "n_test": 350},
@@ -53,11 +56,29 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=int, default=3, help="median of this many timings per phase")
     p.add_argument("--skip-peer", action="store_true", help="time protoprune only (no ratios)")
+    p.add_argument(
+        "--peer",
+        default=os.environ.get(PEER_ENV),
+        help=f"peer_protopnet.py, beside the original ProtoPNet's protopnet_original/ (default: ${PEER_ENV})",
+    )
     p.add_argument("--out", default="results/bench_protopnet.json")
-    return p.parse_args()
+    args = p.parse_args()
+    if not args.skip_peer and not (args.peer and Path(args.peer).is_file()):
+        problem = (
+            f"the peer script {args.peer} does not exist"
+            if args.peer
+            else "the location of the original ProtoPNet's peer script is not given"
+        )
+        p.exit(
+            2,
+            f"error: {problem}\n  fix: pass --peer PATH/peer_protopnet.py (or set {PEER_ENV}), "
+            "or --skip-peer to time protoprune alone\n",
+        )
+    return args
 
 
 ARGS = parse_args()
+PEER = Path(ARGS.peer) if ARGS.peer else None
 os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 os.environ.setdefault("MKL_NUM_THREADS", str(ARGS.threads))
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -270,7 +291,7 @@ def bench_protoprune(scale: dict, seed: int = 0) -> dict:
 
 
 def run_peer(scale: dict) -> dict | None:
-    if ARGS.skip_peer or not PEER.is_file():
+    if ARGS.skip_peer:
         return None
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "peer.json"

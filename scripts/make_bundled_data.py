@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate protoprune's bundled default data set from ../shared/data (or given paths).
+"""Regenerate protoprune's bundled default data set from $PROTOPRUNE_DATA (or given paths).
 
 Writes src/protoprune/data/bundled/:
 - dermamnist_subset.npz: a seeded, class-stratified subset of each official DermaMNIST split
@@ -58,7 +58,9 @@ def stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
 
 
 def main() -> None:
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    from protoprune.config import data_dir
+
+    shared = Path(data_dir())  # $PROTOPRUNE_DATA, as the shipped configs read it
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dermamnist", type=Path, default=shared / "dermamnist" / "dermamnist.npz")
     ap.add_argument("--ham10000", type=Path, default=shared / "ham10000")

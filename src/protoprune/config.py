@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .devices import DEVICE_FORMS, device_syntax_ok
+from .errors import ConfigError, not_a_file
 
 
 @dataclass
@@ -222,8 +225,23 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.mean and data.std need three values each (std > 0)", "fix the data section")
     if d.batch_size < 1:
         raise ConfigError(f"data.batch_size = {d.batch_size} must be >= 1", "use a positive batch size")
+    if d.max_per_split is not None and d.max_per_split < 1:
+        raise ConfigError(
+            f"data.max_per_split = {d.max_per_split} must be >= 1",
+            "give the most images a split may keep, or null for whole splits",
+        )
     if cfg.train.epochs < 0 or cfg.train.lr <= 0:
         raise ConfigError("train.epochs must be >= 0 and train.lr > 0", "fix the train section")
+    if cfg.model.type == "classifier" and cfg.train.epochs == 0:
+        raise ConfigError(
+            "train.epochs = 0: the classifier would be tested untrained and no checkpoint written",
+            "set train.epochs to 1 or more",
+        )
+    if not device_syntax_ok(cfg.train.device):
+        raise ConfigError(
+            f"train.device = {cfg.train.device!r} is not a device",
+            f"use {DEVICE_FORMS}",
+        )
     p = cfg.protopnet
     if p.prototypes_per_class < 1 or p.prototype_dim < 1:
         raise ConfigError(
@@ -233,6 +251,12 @@ def validate(cfg: RunConfig) -> None:
     if min(p.trunk_epochs, p.warm_epochs, p.joint_epochs, p.last_layer_iterations) < 0 or p.push_every < 1:
         raise ConfigError(
             "protopnet epoch counts must be >= 0 and push_every >= 1", "fix the protopnet section"
+        )
+    if cfg.model.type == "protopnet" and p.trunk_epochs + p.warm_epochs + p.joint_epochs == 0:
+        raise ConfigError(
+            "protopnet.trunk_epochs + warm_epochs + joint_epochs = 0: the ProtoPNet would be "
+            "tested untrained",
+            "set protopnet.warm_epochs or joint_epochs to 1 or more",
         )
     f = cfg.prune_filters
     if f.round_to < 1:
@@ -276,6 +300,11 @@ def validate(cfg: RunConfig) -> None:
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
     q = cfg.prune_prototypes
+    if q.finetune_iterations < 0:
+        raise ConfigError(
+            f"prune_prototypes.finetune_iterations = {q.finetune_iterations} must be >= 0",
+            "give the last-layer iterations after pruning (default 100; 0: no fine-tuning)",
+        )
     if q.k < 1 or q.threshold < 0 or q.threshold > q.k:
         raise ConfigError(
             f"prune_prototypes: k = {q.k}, threshold = {q.threshold}: need k >= 1 and 0 <= threshold <= k",
@@ -345,13 +374,44 @@ def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
     return _from_dict(RunConfig, data).validate()
 
 
+# the one thing to change for data kept elsewhere: the shipped configs name their files as
+# ${PROTOPRUNE_DATA}/<data set>/...; unset, it is this repository's own layout
+DATA_ENV = "PROTOPRUNE_DATA"
+DEFAULT_DATA_DIR = "../shared/data"
+_DATA_VAR = re.compile(r"\$\{" + DATA_ENV + r"\}|\$" + DATA_ENV + r"\b")
+
+
+def data_dir() -> str:
+    """The data folder the shipped configs read: $PROTOPRUNE_DATA, else ../shared/data."""
+    return os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
+
+
+def expand_data_dir(data: Any) -> Any:
+    """Every string in a raw config with ${PROTOPRUNE_DATA} replaced by data_dir()."""
+    if isinstance(data, dict):
+        return {k: expand_data_dir(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_data_dir(v) for v in data]
+    if isinstance(data, str):
+        return _DATA_VAR.sub(lambda _: data_dir(), data)
+    return data
+
+
+def data_root_fix(what: str) -> str:
+    """The fix line of a data set that is not where the config says."""
+    return (
+        f"set data.root to {what}, or {DATA_ENV} to the folder holding your data sets (the shipped "
+        f"configs read ${{{DATA_ENV}}}/<data set>/..., now {data_dir()})"
+    )
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when path is None) and apply `a.b=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", "give the path of a YAML file, e.g. configs/demo.yaml")
+            raise ConfigError(not_a_file("config file", path), "give the path of a YAML file, e.g. configs/demo.yaml")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -360,7 +420,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path} must hold a mapping at the top level", None)
     for item in overrides or []:
         apply_override(data, item)
-    return config_from_dict(data)
+    return config_from_dict(expand_data_dir(data))
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

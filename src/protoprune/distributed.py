@@ -31,6 +31,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler, Sampler
 
+from .devices import check_device
+
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +71,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30) -> torch
     nccl when this rank uses CUDA (device cuda:LOCAL_RANK), gloo otherwise. Outside torchrun the
     configured device is returned and no group is started.
     """
+    check_device(device)
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not launched_by_torchrun() and not is_distributed():
         return torch.device(("cuda" if want_cuda else "cpu") if device == "auto" else device)
@@ -91,6 +94,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30) -> torch
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The configured device, or this rank's GPU under torchrun."""
+    check_device(name, "--device / train.device")
     if is_distributed() or launched_by_torchrun():
         return init_distributed(name)
     if name == "auto":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ProtopruneError(Exception):
     """A problem the user can fix: the message names what is wrong and how to fix it.
@@ -29,3 +31,19 @@ class CheckpointError(ProtopruneError, ValueError):
 
 class OutputExistsError(ProtopruneError, FileExistsError):
     """An output folder holds earlier results and --force was not given."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, carrying what the user can do now (the CLI prints it, exit 130)."""
+
+    def __init__(self, advice: str):
+        self.advice = advice
+        super().__init__(advice)
+
+
+def not_a_file(what: str, path: str | Path) -> str:
+    """The problem with a path that should name a file: a folder stands there, or nothing does."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{what} {path} is a folder, not a file"
+    return f"{what} {path} does not exist"

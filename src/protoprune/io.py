@@ -73,8 +73,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def check_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+def check_run_dir(
+    path: str | Path, force: bool = False, resume: bool = False, resumable: bool = False
+) -> Path:
     """Refuse an unusable output path before any work is done; changes nothing on disk.
+
+    `resumable`: the command has a --resume option, which the refusal then suggests.
 
     Run as root (containers, CI), permission bits do not stop writes, so a path under a regular
     file is the common "cannot write there" case: name the file that is in the way.
@@ -91,21 +95,25 @@ def check_run_dir(path: str | Path, force: bool = False, resume: bool = False) -
                 )
             break
     if path.is_dir() and any(path.iterdir()) and not resume and not force:
+        kept = f"(the old folder is kept as {path.name}.old-N)"
         raise OutputExistsError(
             f"run folder {path} already holds results",
-            "pass --resume to continue it, --force to start over (the old folder is kept as "
-            f"{path.name}.old-N), or choose another --out",
+            f"pass --resume to continue it, --force to start over {kept}, or choose another --out"
+            if resumable
+            else f"pass --force to replace it {kept}, or choose another --out",
         )
     return path
 
 
-def prepare_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+def prepare_run_dir(
+    path: str | Path, force: bool = False, resume: bool = False, resumable: bool = False
+) -> Path:
     """Create a run folder; refuse to reuse a non-empty one unless resuming or forced.
 
     `force` moves the old folder aside to `<name>.old-N` instead of deleting it, so results are
     never silently lost.
     """
-    path = check_run_dir(path, force, resume)
+    path = check_run_dir(path, force, resume, resumable)
     if path.is_dir() and any(path.iterdir()) and not resume:
         n = 1
         while path.with_name(f"{path.name}.old-{n}").exists():

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from .devices import check_device
+
 
 def set_seed(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator for samplers and loaders."""
@@ -24,6 +26,8 @@ def set_seed(seed: int, deterministic: bool = True) -> torch.Generator:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The named device (auto: CUDA when present); a misspelt or absent one is a ConfigError."""
+    check_device(name, "--device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

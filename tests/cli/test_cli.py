@@ -51,3 +51,89 @@ def test_user_errors_exit_2_without_traceback(capsys):
     assert main(["train", "--set", "train.epoch=3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown config key train.epoch") and "Traceback" not in err
+
+
+# --- help without torch, progress bars, Ctrl-C advice ------------------------------------------
+
+
+def test_help_imports_no_torch():
+    """--help for the command and every subcommand answers without importing torch (or the
+    library), which took seconds; what it costs is timed in benchmarks/bench_cli_help.py."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from protoprune.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "for argv in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
+        "    try:\n"
+        "        parser.parse_args(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'sklearn', 'pandas', 'matplotlib')\n"
+        "         if m in sys.modules]\n"
+        "print(','.join(heavy), file=sys.stderr)\n"
+    )
+    commands = ["train", "evaluate", "demo", "check-data", "push", "prune-filters",
+                "prune-prototypes", "explain", "report", "study"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, *commands], capture_output=True, text=True, check=True
+    )
+    assert "usage: protoprune study" in out.stdout  # every help was printed
+    assert out.stderr.strip() == "", f"--help imported {out.stderr.strip()}"
+
+
+def test_no_bars_off_a_terminal_or_after_no_progress(monkeypatch):
+    import io
+
+    from protoprune import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(progress, "_switched_off", False)
+    for stream, shown in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr("sys.stderr", stream)
+        assert progress.bars_shown() is shown
+        list(progress.tqdm(range(3), desc="bar", file=stream))
+        assert ("bar" in stream.getvalue()) is shown  # a log file gets no \r lines
+    assert build_parser().parse_args(["train", "--no-progress"]).no_progress
+    progress.switch_off()
+    assert not progress.bars_shown()  # a terminal too, after --no-progress
+
+
+def test_ctrl_c_advice_names_only_what_exists(tmp_path, monkeypatch, capsys):
+    """Ctrl-C: train advises --resume only once a last.pt exists; a command without --resume
+    never advises it."""
+    import protoprune.cli.push as push_cli
+    from protoprune.train.run import interrupt_advice
+
+    run = tmp_path / "run"
+    assert "no checkpoint was written" in interrupt_advice(run)
+    assert "--resume" not in interrupt_advice(run)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert "--resume" in interrupt_advice(run)
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(push_cli, "execute", interrupted)
+    assert main(["push", str(tmp_path / "none.pt")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted:") and "--resume" not in err and "checkpoint" not in err
+
+
+def test_ctrl_c_during_training_before_the_first_epoch(tmp_path, monkeypatch, capsys):
+    import protoprune.train.run as run_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "fit", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", *_sets(**{"train.epochs": 1}), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "no epoch had finished, so no checkpoint was written" in err and "--resume" not in err

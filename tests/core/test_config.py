@@ -65,3 +65,25 @@ def test_saved_config_reloads_identically(tmp_path):
 def test_override_needs_equals():
     with pytest.raises(ConfigError, match="no '='"):
         apply_override({}, "train.epochs")
+
+
+def test_data_folder_from_protoprune_data(tmp_path, monkeypatch):
+    """The shipped configs name ${PROTOPRUNE_DATA}/<data set>/...: one variable moves them all;
+    unset, the repository's own ../shared/data (so saved studies keep their fingerprints)."""
+    from protoprune.demo import packaged_config
+    from protoprune.study import load_study_config
+
+    monkeypatch.delenv("PROTOPRUNE_DATA", raising=False)
+    assert load_config(packaged_config("dermamnist_resnet18.yaml")).data.root == (
+        "../shared/data/dermamnist/dermamnist.npz"
+    )
+    monkeypatch.setenv("PROTOPRUNE_DATA", str(tmp_path / "mine"))
+    assert load_config(packaged_config("ham10000_resnet18.yaml")).data.root == str(
+        tmp_path / "mine" / "ham10000"
+    )
+    study = load_study_config(packaged_config("study_full.yaml"))
+    assert study.external_test == str(tmp_path / "mine" / "isic2018-task3-test")
+    assert study.run["data"]["root"] == str(tmp_path / "mine" / "dermamnist" / "dermamnist.npz")
+    # an override may use it too; other dollar signs are left alone
+    cfg = load_config(None, ["data.root=$PROTOPRUNE_DATA/x.npz", "name=cost$5"])
+    assert cfg.data.root == str(tmp_path / "mine" / "x.npz") and cfg.name == "cost$5"

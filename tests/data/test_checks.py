@@ -76,7 +76,16 @@ def test_split_file_that_leaks_a_lesion_is_flagged(ham_root, tmp_path):
 
 
 def test_array_dataset_without_groups():
+    from protoprune.data import build_splits
+
     report = check_data(DataConfig(dataset="bundled", max_per_split=10), progress=False)
+    splits = build_splits(DataConfig(dataset="bundled", max_per_split=10))
     assert report.ok and report.groups is None
-    assert report.n_images == 1600  # max_per_split is ignored: the whole data set is checked
-    assert report.n_checked == 1600 and report.image_sizes == {"28x28": 1600}
+    # the splits training uses: max_per_split caps each of train, val and test at 10 images
+    assert report.counts == {
+        s: dict(zip(report.class_names, getattr(splits, s).class_counts().tolist(), strict=True))
+        for s in ("train", "val", "test")
+    }
+    assert report.n_images == 30 and report.max_per_split == 10
+    assert report.n_checked == 30 and report.image_sizes == {"28x28": 30}
+    assert "capped at 10 images (data.max_per_split)" in report.to_markdown()

@@ -279,6 +279,193 @@ def output_in_proc(tmp):
     return lambda: run_training(cfg, Path("/proc/protoprune-test-run"))
 
 
+# --- issue 20: labels, counts and devices that were accepted, and checks that came late ---------
+
+
+def bundled_arrays() -> dict:
+    import numpy as np
+
+    with np.load(bundled_path("dermamnist_subset.npz")) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def write_npz(path: Path, **changes) -> Path:
+    import numpy as np
+
+    np.savez(path, **{**bundled_arrays(), **changes})
+    return path
+
+
+def medmnist_cfg(path: Path, *extra: str):
+    return load_config(None, ["data.dataset=medmnist", f"data.root={path}", *extra])
+
+
+def dermamnist_label_outside_its_classes(tmp):
+    labels = bundled_arrays()["train_labels"].copy()
+    labels[0] = 7  # DermaMNIST has 7 classes: this would have trained as 8, renamed 0..7
+    cfg = medmnist_cfg(write_npz(tmp / "dermamnist_edited.npz", train_labels=labels))
+    return lambda: build_splits(cfg.data, 0)
+
+
+def check_data_on_a_label_outside_its_classes(tmp):
+    from protoprune.data.checks import check_data
+
+    labels = bundled_arrays()["test_labels"].copy()
+    labels[-1] = 9
+    cfg = medmnist_cfg(write_npz(tmp / "dermamnist_edited.npz", test_labels=labels))
+    return lambda: check_data(cfg.data, open_images=False, progress=False)  # said "result: OK"
+
+
+def fractional_labels(tmp):
+    labels = bundled_arrays()["train_labels"].astype(float) + 0.5  # 0.5 .. 6.5, truncated before
+    cfg = medmnist_cfg(write_npz(tmp / "dermamnist_float.npz", train_labels=labels))
+    return lambda: build_splits(cfg.data, 0)
+
+
+def unknown_npz_class_missing_from_val(tmp):
+    import numpy as np
+
+    val = bundled_arrays()["val_labels"]
+    cfg = medmnist_cfg(write_npz(tmp / "lesions.npz", val_labels=np.where(val == 3, 2, val)))
+    return lambda: build_splits(cfg.data, 0)
+
+
+def truncated_npz(tmp):
+    raw = bundled_path("dermamnist_subset.npz").read_bytes()
+    (tmp / "dermamnist_half.npz").write_bytes(raw[: len(raw) // 2])  # BadZipFile before
+    cfg = medmnist_cfg(tmp / "dermamnist_half.npz")
+    return lambda: build_splits(cfg.data, 0)
+
+
+def five_channel_images(tmp):
+    import numpy as np
+
+    images = bundled_arrays()["train_images"]
+    images = np.concatenate([images, images[..., :2]], -1)
+    cfg = medmnist_cfg(write_npz(tmp / "dermamnist_5ch.npz", train_images=images))
+    return lambda: build_splits(cfg.data, 0)
+
+
+def medmnist_root_is_a_folder(tmp):
+    (tmp / "dermamnist.npz").mkdir()
+    cfg = medmnist_cfg(tmp / "dermamnist.npz")
+    return lambda: build_splits(cfg.data, 0)
+
+
+def data_env_points_nowhere(tmp):
+    """The shipped configs read ${PROTOPRUNE_DATA}/...: the fix names the variable."""
+    import os
+
+    from protoprune.demo import packaged_config
+
+    old = os.environ.get("PROTOPRUNE_DATA")
+    os.environ["PROTOPRUNE_DATA"] = str(tmp / "nowhere")
+    try:
+        cfg = load_config(packaged_config("dermamnist_resnet18.yaml"))
+    finally:
+        os.environ.pop("PROTOPRUNE_DATA") if old is None else os.environ.update(PROTOPRUNE_DATA=old)
+    return lambda: build_splits(cfg.data, 0)
+
+
+def config_path_is_a_folder(tmp):
+    (tmp / "run.yaml").mkdir()
+    return lambda: load_config(tmp / "run.yaml")
+
+
+def run_folder_without_checkpoint(tmp):
+    (tmp / "run").mkdir()
+    return lambda: load_checkpoint(tmp / "run")
+
+
+def classifier_zero_epochs(tmp):
+    return lambda: load_config(None, ["train.epochs=0"])  # exited 0 with an untrained model
+
+
+def protopnet_zero_epochs(tmp):
+    return lambda: load_config(
+        None, ["model.type=protopnet", "protopnet.warm_epochs=0", "protopnet.joint_epochs=0"]
+    )
+
+
+def max_per_split_zero(tmp):
+    return lambda: load_config(None, ["data.max_per_split=0"])  # a scikit-learn traceback before
+
+
+def unknown_train_device(tmp):
+    return lambda: load_config(None, ["train.device=gpu0"])
+
+
+def absent_train_device(tmp):
+    cfg = load_config(None, tiny_overrides(**{"train.device": "cuda:99"}))
+    return lambda: run_training(cfg, tmp / "out")  # a traceback at the first tensor moved
+
+
+def negative_finetune_iterations_in_config(tmp):
+    return lambda: load_config(None, ["prune_prototypes.finetune_iterations=-5"])
+
+
+def cli(argv: list[str]) -> Callable[[], int]:
+    """The command's own execute(): the error it raises is what main() prints with exit 2."""
+    from protoprune.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return lambda: args.execute(args)
+
+
+def cli_negative_finetune_iterations(tmp):
+    # the run does not exist: the option is refused before anything is loaded or searched
+    return cli(["prune-prototypes", str(tmp / "no-run"), "--finetune-iterations", "-5"])
+
+
+def cli_negative_min_per_class(tmp):
+    return cli(["prune-prototypes", str(tmp / "no-run"), "--min-per-class", "-2"])
+
+
+@functools.cache
+def _protopnet_checkpoint_bytes() -> bytes:
+    cfg = load_config(None, ["model.type=protopnet", "protopnet.prototypes_per_class=2",
+                             "protopnet.prototype_dim=16"])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_checkpoint(Path(tmp) / "p.pt", build_model(cfg, 7), cfg, NAMES).read_bytes()
+
+
+def k_above_the_training_images(tmp):
+    from protoprune.prune.prototypes import prune_prototypes
+
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    path = tmp / "run" / "checkpoints" / "best.pt"
+    path.write_bytes(_protopnet_checkpoint_bytes())
+    # the bundled data has 1000 training images, one patch each: k = 5000 cannot be met
+    return lambda: prune_prototypes(path, k=5000, threshold=3, device="cpu")
+
+
+def cli_explain_top_negative(tmp):
+    return cli(["explain", str(tmp / "none.pt"), "--top", "-1"])  # "all but one" before
+
+
+def cli_explain_top_zero(tmp):
+    return cli(["explain", str(tmp / "none.pt"), "--top", "0"])
+
+
+def cli_explain_missing_image_before_rendering(tmp):
+    # the checkpoint does not exist either: the image is checked first, before any loading
+    return cli(["explain", str(tmp / "none.pt"), str(tmp / "lesion.jpg")])
+
+
+def cli_evaluate_existing_out_before_evaluating(tmp):
+    run = existing_run(tmp)
+    # the checkpoint does not exist: the refusal comes before any loading or evaluating
+    return cli(["evaluate", str(tmp / "none.pt"), "--out", str(run)])
+
+
+def cli_unknown_device(tmp):
+    return cli(["evaluate", str(tmp / "none.pt"), "--device", "tpu"])
+
+
+def cli_absent_device(tmp):
+    return cli(["push", str(tmp / "none.pt"), "--device", "cuda:99"])
+
+
 CASES = [
     # (setup, error type, problem pattern, fix pattern)
     (corrupt_jpeg, DataError, r"bad\.jpg is corrupt or truncated", r"re-download|re-export"),
@@ -367,6 +554,48 @@ CASES = [
         r"cannot write to run folder /proc/",
         r"writable output folder",
     ),
+    # issue 20
+    (
+        dermamnist_label_outside_its_classes,
+        DataError,
+        r"holds label 7, but DermaMNIST has 7 classes \(0\.\.6: akiec",
+        r"fix the labels",
+    ),
+    (check_data_on_a_label_outside_its_classes, DataError, r"holds label 9", r"class_names"),
+    (fractional_labels, DataError, r"train_labels: 1000 labels are not whole numbers", r"integer"),
+    (
+        unknown_npz_class_missing_from_val,
+        DataError,
+        r"class\(es\) 3 of 0\.\.6 have no images in the val split",
+        r"class_names array",
+    ),
+    (truncated_npz, DataError, r"dermamnist_half\.npz is not a readable npz", r"re-download"),
+    (five_channel_images, DataError, r"train_images: image array has 5 channels", r"RGB"),
+    (medmnist_root_is_a_folder, DataError, r"dermamnist\.npz is a folder, not a file", r"data\.root"),
+    (data_env_points_nowhere, DataError, r"nowhere/dermamnist/dermamnist\.npz does not exist",
+     r"PROTOPRUNE_DATA to the folder holding your data sets"),  # fmt: skip
+    (config_path_is_a_folder, ConfigError, r"run\.yaml is a folder, not a file", r"YAML file"),
+    (run_folder_without_checkpoint, CheckpointError, r"holds no checkpoints/best\.pt", r"\.pt file"),
+    (classifier_zero_epochs, ConfigError, r"train\.epochs = 0: the classifier would be tested untrained",
+     r"1 or more"),  # fmt: skip
+    (protopnet_zero_epochs, ConfigError, r"joint_epochs = 0: the ProtoPNet", r"1 or more"),
+    (max_per_split_zero, ConfigError, r"data\.max_per_split = 0 must be >= 1", r"null"),
+    (unknown_train_device, ConfigError, r"train\.device = 'gpu0' is not a device", r"cuda:N"),
+    (absent_train_device, ConfigError, r"train\.device = 'cuda:99' is absent", r"auto or cpu"),
+    (negative_finetune_iterations_in_config, ConfigError, r"finetune_iterations = -5 must be >= 0",
+     r"default 100"),  # fmt: skip
+    (cli_negative_finetune_iterations, ConfigError, r"--finetune-iterations = -5 must be 0 or more",
+     r"whole number >= 0"),  # fmt: skip
+    (cli_negative_min_per_class, ConfigError, r"--min-per-class = -2 must be 0 or more", r">= 0"),
+    (k_above_the_training_images, ConfigError,
+     r"k = 5000 nearest patches, but the search set has 1000 training images", r"k <= 1000"),  # fmt: skip
+    (cli_explain_top_negative, ConfigError, r"--top = -1 must be 1 or more", r">= 1"),
+    (cli_explain_top_zero, ConfigError, r"--top = 0 must be 1 or more", r">= 1"),
+    (cli_explain_missing_image_before_rendering, DataError, r"lesion\.jpg is missing", None),
+    (cli_evaluate_existing_out_before_evaluating, OutputExistsError, r"already holds results",
+     r"^pass --force to replace it"),  # fmt: skip  (evaluate has no --resume to advise)
+    (cli_unknown_device, ConfigError, r"--device = 'tpu' is not a device", r"cuda:N"),
+    (cli_absent_device, ConfigError, r"--device = 'cuda:99' is absent", r"auto or cpu"),
 ]
 
 

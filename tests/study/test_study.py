@@ -214,3 +214,65 @@ def test_study_config_errors_name_the_fix(tmp_path):
         full.seeds == [0, 1, 2] and full.external_test and full.run["data"]["dataset"] == "medmnist"
     )
     assert load_study_config(packaged_config("study_quick.yaml")).seeds == [0, 1, 2]
+
+
+def test_one_colour_per_arm_in_every_figure(tmp_path, monkeypatch):
+    """Each arm keeps its colour from figure to figure (it changed with the arms a figure held),
+    and no two arms share one."""
+    from pathlib import Path
+
+    import matplotlib.colors as mcolors
+
+    import protoprune.study.plots as plots
+
+    arms = [("baseline", ""), ("filter", "lrp"), ("filter", "weight"), ("protopnet", ""),
+            ("protopnet_pruned", "")]  # fmt: skip
+    per_seed = pd.DataFrame([
+        {"status": "ok", "arch": "resnet18", "arm": a, "method": m, "seed": s, "macs": 5e6 * (i + 1),
+         "test_accuracy": 0.5 + 0.01 * i, "latency_ms_b1": 1.0 + i, "recall_mel": 0.4, "recall_nv": 0.9}
+        for i, (a, m) in enumerate(arms) for s in (0, 1)
+    ])  # fmt: skip
+    curves = pd.DataFrame([
+        {"arch": "resnet18", "arm": "filter", "method": m, "seed": s, "step": k,
+         "pruned_ratio": 0.15 * k, "macs": 5e6 * (1 - 0.15 * k), "test_accuracy": 0.6 - 0.01 * k,
+         "test_accuracy_pruned": 0.5, "test_balanced_accuracy": 0.5,
+         "test_balanced_accuracy_pruned": 0.4}
+        for m in ("weight", "lrp") for s in (0, 1) for k in range(3)  # lrp second: order changes
+    ])  # fmt: skip
+    figures = {}
+
+    def keep(fig, path):
+        figures[Path(path).stem] = fig
+        return Path(path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.write_plots(tmp_path, per_seed, curves)
+    seen: dict[str, set[str]] = {}
+    for fig in figures.values():
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                artist = getattr(handle, "lines", None)
+                artist = artist[0] if artist else getattr(handle, "patches", [handle])[0]
+                colour = artist.get_color() if hasattr(artist, "get_color") else artist.get_facecolor()
+                arm = label.split(": ", 1)[-1]
+                seen.setdefault(arm, set()).add(mcolors.to_hex(colour))
+    assert {"Filter pruning (lrp)", "Baseline CNN", "ProtoPNet"} <= set(seen)
+    assert all(len(c) == 1 for c in seen.values()), seen  # one colour per arm everywhere
+    colours = [next(iter(c)) for c in seen.values()]
+    assert len(set(colours)) == len(colours)  # and no two arms alike
+    assert len(figures) == 5
+
+
+def test_a_difference_keeps_its_sign_its_spread_has_none():
+    """"+0.057 ± +0.031" read as if the spread had a direction: the std is printed unsigned."""
+    from protoprune.study.aggregate import _pm, table_cells
+
+    row = pd.Series({"delta_accuracy_mean": 0.057, "delta_accuracy_std": 0.031})
+    assert _pm(row, "delta_accuracy", 1.0, "+.3f") == "+0.057 ± 0.031"
+    row = pd.Series({"delta_accuracy_mean": -0.0121, "delta_accuracy_std": 0.0})
+    assert _pm(row, "delta_accuracy", 1.0, "+.3f") == "-0.012 ± 0.000"
+    summary = pd.DataFrame([{"arch": "resnet18", "arm": "filter", "method": "lrp", "n_seeds": 2,
+                             "status": "ok", "delta_accuracy_mean": 0.057,
+                             "delta_accuracy_std": 0.031}])  # fmt: skip
+    head, body = table_cells(summary)
+    assert body[0][head.index("Δ acc. vs baseline")] == "+0.057 ± 0.031"

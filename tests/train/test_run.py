@@ -24,6 +24,10 @@ def test_run_writes_everything_and_selects_on_validation(tmp_path, tiny_config):
     assert saved["test"]["n"] == 70 and 0 <= saved["test"]["accuracy"] <= 1
     split = pd.read_csv(run / "split.csv")
     assert split.groupby("split").size().to_dict() == {"test": 70, "train": 70, "val": 70}
+    # the ended run's last.pt keeps the final weights and history, not the optimizer state
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["finished"] and len(last["history"]) == 2 and last["epoch"] == 1
+    assert not {"optimizer", "scheduler", "scaler"} & set(last)
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):
@@ -77,6 +81,16 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["state_dict"]
     b = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_finished_run_is_refused(tmp_path, tiny_config):
+    tiny_config.train.epochs = 1
+    run_training(tiny_config, tmp_path / "r")
+    before = (tmp_path / "r" / "metrics.json").read_bytes()
+    with pytest.raises(CheckpointError, match="the run has finished") as info:
+        run_training(tiny_config, tmp_path / "r", resume=True)
+    assert "--force" in info.value.fix
+    assert (tmp_path / "r" / "metrics.json").read_bytes() == before
 
 
 def test_resume_with_another_config_is_refused(tmp_path, tiny_config):

@@ -1,6 +1,7 @@
 """The `protoprune` command: one subcommand a module, each a thin shell over library functions.
 
-Each subcommand module defines `NAME`, `HELP`, `add_arguments(parser)` and `execute(args) -> int`.
+Each subcommand module defines `NAME`, `HELP`, `add_arguments(parser)` and `execute(args) -> int`,
+and imports torch and the library only inside `execute`, so `--help` answers at once.
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ import logging
 import os
 import sys
 
-from .. import __version__, distributed
-from ..errors import ProtopruneError
+from .. import __version__
+from ..errors import Interrupted, ProtopruneError
+
+# a command without resume: what it wrote is whole (files are written atomically), the rest is lost
+INTERRUPTED = (
+    "the command did not finish; the files it wrote are complete, the unfinished step was not "
+    "saved; rerun it (with --force if it had created its output folder)"
+)
 
 SUBCOMMANDS = [
     "train",
@@ -49,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (they are shown only on a terminal anyway)")  # fmt: skip
         p.set_defaults(execute=module.execute)
     return parser
 
@@ -60,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.no_progress:
+        from .. import progress
+
+        progress.switch_off()
+    from .. import distributed  # imports torch: only once a command runs
+
     quiet = distributed.launched_by_torchrun() and int(os.environ.get("RANK", 0)) != 0
     try:
         # under torchrun only rank 0 prints results (errors still reach every rank's stderr)
@@ -68,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProtopruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # the command knows what was saved
+        print(f"interrupted: {exc.advice}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is kept; rerun with --resume", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED}", file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()  # leave torchrun's process group cleanly (no-op otherwise)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.checks import check_data
 from ..io import atomic_write_json, atomic_write_text
 from .common import add_config_arguments, config_from_args
 
@@ -20,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from ..data.checks import check_data
+
     cfg = config_from_args(args)
     report = check_data(cfg.data, cfg.seed, open_images=not args.no_open)
     text = report.to_markdown()

@@ -23,3 +23,28 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+
+
+def require_at_least(args: argparse.Namespace, **minimums: int) -> None:
+    """Refuse a count option below its minimum before any work (e.g. --top -1 or --k 0).
+
+    Python slicing would read --top -1 as "all but one", a negative iteration count as none:
+    neither is what was asked, so both are errors naming the option.
+    """
+    from ..errors import ConfigError
+
+    for name, minimum in minimums.items():
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} = {value} must be {minimum} or more",
+                f"give {flag} a whole number >= {minimum}, or leave it out for the default",
+            )
+
+
+def check_device_option(args: argparse.Namespace) -> None:
+    """An unknown or absent --device fails now, not after data and model are loaded."""
+    from ..devices import check_device
+
+    check_device(args.device, "--device")

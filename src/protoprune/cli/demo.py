@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import run_demo
+from .common import require_at_least
 
 NAME = "demo"
 HELP = "run the whole pipeline end to end on the bundled DermaMNIST subset and write a run folder"
@@ -17,5 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    run_demo(args.out, force=args.force, epochs=args.epochs)
+    require_at_least(args, epochs=1)
+    from ..demo import run_demo
+    from ..errors import Interrupted
+
+    try:
+        run_demo(args.out, force=args.force, epochs=args.epochs)
+    except KeyboardInterrupt:  # the demo has no --resume: its stages' own advice does not apply
+        raise Interrupted(
+            f"the demo did not finish; rerun it with --force (the unfinished {args.out} is kept "
+            "as .old-N)"
+        ) from None
     return 0

@@ -6,10 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import distributed
-from ..config import load_config
-from ..train.checkpoint import checkpoint_config, load_checkpoint
-from ..train.run import evaluate_checkpoint, evaluate_external_isic2018, write_metrics
+from .common import check_device_option
 
 NAME = "evaluate"
 HELP = "evaluate a checkpoint (or run folder) on the test split, or on another data set via --config/--set"
@@ -31,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..io import check_run_dir
+    from ..train.checkpoint import checkpoint_config, load_checkpoint
+    from ..train.run import evaluate_checkpoint, evaluate_external_isic2018
+
+    check_device_option(args)
+    if args.out:  # refuse an --out that holds results before evaluating, not after
+        check_run_dir(args.out, force=args.force)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = None
     if args.config:
@@ -44,33 +49,40 @@ def execute(args: argparse.Namespace) -> int:
         metrics = evaluate_external_isic2018(ckpt["path"], args.external_isic2018, args.device)
     else:
         metrics = evaluate_checkpoint(ckpt["path"], cfg, args.split, args.device)
-    headline = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")}
-    print(json.dumps(headline, indent=2))
+    print(json.dumps({k: metrics[k] for k in HEADLINE_KEYS}, indent=2))
     if args.out:
-        out = distributed.prepare_output_dir(Path(args.out), force=args.force)
-        if distributed.is_main():
-            write_metrics(out, {args.split: metrics}, f"evaluation of {ckpt['path']}", ckpt["class_names"])
+        _write(args, {args.split: metrics}, f"evaluation of {ckpt['path']}", ckpt["class_names"])
     return 0
+
+
+HEADLINE_KEYS = ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
+
+
+def _write(args: argparse.Namespace, results: dict, title: str, class_names: list[str], **extra) -> None:
+    from .. import distributed
+    from ..io import atomic_write_json
+    from ..train.run import write_metrics
+
+    out = distributed.prepare_output_dir(Path(args.out), force=args.force)
+    if distributed.is_main():
+        write_metrics(out, results, title, class_names)
+        for name, obj in extra.items():
+            atomic_write_json(out / name, obj)
 
 
 def _evaluate_ensemble(args: argparse.Namespace, ckpt: dict, cfg) -> int:
     """Each member's and the summed-logit ensemble's metrics (explain.ensemble)."""
     from ..explain.ensemble import evaluate_ensemble
-    from ..io import atomic_write_json
 
     result = evaluate_ensemble([ckpt, *args.ensemble], cfg, args.split, args.device)
-    keys = ("n", "accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
     members = [
-        {"checkpoint": m["checkpoint"], **{k: m["metrics"][k] for k in keys}}
+        {"checkpoint": m["checkpoint"], **{k: m["metrics"][k] for k in HEADLINE_KEYS}}
         for m in result["members"]
     ]
-    ensemble = {k: result["ensemble"][k] for k in keys}
+    ensemble = {k: result["ensemble"][k] for k in HEADLINE_KEYS}
     print(json.dumps({"members": members, "ensemble": ensemble}, indent=2))
     if args.out:
-        out = distributed.prepare_output_dir(Path(args.out), force=args.force)
-        title = f"ensemble of {len(members)} models (logits summed)"
         keep = {"split": args.split, "members": result["members"], "ensemble": result["ensemble"]}
-        if distributed.is_main():
-            write_metrics(out, {args.split: result["ensemble"]}, title, ckpt["class_names"])
-            atomic_write_json(out / "ensemble.json", keep)
+        _write(args, {args.split: result["ensemble"]}, f"ensemble of {len(members)} models (logits summed)",
+               ckpt["class_names"], **{"ensemble.json": keep})  # fmt: skip
     return 0

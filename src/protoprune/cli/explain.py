@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import ProtopruneError
 from ..io import prepare_run_dir
+from .common import check_device_option, require_at_least
 
 NAME = "explain"
 HELP = (
@@ -49,45 +51,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    require_at_least(args, top=1, samples=0, k=1)
+    check_device_option(args)
+    from ..data.base import open_rgb
     from ..explain.analysis import analyse_checkpoint, explain_files
-    from ..train.checkpoint import load_checkpoint, run_dir_of
+    from ..explain.lesion import mask_folder
+    from ..train.checkpoint import load_checkpoint, require_protopnet, run_dir_of
 
-    ckpt = load_checkpoint(args.checkpoint)
-    run_dir = run_dir_of(ckpt["path"])
-    out = prepare_run_dir(
-        Path(args.out) if args.out else run_dir / "explanations", force=args.force
-    )
-    if args.images or args.ensemble:
-        if not args.images:
-            from ..errors import ProtopruneError
-
-            raise ProtopruneError(
-                "--ensemble explains image files only", "give IMAGE paths after CHECKPOINT"
-            )
-        results = explain_files(
-            [ckpt["path"], *args.ensemble],
-            args.images,
-            out,
-            top=args.top,
-            hires=args.hires,
-            device=args.device,
-            heatmap=args.heatmap,
+    if args.ensemble and not args.images:
+        raise ProtopruneError(
+            "--ensemble explains image files only", "give IMAGE paths after CHECKPOINT"
         )
+    for image in args.images:  # an unreadable image fails now, not after the rendering
+        open_rgb(image)
+    mask_folder(args.masks)  # a mask folder without masks too
+    ckpt = require_protopnet(load_checkpoint(args.checkpoint))
+    for member in args.ensemble:
+        require_protopnet(load_checkpoint(member))
+    out = Path(args.out) if args.out else run_dir_of(ckpt["path"]) / "explanations"
+    out = prepare_run_dir(out, force=args.force)  # everything above is checked: now write
+    if args.images:
+        results = explain_files(
+            [ckpt["path"], *args.ensemble], args.images, out, top=args.top, hires=args.hires,
+            device=args.device, heatmap=args.heatmap,
+        )  # fmt: skip
         for r in results:
             print(json.dumps({k: r[k] for k in ("image_id", "predicted_class", "figure")}))
         warning = results[0]["localisation"]["warning"] if results else None
     else:
         index = analyse_checkpoint(
-            ckpt,
-            out,
-            k=args.k,
-            samples=args.samples,
-            top=args.top,
-            hires=args.hires,
+            ckpt, out, k=args.k, samples=args.samples, top=args.top, hires=args.hires,
             device=args.device,
-            heatmap=args.heatmap,
-            masks=args.masks,
-        )
+            heatmap=args.heatmap, masks=args.masks,
+        )  # fmt: skip
         print(json.dumps({"local": len(index["local"]), "quality": index["quality"]}, indent=2))
         warning = index["localisation"]["warning"]
     if warning:

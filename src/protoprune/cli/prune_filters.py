@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .common import require_at_least
 
 NAME = "prune-filters"
 HELP = "prune filters of a trained classifier by lrp | weight | grad | taylor | random, fine-tuning between steps"
@@ -101,6 +102,7 @@ def execute(args: argparse.Namespace) -> int:
         path = plot_pruning_curves(args.plot, args.out, args.metric)
         print(f"wrote {path}")
         return 0
+    require_at_least(args, epochs=0, finetune_batches=1, round_to=1, ref_per_class=1)
     if not args.checkpoint:
         raise ConfigError(
             "no checkpoint given",

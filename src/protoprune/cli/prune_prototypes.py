@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .common import check_device_option, require_at_least
+
 NAME = "prune-prototypes"
 HELP = (
     "prune prototypes whose k nearest training patches are mostly of other classes, merge "
@@ -34,9 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    require_at_least(args, k=1, threshold=0, finetune_iterations=0, min_per_class=0)
+    check_device_option(args)
+    from ..io import check_run_dir
     from ..prune.prototypes import prune_prototypes
     from ..train.checkpoint import checkpoint_config, load_checkpoint
 
+    if args.out:
+        check_run_dir(args.out, force=args.force)
     ckpt = load_checkpoint(args.run)
     root = [f"data.root={args.data_root}"] if args.data_root else []
     summary = prune_prototypes(

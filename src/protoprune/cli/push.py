@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .common import check_device_option, require_at_least
+
 NAME = "push"
 HELP = "re-push a saved ProtoPNet (prototypes -> nearest training patches); writes a new checkpoint and prototype images"
 
@@ -27,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    require_at_least(args, last_layer_iterations=0)
+    check_device_option(args)
     from ..train.checkpoint import checkpoint_config, load_checkpoint
     from ..train.run import push_checkpoint
 

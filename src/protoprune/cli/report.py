@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import check_device_option, require_at_least
+
 NAME = "report"
 HELP = "write an HTML report of a run: config, metrics, curves; for a ProtoPNet prototypes and explanations"
 
@@ -24,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    require_at_least(args, samples=0, k=1)
+    check_device_option(args)
     from ..report.html import build_report
 
     page = build_report(

@@ -26,12 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from ..errors import Interrupted
     from ..study import load_study_config, run_study
     from ..study.aggregate import summarize, summary_markdown
 
     study = load_study_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / study.name
-    per_seed = run_study(study, out, force=args.force, resume=args.resume)
+    try:
+        per_seed = run_study(study, out, force=args.force, resume=args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the finished units in {out} are kept; rerun the same command to resume the study "
+            "from them"
+        ) from None
     print(summary_markdown(summarize(per_seed), f"Study {study.name}"))
     print(f"report: {out / 'index.html'}")
     return 0

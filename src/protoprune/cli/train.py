@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.run import run_training
 from .common import add_config_arguments, add_output_arguments, config_from_args
 
 NAME = "train"
@@ -17,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from ..train.run import run_training
+
     cfg = config_from_args(args)
     run_training(cfg, args.out, force=args.force, resume=args.resume)
     return 0

@@ -33,7 +33,7 @@ class ImageDataset(Dataset, abc.ABC):
         groups: Sequence[str] | None = None,
         transform: Callable | None = None,
     ):
-        self.targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+        self.targets = integer_labels(targets)
         self.class_names = list(class_names)
         self.image_ids = [str(i) for i in image_ids]
         self.groups = None if groups is None else [str(g) for g in groups]
@@ -87,6 +87,20 @@ class ImageDataset(Dataset, abc.ABC):
         return df
 
 
+def integer_labels(targets: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Labels as int64; fractional or non-numeric labels would be truncated or fail: refuse them."""
+    raw = np.asarray(targets).reshape(-1)
+    if raw.dtype.kind not in "iuf" and len(raw):
+        raise DataError(f"labels are of type {raw.dtype}, not class indices", "give integer labels 0..K-1")
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+        bad = raw[~(np.isfinite(raw) & (raw == np.round(raw)))]
+        raise DataError(
+            f"{len(bad)} labels are not whole numbers (e.g. {bad[0]:g}): they would be truncated",
+            "give integer class indices 0..K-1",
+        )
+    return raw.astype(np.int64)
+
+
 class SubsetImageDataset(ImageDataset):
     """A view on some rows of another ImageDataset."""
 
@@ -114,6 +128,11 @@ class ArrayImageDataset(ImageDataset):
             raise DataError(
                 f"image array has shape {images.shape} and dtype {images.dtype}",
                 "expected uint8 images shaped (N, H, W) or (N, H, W, C)",
+            )
+        if images.ndim == 4 and images.shape[-1] not in (1, 3):
+            raise DataError(
+                f"image array has {images.shape[-1]} channels (shape {images.shape})",
+                "give grey (N, H, W) or (N, H, W, 1) or RGB (N, H, W, 3) uint8 images",
             )
         self.images = images
         if image_ids is None:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from .registry import DATASETS
+from ..progress import tqdm
+from .loaders import build_splits
 from .splits import SPLIT_NAMES
 
 _SHOWN = 20  # problems listed one by one in the markdown report
@@ -47,6 +47,7 @@ class DataReport:
     )  # unreadable: {split, image_id, problem}
     n_checked: int = 0  # images we tried to open
     image_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> images, most common first
+    max_per_split: int | None = None  # the cap data.max_per_split put on every split
 
     @property
     def ok(self) -> bool:
@@ -64,7 +65,9 @@ class DataReport:
         if self.root:
             lines.append(f"- root: `{self.root}`")
         lines += [
-            f"- {self.description}",
+            f"- {self.description}"
+            + (f"; each split capped at {self.max_per_split} images (data.max_per_split)"
+               if self.max_per_split else ""),
             f"- images in the splits: {self.n_images}; images opened to check them: {self.n_checked}",
             f"- missing images (left out): {len(self.missing)}; unreadable images: {len(self.corrupt)}; "
             f"groups in more than one split: {len(self.leaked_groups)}",
@@ -118,13 +121,13 @@ def _table(class_names: list[str], counts: dict[str, dict[str, int]]) -> list[st
 def check_data(
     cfg: DataConfig, seed: int = 0, open_images: bool = True, progress: bool = True
 ) -> DataReport:
-    """Build the configured data set's split (the whole data, ignoring max_per_split) and check it.
+    """Build the configured data set's split as training does (max_per_split applied) and check it.
 
     Structural problems (unreadable metadata, unknown labels) still raise a DataError: without
     them there is nothing to count. Image problems are collected: rows the loader left out for
     lack of a file in `missing`, images of the splits that fail to open in `corrupt`.
     """
-    splits = DATASETS.get(cfg.dataset)(dataclasses.replace(cfg, max_per_split=None), seed)
+    splits = build_splits(cfg, seed)  # the counts train will see
     names = list(splits.class_names)
     parts = {s: getattr(splits, s) for s in SPLIT_NAMES}
     counts = {
@@ -137,6 +140,7 @@ def check_data(
         class_names=names,
         counts=counts,
         missing=[str(m) for m in splits.extra.get("missing_images", [])],
+        max_per_split=cfg.max_per_split,
     )
     if all(ds.groups is not None for ds in parts.values()):
         tables = {s: ds.table() for s, ds in parts.items()}

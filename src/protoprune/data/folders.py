@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ..config import data_root_fix
 from ..errors import DataError
 from .base import ArrayImageDataset, DataSplits, FileImageDataset
 from .splits import split_dataset
@@ -68,7 +69,7 @@ def imagefolder_splits(
     if not root.is_dir():
         raise DataError(
             f"image folder {root} does not exist",
-            "set data.root to a folder laid out as <root>/<class>/<image> or <root>/train/<class>/<image>",
+            data_root_fix("a folder laid out as <root>/<class>/<image> or <root>/train/<class>/<image>"),
         )
     folders = _split_folders(root) or {None: root}
     class_source = folders.get("train", root)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import data_root_fix
 from ..errors import DataError
 from .base import DataSplits, FileImageDataset
 from .files import match_image_files
@@ -39,8 +40,8 @@ def _metadata_path(root: str | Path) -> Path:
     if not path.is_file():
         raise DataError(
             f"HAM10000 metadata {path} does not exist",
-            f"set data.root to the folder holding {METADATA_FILE} and the image folders "
-            "(download: https://doi.org/10.7910/DVN/DBW86T)",
+            data_root_fix(f"the folder holding {METADATA_FILE} and the image folders")
+            + " (download: https://doi.org/10.7910/DVN/DBW86T)",
         )
     return path
 

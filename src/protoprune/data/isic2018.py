@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import data_root_fix
 from ..errors import DataError
 from .base import DataSplits, FileImageDataset
 from .files import match_image_files
@@ -49,7 +50,8 @@ def find_ground_truth(root: str | Path) -> Path:
         f"{GROUND_TRUTH_PATTERN}) and the images, or to the CSV file itself"
     )
     if not root.is_dir():
-        raise DataError(f"ISIC 2018 folder {root} does not exist", fix)
+        raise DataError(f"ISIC 2018 folder {root} does not exist", data_root_fix(
+            f"the folder holding {TEST_GROUND_TRUTH} and the images"))  # fmt: skip
     found = sorted(root.glob(GROUND_TRUTH_PATTERN)) + sorted(root.glob(f"*/{GROUND_TRUTH_PATTERN}"))
     tests = [p for p in found if p.name == TEST_GROUND_TRUTH]
     if tests:

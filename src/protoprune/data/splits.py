@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, not_a_file
 from .base import DataSplits, ImageDataset, SubsetImageDataset
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def read_split_file(path: str | Path) -> pd.DataFrame:
     path = Path(path).expanduser()
     fix = "set data.split_file to the split.csv of an earlier run on the same data, or unset it"
     if not path.is_file():
-        raise DataError(f"split file {path} does not exist", fix)
+        raise DataError(not_a_file("split file", path), fix)
     try:
         df = pd.read_csv(path, dtype={"image_id": str, "split": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -20,14 +20,14 @@ import torch
 from PIL import Image
 
 from ..config import RunConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.receptive_field import localisation, receptive_field_or_none
 from ..prune.relevance import input_bounds
 from ..seed import resolve_device
 from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
-from .nearest import k_nearest_patches
+from .nearest import k_nearest_patches, require_k_images
 from .quality import prototype_quality, top_match_counts, write_quality
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def analyse_checkpoint(
     from .metrics import explanation_metrics, model_summary
 
     masks = mask_folder(masks)  # checked before any long work
+    require_top(top)
     ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = cfg or checkpoint_config(ckpt)
     k = k or cfg.prune_prototypes.k
@@ -118,6 +119,7 @@ def analyse_checkpoint(
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
     require_same_classes(ckpt, class_names, "explain")
+    require_k_images(k, len(loaders.push.dataset))
     model = model_from_checkpoint(ckpt).to(dev)
     train_ds, test_ds = loaders.push.dataset, loaders.test.dataset
     nearest_train = k_nearest_patches(model, loaders.push, k, dev, progress, "nearest train")
@@ -191,6 +193,12 @@ def analyse_checkpoint(
     return index
 
 
+def require_top(top: int) -> None:
+    """top prototypes listed per image: slicing would read -1 as "all but one", 0 as none."""
+    if top < 1:
+        raise ConfigError(f"top = {top} prototypes per image must be 1 or more", "e.g. --top 10")
+
+
 @torch.no_grad()
 def explain_files(
     checkpoints: list[str | Path],
@@ -204,6 +212,7 @@ def explain_files(
     heatmap: str = "both",
 ) -> list[dict[str, Any]]:
     """Explain image files with one model or an ensemble (logits summed; prototypes per member)."""
+    from ..data.base import open_rgb
     from ..train.checkpoint import (
         checkpoint_config,
         load_checkpoint,
@@ -212,6 +221,9 @@ def explain_files(
     )
     from ..train.run import prepare_data
 
+    require_top(top)
+    for path in images:  # an unreadable image fails before the models are loaded and searched
+        open_rgb(path)
     dev = resolve_device(device)
     ckpts = [load_checkpoint(c) for c in checkpoints]
     for c in ckpts:

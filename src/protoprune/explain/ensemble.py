@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data.transforms import build_transform
 from ..errors import CheckpointError
 from ..metrics import compute_metrics
+from ..progress import tqdm
 from ..seed import resolve_device
 
 

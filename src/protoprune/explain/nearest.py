@@ -14,11 +14,11 @@ from typing import Any
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .. import distributed
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.protopnet import ProtoPNet
+from ..progress import tqdm
 
 
 @dataclass
@@ -107,6 +107,16 @@ def _by_image_index(
     key = image_index.masked_fill(image_index < 0, torch.iinfo(image_index.dtype).max)
     order = key.sort(dim=1, stable=True).indices
     return tuple(t.gather(1, order) for t in tensors)
+
+
+def require_k_images(k: int, n_images: int) -> None:
+    """The k nearest patches are one per image: a k above the image count cannot be met."""
+    if k > n_images:
+        raise ConfigError(
+            f"k = {k} nearest patches, but the search set has {n_images} training images "
+            "(one patch per image)",
+            f"use k <= {n_images} (--k or prune_prototypes.k; the default is 6)",
+        )
 
 
 @torch.no_grad()

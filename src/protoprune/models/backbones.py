@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, not_a_file
 from ..registry import Registry
 from .pretrained import ensure_cached, torchvision_weights, weights_name
 
@@ -127,7 +127,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"weights file {path} does not exist",
+            not_a_file("weights file", path),
             "model.weights is imagenet, a torchvision weights name (e.g. ResNet18_Weights.IMAGENET1K_V1) "
             "or a local state_dict file; leave it empty for random init",
         )

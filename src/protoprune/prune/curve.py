@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import compute_metrics
+from ..progress import tqdm
 from .filters import markdown_table, reference_set
 from .importance import CRITERIA, build_importance
 from .measure import count_macs_params

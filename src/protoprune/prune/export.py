@@ -4,9 +4,8 @@ A pruned model's layers are narrower than the architecture's constructor builds.
 own `tp.state_dict`/`tp.load_state_dict` pickle every module's `__dict__`, which
 `torch.load(weights_only=True)` rightly refuses. So the file holds only tensors and plain data
 (state_dict, arch, class count, input variant), and `load_pruned` rebuilds the architecture and
-resizes each Conv2d / BatchNorm2d / Linear to the saved tensor shapes before `load_state_dict`.
-That resizing is hand-written because no library does it for torchvision models; it is short and
-checked by a round-trip test (identical outputs).
+resizes each Conv2d / BatchNorm2d / Linear to the saved tensor shapes (models.resize) before
+`load_state_dict`.
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, not_a_file
 from ..io import atomic_torch_save
 from ..models.backbones import build_classifier
+from ..models.resize import resize_to_state_dict
 
 FORMAT = "protoprune-pruned-classifier"
 
@@ -48,58 +48,14 @@ def save_pruned(
     return atomic_torch_save(data, path)
 
 
-def _resized(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> nn.Module | None:
-    w = state.get(f"{prefix}weight")
-    if isinstance(module, nn.Conv2d) and w is not None:
-        out_ch, in_per_group = w.shape[:2]
-        groups = module.groups if module.groups == 1 else out_ch  # depthwise stays depthwise
-        if (out_ch, in_per_group) == module.weight.shape[:2]:
-            return None
-        return nn.Conv2d(
-            in_per_group * groups,
-            out_ch,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            groups,
-            bias=f"{prefix}bias" in state,
-            padding_mode=module.padding_mode,
-        )
-    if isinstance(module, nn.BatchNorm2d) and w is not None and w.shape[0] != module.num_features:
-        return nn.BatchNorm2d(
-            w.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats
-        )
-    if (
-        isinstance(module, nn.Linear)
-        and w is not None
-        and tuple(w.shape) != tuple(module.weight.shape)
-    ):
-        return nn.Linear(w.shape[1], w.shape[0], bias=f"{prefix}bias" in state)
-    return None
-
-
-def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Replace every layer whose saved tensors have other shapes by one of the saved shape."""
-    for name, module in list(model.named_modules()):
-        prefix = f"{name}." if name else ""
-        new = _resized(module, prefix, state)
-        if new is None:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-    return model
-
-
 def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by `save_pruned` (eval mode); needs only weights-only loading."""
     path = Path(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise CheckpointError(
-            f"pruned model {path} does not exist",
+            not_a_file("pruned model", path),
             "give a models/step_XX.pt file of a prune-filters run",
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

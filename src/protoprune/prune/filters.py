@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import RunConfig, save_config
@@ -37,6 +36,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
 from ..models.factory import small_input as uses_small_input
 from ..models.protopnet import ProtoPNet
+from ..progress import tqdm
 from .export import export_onnx, save_pruned
 from .importance import FilterImportance, build_importance
 from .measure import measure_model

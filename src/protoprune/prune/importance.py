@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import torch
 import torch_pruning as tp
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import FilterPruningConfig
 from ..errors import ConfigError, ProtopruneError
+from ..progress import tqdm
 from ..registry import Registry
 from .relevance import (
     DEFAULT_BOUNDS,

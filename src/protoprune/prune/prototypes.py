@@ -27,7 +27,9 @@ from torch import nn
 
 from .. import distributed
 from ..config import RunConfig
-from ..io import atomic_write_json, atomic_write_text
+from ..errors import ConfigError
+from ..explain.nearest import require_k_images
+from ..io import atomic_write_json, atomic_write_text, check_run_dir
 from ..models.protopnet import ProtoPNet
 
 log = logging.getLogger(__name__)
@@ -173,16 +175,21 @@ def prune_prototypes(
         q.finetune_iterations if finetune_iterations is None else finetune_iterations
     )
     cfg.validate()
+    if min_per_class < 0:
+        raise ConfigError(
+            f"min_per_class = {min_per_class} must be >= 0",
+            "give the fewest prototypes a class keeps (0: the original criterion)",
+        )
     progress = cfg.train.progress if progress is None else progress
     ckpt_path = Path(ckpt["path"])
     dev = distributed.resolve_device(device)  # joins torchrun's process group if launched by it
-    out = distributed.prepare_output_dir(
-        out_dir or run_dir_of(ckpt_path) / "prototype_pruning", force=force
-    )
-
+    out = out_dir or run_dir_of(ckpt_path) / "prototype_pruning"
+    check_run_dir(out, force=force)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
     require_same_classes(ckpt, class_names, "prune")
+    require_k_images(q.k, len(loaders.push.dataset))  # all checked: now the folder may change
+    out = distributed.prepare_output_dir(out, force=force)
     model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
 
     def evaluate() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer, NamedMergeBatchNorm
 from zennit.composites import COMPOSITES, Composite, SpecialFirstLayerMapComposite, layer_map_base
+from zennit.core import Stabilizer
 from zennit.rules import Epsilon, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Convolution
@@ -126,6 +127,34 @@ def input_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[float, fl
     return float(low), float(high)
 
 
+class ZPlusOnReLUInputs(ZPlus):
+    """zennit's ZPlus (the reference's z+: positive contributions of any-sign inputs) that skips the
+    negative-input branch when the layer's input has no negative entry, as for every conv after a
+    ReLU: that branch is then exactly zero. One modified pass a conv instead of two (LRP scoring of
+    a ResNet18 on 70 images: 2.8-3.0x -> 2.1-2.3x a plain forward+backward, measured on 1 thread
+    of a loaded machine); `tests/prune/test_reference_port.py` checks it against the reference.
+    """
+
+    def __init__(self, stabilizer=1e-6, zero_params=None):
+        super().__init__(stabilizer=stabilizer, zero_params=zero_params)
+        self._args = (stabilizer, zero_params)
+        stab = Stabilizer.ensure(stabilizer)
+        self._both = (self.input_modifiers, self.param_modifiers, self.output_modifiers,
+                      self.gradient_mapper, self.reducer)  # fmt: skip
+        self._positive = (self.input_modifiers[:1], self.param_modifiers[:1],
+                          self.output_modifiers[:1], lambda g, outs: [g / stab(outs[0])],
+                          lambda ins, grads: ins[0] * grads[0])  # fmt: skip
+
+    def backward(self, module, grad_input, grad_output):
+        negative = bool((self.stored_tensors["input"][0] < 0).any())
+        (self.input_modifiers, self.param_modifiers, self.output_modifiers, self.gradient_mapper,
+         self.reducer) = self._both if negative else self._positive  # fmt: skip
+        return super().backward(module, grad_input, grad_output)
+
+    def copy(self):
+        return type(self)(*self._args)
+
+
 def yeom2021_composite(
     low: float, high: float, canonizers: Sequence[Canonizer] = ()
 ) -> SpecialFirstLayerMapComposite:
@@ -135,7 +164,7 @@ def yeom2021_composite(
     zennit adds 1e-6 * sign); `tests/prune/test_reference_port.py` compares the scores with a port.
     """
     layer_map = layer_map_base(1e-6) + [
-        (Convolution, ZPlus(stabilizer=1e-6, zero_params="bias")),
+        (Convolution, ZPlusOnReLUInputs(stabilizer=1e-6, zero_params="bias")),
         (nn.Linear, Epsilon(epsilon=1e-6)),
     ]
     first_map = [(Convolution, ZBox(low=low, high=high, stabilizer=1e-6, zero_params="bias"))]

@@ -93,7 +93,7 @@ def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = ".3f") -> str:
         return "—"
     text = format(mean / scale, fmt)
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        text += " ± " + format(std / scale, fmt)
+        text += " ± " + format(std / scale, fmt.lstrip("+"))  # a spread has no sign
     return text
 
 

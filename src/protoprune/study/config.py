@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig, apply_override, config_from_dict
-from ..errors import ConfigError
+from ..config import RunConfig, apply_override, config_from_dict, expand_data_dir
+from ..errors import ConfigError, not_a_file
 from ..models.backbones import ARCHITECTURES
 
 # arm name -> what it runs (one or more units per arch x seed, see runner.plan_units)
@@ -142,7 +142,7 @@ def load_study_config(
         path = Path(source)
         if not path.is_file():
             raise ConfigError(
-                f"study config {path} does not exist",
+                not_a_file("study config", path),
                 "give a study YAML, e.g. configs/study_quick.yaml",
             )
         try:
@@ -157,4 +157,4 @@ def load_study_config(
             )
     for item in overrides or []:
         apply_override(data, item)
-    return study_from_dict(data)
+    return study_from_dict(expand_data_dir(data))

@@ -14,6 +14,33 @@ import pandas as pd  # noqa: E402
 from ..io import atomic_save_figure  # noqa: E402
 from .aggregate import arm_label  # noqa: E402
 
+# one colour per arm (filter pruning: per criterion) in every figure, whatever the arms present
+ARM_COLOURS = {
+    ("baseline", None): "tab:blue",
+    ("filter", "lrp"): "tab:orange",
+    ("filter", "weight"): "tab:green",
+    ("filter", "grad"): "tab:red",
+    ("filter", "taylor"): "tab:purple",
+    ("protopnet", None): "tab:brown",
+    ("protopnet_pruned", None): "tab:pink",
+    ("protopnet_filter", "lrp"): "tab:olive",
+    ("protopnet_filter", "weight"): "tab:cyan",
+    ("protopnet_filter", "grad"): "tab:gray",
+    ("protopnet_filter", "taylor"): "black",
+}
+ARCH_MARKERS = ("o", "s", "^", "D", "v", "P")  # several architectures: one marker each
+
+
+def arm_colour(arm: str, method: str | None) -> str:
+    """The arm's colour in every figure (an arm unknown here: grey-blue)."""
+    if not isinstance(method, str) or not method:  # the rows hold "" (or NaN) for no criterion
+        method = None
+    return ARM_COLOURS.get((arm, method), "#5f7f9f")
+
+
+def _marker(archs: list[str], arch: str) -> str:
+    return ARCH_MARKERS[sorted(archs).index(arch) % len(ARCH_MARKERS)]
+
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
@@ -43,7 +70,8 @@ def plot_pruning_curves(curves: pd.DataFrame, path: Path, metric: str = "test_ac
                 x=("pruned_ratio", "mean"), y=(metric, "mean"), s=(metric, "std"),
                 yp=(f"{metric}_pruned", "mean"),
             )  # fmt: skip
-            (line,) = ax.plot(stats.x, stats.y, marker="o", label=arm_label(arm, method))
+            (line,) = ax.plot(stats.x, stats.y, marker="o", label=arm_label(arm, method),
+                              color=arm_colour(arm, method))  # fmt: skip
             ax.fill_between(stats.x, stats.y - stats.s.fillna(0), stats.y + stats.s.fillna(0),
                             color=line.get_color(), alpha=0.15)  # fmt: skip
             ax.plot(stats.x, stats.yp, ls="--", marker="x", color=line.get_color(), alpha=0.7)
@@ -79,9 +107,11 @@ def plot_metric_vs_macs(
     )
     if not len(points):
         _empty(ax, f"no {ylabel} measured")
+    archs = sorted(points["arch"].unique()) if len(points) else []
     for _, p in points.iterrows():
         label = f"{p['arch']}: {arm_label(p['arm'], p['method'])}"
-        ax.errorbar(p["x"] / 1e6, p["y"], yerr=0 if np.isnan(p["s"]) else p["s"], fmt="o",
+        ax.errorbar(p["x"] / 1e6, p["y"], yerr=0 if np.isnan(p["s"]) else p["s"],
+                    fmt=_marker(archs, p["arch"]), color=arm_colour(p["arm"], p["method"]),
                     capsize=3, label=label, zorder=2)  # fmt: skip
     ax.set_xlabel("MMACs per image")
     ax.set_ylabel(ylabel)
@@ -102,10 +132,13 @@ def plot_per_class_recall(per_seed: pd.DataFrame, path: Path) -> Path:
         _empty(ax, "no per-class recall")
     width = 0.8 / max(1, len(groups))
     x = np.arange(len(cols))
+    archs = sorted({arch for (arch, _, _), _ in groups})
+    hatches = {a: h for a, h in zip(archs, ("", "//", "..", "xx", "\\\\", "++"))}
     for i, ((arch, arm, method), g) in enumerate(groups):
         means = g[cols].astype(float).mean().to_numpy()
         stds = g[cols].astype(float).std().fillna(0).to_numpy()
         ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=2,
+               color=arm_colour(arm, method), hatch=hatches.get(arch, ""),
                label=f"{arch}: {arm_label(arm, method)}")  # fmt: skip
     ax.set_xticks(x, [c[len("recall_") :] for c in cols])
     ax.set_ylabel("test recall")

@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
+from ..progress import tqdm
 from .config import StudyConfig, load_study_config
 from .units import ExternalTest, Unit, fingerprint, plan_units, run_unit, unit_config, unit_dir
 

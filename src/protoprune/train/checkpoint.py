@@ -31,6 +31,24 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: RunConfig, class_na
     return atomic_torch_save(ckpt, path)
 
 
+# what only resuming reads: dropped from last.pt once its run has ended (two thirds of the file;
+# Adam keeps two tensors per weight)
+RESUME_ONLY = ("optimizer", "optimizers", "scheduler", "scaler")
+
+
+def finish_checkpoint(path: str | Path) -> Path:
+    """Mark the last.pt of an ended run finished and drop its optimiser state.
+
+    The final weights, history, progress and random states stay (reports and the resume tests
+    compare them); only the state nothing reads after the last epoch goes.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in RESUME_ONLY:
+        ckpt.pop(key, None)
+    ckpt["finished"] = True
+    return atomic_torch_save(ckpt, path)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a protoprune checkpoint with weights_only=True (no pickled code is ever executed)."""
     path = Path(path)
@@ -41,7 +59,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 break
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist",
+            f"folder {path} holds no checkpoints/best.pt (not a finished run folder)"
+            if path.is_dir()
+            else f"checkpoint {path} does not exist",
             "give a .pt file written by protoprune (e.g. runs/<name>/checkpoints/best.pt) or its run folder",
         )
     try:
@@ -117,7 +137,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> nn.Module:
     cfg.model.weights = None  # the checkpoint holds all weights; do not read the init file again
     model = build_model(cfg, len(ckpt["class_names"]))
     if ckpt.get("pruned_filters"):  # a trunk narrowed by prune-filters: resize layers to the saved shapes
-        from ..prune.export import resize_to_state_dict
+        from ..models.resize import resize_to_state_dict
 
         resize_to_state_dict(model, ckpt["state_dict"])
     return load_state(model, ckpt).eval()

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..metrics import compute_metrics
+from ..progress import tqdm
 
 
 @torch.no_grad()

@@ -14,10 +14,10 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.optim.adam import adam
-from tqdm.auto import tqdm
 
 from ..config import ProtoPNetConfig
 from ..models.protopnet import ProtoPNet
+from ..progress import tqdm
 
 
 def _adam_step(

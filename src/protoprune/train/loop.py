@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import RunConfig, TrainConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_text
+from ..progress import tqdm
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model

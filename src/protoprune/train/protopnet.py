@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import ProtoPNetConfig, RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet, TrunkClassifier
+from ..progress import tqdm
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
 from ..models.receptive_field import receptive_field_or_none
+from ..progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,15 @@ from .. import distributed
 from ..config import RunConfig, save_config
 from ..data import build_loaders, build_splits
 from ..data.loaders import Loaders, check_class_coverage
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, Interrupted
+from ..figures import plot_confusion_matrix, plot_training_curves
 from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_run_dir
 from ..metrics import metrics_markdown
 from ..models.factory import build_model, small_input
 from ..models.pretrained import resolve_pretrained
-from ..report.figures import plot_confusion_matrix, plot_training_curves
 from ..seed import set_seed
 from .checkpoint import (
+    finish_checkpoint,
     load_checkpoint,
     load_state,
     require_protopnet,
@@ -68,10 +69,13 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     device = distributed.init_distributed(cfg.train.device)  # a no-op without torchrun
     # everything that can fail on bad input (folder, config, data, model) is checked before the
     # run folder is touched, so a failed start never leaves a half-made or moved-aside folder
-    run_dir = check_run_dir(run_dir or default_run_dir(cfg), force=force, resume=resume)
+    run_dir = check_run_dir(
+        run_dir or default_run_dir(cfg), force=force, resume=resume, resumable=True
+    )
     cfg = resolve_pretrained(cfg)  # torchvision weights: cached (or a clear error) and recorded
     if resume:
         _check_resume_config(cfg, run_dir)
+        _check_not_finished(run_dir)
     distributed.barrier()  # every rank has checked the folder before rank 0 changes it
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -82,13 +86,48 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     check_input_size(model, cfg)
     distributed.seed_ranks(cfg.seed, generator=loaders.generator)  # own augmentations per rank
     if distributed.is_main():
-        run_dir = prepare_run_dir(run_dir, force=force, resume=resume)
+        run_dir = prepare_run_dir(run_dir, force=force, resume=resume, resumable=True)
         save_config(cfg, run_dir / "config.yaml", {"split": "split.csv"})
         atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
     distributed.barrier()
     log.info("%s: %s on %s (%s), %d train / %d val / %d test images, device %s", cfg.name, cfg.model.arch,
              cfg.data.dataset, splits.description, len(splits.train), len(splits.val), len(splits.test), device)
     t0 = time.perf_counter()
+    try:
+        results = _train(model, loaders, cfg, run_dir, device, resume)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupt_advice(run_dir)) from None
+    results["train_seconds"] = time.perf_counter() - t0
+    history = run_dir / "history.csv"
+    if distributed.is_main():
+        if history.is_file():
+            plot_training_curves(pd.read_csv(history), run_dir / "training_curves.png")
+        write_metrics(run_dir, results, f"{cfg.name}: {cfg.model.type} {cfg.model.arch}", class_names)
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            finish_checkpoint(run_dir / "checkpoints" / "last.pt")
+    distributed.barrier()
+    log.info("test: accuracy %.4f, balanced accuracy %.4f -> %s", results["test"]["accuracy"],
+             results["test"]["balanced_accuracy"], run_dir)
+    return results
+
+
+def interrupt_advice(run_dir: Path) -> str:
+    """What to do after Ctrl-C in training: resume from last.pt, or start over when none exists."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        return (
+            f"{last} holds the last finished epoch or stage; rerun the same command with --resume "
+            f"--out {run_dir} to continue from it"
+        )
+    return (
+        f"no epoch had finished, so no checkpoint was written; rerun with --force --out {run_dir} "
+        "to start over"
+    )
+
+
+def _train(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, device, resume: bool) -> dict:
+    """The training proper (ProtoPNet stages, or epochs of a classifier) and its test metrics."""
+    class_names = loaders.class_names
     if cfg.model.type == "protopnet":
         from .protopnet import train_protopnet
 
@@ -100,15 +139,6 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
             "test": evaluate_model(model, loaders.test, class_names, device),
             "best_epoch": out["best_epoch"],
         }
-    results["train_seconds"] = time.perf_counter() - t0
-    history = run_dir / "history.csv"
-    if distributed.is_main():
-        if history.is_file():
-            plot_training_curves(pd.read_csv(history), run_dir / "training_curves.png")
-        write_metrics(run_dir, results, f"{cfg.name}: {cfg.model.type} {cfg.model.arch}", class_names)
-    distributed.barrier()
-    log.info("test: accuracy %.4f, balanced accuracy %.4f -> %s", results["test"]["accuracy"],
-             results["test"]["balanced_accuracy"], run_dir)
     return results
 
 
@@ -134,6 +164,17 @@ def check_input_size(model: torch.nn.Module, cfg: RunConfig) -> None:
         ) from None
     finally:
         model.train(was_training)
+
+
+def _check_not_finished(run_dir: Path) -> None:
+    """An ended run's last.pt has no optimiser state left (finish_checkpoint): nothing resumes."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file() and load_checkpoint(last).get("finished"):
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the run has finished (its metrics.json is written)",
+            "train further in a new run folder (e.g. model.weights: its checkpoints/best.pt), or "
+            "pass --force instead of --resume to train it again (the old folder is kept as .old-N)",
+        )
 
 
 def _check_resume_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -220,10 +261,11 @@ def push_checkpoint(
     cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
     ckpt_path = Path(ckpt["path"])
     dev = distributed.resolve_device(device)
-    out = distributed.prepare_output_dir(Path(out_dir) if out_dir else run_dir_of(ckpt_path) / "push", force=force)
+    out = check_run_dir(Path(out_dir) if out_dir else run_dir_of(ckpt_path) / "push", force=force)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
     require_same_classes(ckpt, class_names, "push")
+    out = distributed.prepare_output_dir(out, force=force)  # the input is sound: now write
     model = model_from_checkpoint(ckpt).to(dev)
     progress = cfg.train.progress and distributed.is_main()
     val_before = evaluate_model(model, loaders.val, class_names, dev)

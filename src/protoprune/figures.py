@@ -1,4 +1,7 @@
-"""Static figures (matplotlib, headless): confusion matrix and training curves."""
+"""Figures a run draws (matplotlib, headless): confusion matrix and training curves.
+
+Below train/ and report/ alike: training draws them into its run folder, reports show them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..io import atomic_save_figure  # noqa: E402
+from .io import atomic_save_figure  # noqa: E402
 
 
 def plot_confusion_matrix(cm: list[list[int]] | np.ndarray, class_names: list[str], path: str | Path, title: str = "") -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from protoprune.report.figures import plot_training_curves
+from protoprune.figures import plot_training_curves
 
 
 def _history(phases: list[str]) -> pd.DataFrame:
