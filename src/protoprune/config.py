@@ -102,6 +102,10 @@ class ProtoPNetConfig:
     # train section's optimiser, lr and scheduler) before the warm-up; 0 = the paper, whose trunk
     # comes ImageNet-pretrained. A trunk trained from scratch needs it: see dermamnist_protopnet.yaml
     trunk_epochs: int = 0
+    # ResNet stages (layer1..layerN) the trunk keeps; None = all four (the paper). Fewer stages give
+    # a finer latent grid and a smaller receptive field per cell (small-image ResNet18: 3 stages
+    # give 7 x 7 cells with 53 px fields at 28 px, 2 give 14 x 14 with 25 px, all 4: 4 x 4, 109 px)
+    trunk_layers: int | None = None
     warm_epochs: int = 5
     joint_epochs: int = 10
     push_start: int = 10  # epoch (counting trunk and warm-up epochs) of the first push

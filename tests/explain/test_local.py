@@ -68,3 +68,37 @@ def test_hires_draws_on_the_original_resolution(tmp_path) -> None:
     files = save_explanation(expl, None, tmp_path, "case")
     assert Image.open(tmp_path / files["figure"]).size[0] > 100
     assert json.loads((tmp_path / files["json"]).read_text())["predicted_class"] in CLASSES
+
+
+def test_receptive_field_and_prp_of_a_pixel_trunk_mark_the_matched_pixel() -> None:
+    """On the identity trunk a latent cell is one pixel: its receptive-field box is that pixel,
+    and all PRP relevance of a prototype's similarity lands on it (the winning patch)."""
+    expl = explain_image(model_with_weights(), planted(16), CLASSES, image_size=16, top=2,
+                         heatmap="both", **PLAIN)  # fmt: skip
+    best = expl.record["top_prototypes"][0]
+    y0, y1, x0, x1 = best["rf_box_input"]
+    assert (y1 - y0, x1 - x0) == (1, 1) and 10 <= y0 < 14 and 2 <= x0 < 6  # on the red square
+    assert best["rf_fraction"] == pytest.approx(1 / 256)
+    heat = expl.prp[0]
+    assert heat.sum() == pytest.approx(best["similarity"], rel=1e-4)  # conserved to the pixels
+    assert heat[y0, x0] == pytest.approx(float(heat.sum()), rel=1e-6)
+    loc = expl.record["localisation"]
+    assert loc["localised"] and loc["warning"] is None and loc["receptive_field"]["size"] == [1, 1]
+
+
+def test_a_trunk_whose_cells_see_the_whole_image_is_flagged(tmp_path) -> None:
+    from protoprune.models.backbones import build_classifier, feature_extractor
+    from protoprune.models.protopnet import ProtoPNet
+
+    torch.manual_seed(0)
+    trunk = feature_extractor(build_classifier("resnet18", 3, small_input=True))
+    model = ProtoPNet(trunk, 3, prototypes_per_class=2, prototype_dim=8).eval()
+    expl = explain_image(model, planted(28), CLASSES, image_size=28, top=3, **PLAIN)
+    loc = expl.record["localisation"]
+    # small-image ResNet18: 109 px field, stride 8, on a 28 px input every cell sees it all
+    assert loc["receptive_field"]["size"] == [109, 109] and loc["max_fraction"] == 1.0
+    assert not loc["localised"] and "not localised parts" in loc["warning"]
+    assert all(p["rf_box_input"] == [0, 28, 0, 28] for p in expl.record["top_prototypes"])
+    assert expl.prp.shape == (3, 28, 28) and torch.isfinite(expl.prp).all()
+    files = save_explanation(expl, None, tmp_path, "flagged")
+    assert json.loads((tmp_path / files["json"]).read_text())["localisation"]["warning"]

@@ -153,3 +153,29 @@ def test_similarity_scale_multiplies_similarities_and_logits(similarity: str) ->
     model.similarity_scale = 10.0
     torch.testing.assert_close(model.distance_to_similarity(out.min_distances), 10 * sims)
     torch.testing.assert_close(model(x), 10 * out.logits)  # the last layer has no bias
+
+
+def test_trunk_layers_cuts_the_resnet_trunk_for_a_finer_grid(tmp_path) -> None:
+    from protoprune.config import load_config
+    from protoprune.models.protopnet import build_protopnet
+    from protoprune.models.receptive_field import receptive_field
+    from protoprune.train.checkpoint import model_from_checkpoint, save_checkpoint
+
+    over = ["model.type=protopnet", "model.arch=resnet18", "data.image_size=28",
+            "protopnet.prototypes_per_class=1", "protopnet.prototype_dim=8"]  # fmt: skip
+    full = build_protopnet(load_config(None, over), 3)
+    cut_cfg = load_config(None, [*over, "protopnet.trunk_layers=3"])
+    cut = build_protopnet(cut_cfg, 3)
+    x = torch.randn(2, 3, 28, 28)
+    assert full.forward_details(x).distances.shape[-2:] == (4, 4)
+    assert cut.forward_details(x).distances.shape[-2:] == (7, 7)  # layer4's stride 2 dropped
+    assert cut.features.out_channels == 256
+    assert not any(k.startswith("features.body.8") for k in cut.state_dict())  # no layer4
+    # by hand (small variant): stem 3; layer1 +4 x 2 = 11; layer2 (stride 2) +2 +4 +8 = 25;
+    # layer3 +4 +8 +16 = 53; layer4 +8 +16 +32 = 109
+    assert receptive_field(full).y.size == 109 and receptive_field(cut).y.size == 53
+    save_checkpoint(tmp_path / "c.pt", cut, cut_cfg, ["a", "b", "c"])
+    back = model_from_checkpoint(tmp_path / "c.pt")
+    torch.testing.assert_close(back(x), cut.eval()(x))
+    with pytest.raises(ConfigError, match="trunk_layers"):
+        build_protopnet(load_config(None, [*over, "model.arch=vgg11", "protopnet.trunk_layers=2"]), 3)

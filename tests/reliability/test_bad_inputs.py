@@ -452,6 +452,12 @@ def cli_explain_missing_image_before_rendering(tmp):
     return cli(["explain", str(tmp / "none.pt"), str(tmp / "lesion.jpg")])
 
 
+def cli_explain_mask_folder_without_masks(tmp):
+    # an empty mask folder is refused before the (missing) checkpoint is even read
+    (tmp / "masks").mkdir()
+    return cli(["explain", str(tmp / "none.pt"), "--masks", str(tmp / "masks")])
+
+
 def cli_evaluate_existing_out_before_evaluating(tmp):
     run = existing_run(tmp)
     # the checkpoint does not exist: the refusal comes before any loading or evaluating
@@ -592,6 +598,8 @@ CASES = [
     (cli_explain_top_negative, ConfigError, r"--top = -1 must be 1 or more", r">= 1"),
     (cli_explain_top_zero, ConfigError, r"--top = 0 must be 1 or more", r">= 1"),
     (cli_explain_missing_image_before_rendering, DataError, r"lesion\.jpg is missing", None),
+    (cli_explain_mask_folder_without_masks, ConfigError, r"has no <image_id>_segmentation\.png",
+     r"ISIC 2018 Task 1 layout"),
     (cli_evaluate_existing_out_before_evaluating, OutputExistsError, r"already holds results",
      r"^pass --force to replace it"),  # fmt: skip  (evaluate has no --resume to advise)
     (cli_unknown_device, ConfigError, r"--device = 'tpu' is not a device", r"cuda:N"),

@@ -103,3 +103,17 @@ def test_report_loads_in_headless_chromium(which, request, tmp_path) -> None:
     shot = tmp_path / "shot.png"
     _chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_protopnet_report_states_how_much_the_boxes_localise(protopnet_report) -> None:
+    """The tiny run's ResNet18 at 48 px: every latent cell sees the whole image, so the report
+    warns, draws the receptive field beside the box and shows PRP and the quality table."""
+    text = protopnet_report.read_text()
+    assert "Not localised:" in text and "they are not localised parts of the lesion" in text
+    assert "cyan box: the receptive field" in text and "PRP map" in text
+    assert "Explanation quality" in text and "deletion AUC, PRP order" in text
+    assert "sees 100 % of the image" in text  # each gallery card states its field's share
+    summary = json.loads(
+        (protopnet_report.parent / "explain" / "quality" / "summary.json").read_text()
+    )
+    assert summary["max_rf_fraction"] == 1.0 and 0 <= summary["mean_stability"] <= 1

@@ -78,6 +78,19 @@ def test_every_arm_and_seed_is_in_the_table(study):
     assert (both["macs"].to_numpy() < proto_macs.loc[both["seed"]].to_numpy()).all()
 
 
+def test_protopnet_arms_carry_explanation_quality(study):
+    df = study["per_seed"]
+    proto = df[df["arm"].str.startswith("protopnet")]
+    for c in ("expl_mean_stability", "expl_mean_on_lesion_prp", "expl_background_share",
+              "expl_distinct_sources", "expl_max_rf_fraction"):  # fmt: skip
+        assert proto[c].between(0, 1).all(), c
+    assert (proto["expl_mean_deletion_auc_random"] > 0).all()
+    assert df.loc[df["arm"] == "baseline", "expl_mean_stability"].isna().all()
+    text = (study["out"] / "results" / "summary.md").read_text()
+    section = text.split("## Explanation quality (ProtoPNet arms)")[1]
+    assert section.count("\n| ") == 1 + 3  # the heading row and the three ProtoPNet arms
+
+
 def test_filter_rows_match_the_pruning_runs_last_step(study):
     """The study's final metrics come from the saved last-step model: same numbers as prune_filters'."""
     df = study["per_seed"]

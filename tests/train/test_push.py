@@ -241,3 +241,21 @@ def test_rendered_images_match_a_per_prototype_composition(tmp_path) -> None:
         np.testing.assert_array_equal(read["source"], framed)
         np.testing.assert_array_equal(read["crop"], image[y0:y1, x0:x1])
         assert np.abs(read["heatmap"] - overlay).max() <= 1  # float64 here, float32 there
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_push_provenance_holds_each_prototypes_receptive_field(k: int) -> None:
+    """Trunk conv3 (pad 1) + max-pool 2: latent cell h sees input rows 2h - 1 .. 2h + 2 (by hand),
+    a k x k prototype 2 (k - 1) rows more; clipped to the 12 px image."""
+    model = tiny_model(k)
+    result = push_prototypes(model, tensor_loader(), "cpu", CLASSES, progress=False)
+    for rec in result.prototypes:
+        if not rec["pushed"]:
+            assert rec["rf_y0"] == -1
+            continue
+        h, w = rec["latent_h"], rec["latent_w"]
+        expect = [max(0, 2 * h - 1), min(12, 2 * h + 3 + 2 * (k - 1)),
+                  max(0, 2 * w - 1), min(12, 2 * w + 3 + 2 * (k - 1))]  # fmt: skip
+        assert [rec[f"rf_{c}"] for c in ("y0", "y1", "x0", "x1")] == expect
+        area = (expect[1] - expect[0]) * (expect[3] - expect[2])
+        assert rec["rf_fraction"] == pytest.approx(area / 144, abs=1e-4)

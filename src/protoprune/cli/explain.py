@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="nearest training patches per prototype, its source included (default "
         "prune_prototypes.k = 6); the test set's are one fewer, as in the original",
     )
+    parser.add_argument("--heatmap", choices=("upsample", "prp", "both"), default="both",
+                        help="local heatmaps: the upsampled similarity map (as the original), "
+                             "PRP pixel relevance, or both side by side (default both)")  # fmt: skip
+    parser.add_argument("--masks", metavar="DIR",
+                        help="lesion masks <image_id>_segmentation.png (ISIC 2018 Task 1 layout) "
+                             "for the on-lesion share (default: the Otsu lightness proxy)")  # fmt: skip
     parser.add_argument("--out", help="output folder (default: <run folder>/explanations)")
     parser.add_argument(
         "--force", action="store_true", help="replace an existing output folder (kept as .old-N)"
@@ -49,6 +55,7 @@ def execute(args: argparse.Namespace) -> int:
     check_device_option(args)
     from ..data.base import open_rgb
     from ..explain.analysis import analyse_checkpoint, explain_files
+    from ..explain.lesion import mask_folder
     from ..train.checkpoint import load_checkpoint, require_protopnet, run_dir_of
 
     if args.ensemble and not args.images:
@@ -57,6 +64,7 @@ def execute(args: argparse.Namespace) -> int:
         )
     for image in args.images:  # an unreadable image fails now, not after the rendering
         open_rgb(image)
+    mask_folder(args.masks)  # a mask folder without masks too
     ckpt = require_protopnet(load_checkpoint(args.checkpoint))
     for member in args.ensemble:
         require_protopnet(load_checkpoint(member))
@@ -65,15 +73,20 @@ def execute(args: argparse.Namespace) -> int:
     if args.images:
         results = explain_files(
             [ckpt["path"], *args.ensemble], args.images, out, top=args.top, hires=args.hires,
-            device=args.device,
+            device=args.device, heatmap=args.heatmap,
         )  # fmt: skip
         for r in results:
             print(json.dumps({k: r[k] for k in ("image_id", "predicted_class", "figure")}))
+        warning = results[0]["localisation"]["warning"] if results else None
     else:
         index = analyse_checkpoint(
             ckpt, out, k=args.k, samples=args.samples, top=args.top, hires=args.hires,
             device=args.device,
+            heatmap=args.heatmap, masks=args.masks,
         )  # fmt: skip
         print(json.dumps({"local": len(index["local"]), "quality": index["quality"]}, indent=2))
+        warning = index["localisation"]["warning"]
+    if warning:
+        print(f"warning: {warning}")
     print(f"explanations: {out}")
     return 0

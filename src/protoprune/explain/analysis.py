@@ -22,6 +22,8 @@ from PIL import Image
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_text
+from ..models.receptive_field import localisation, receptive_field_or_none
+from ..prune.relevance import input_bounds
 from ..seed import resolve_device
 from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
@@ -58,6 +60,8 @@ def _save_gallery(sources: PrototypeSources, classes: list[str], out: Path) -> p
     for j in range(len(sources.image_index)):
         row = {"prototype": j, "class": classes[j], "source_image": sources.image_id[j],
                "source_class": sources.image_class[j], "distance": sources.distance[j],
+               "rf_box": sources.rf_boxes[j] if sources.rf_boxes else None,
+               "rf_fraction": sources.rf_fraction[j] if sources.rf_fraction else None,
                "source": "", "crop": ""}  # fmt: skip
         if sources.framed[j] is not None:
             stem = f"prototype_{j:04d}"
@@ -81,8 +85,17 @@ def analyse_checkpoint(
     hires: bool = True,
     device: str = "auto",
     progress: bool | None = None,
+    heatmap: str = "both",
+    masks: str | Path | None = None,
+    quality_images: int = 3,
 ) -> dict[str, Any]:
-    """Gallery, local explanations of `samples` test images, global analysis and quality."""
+    """Gallery, local explanations of `samples` test images, global analysis and quality.
+
+    `heatmap` (upsample | prp | both) picks the local explanations' heatmaps; the index records
+    how far the model localises (`localisation`: receptive field, share of the image, warning).
+    The quality table adds the explanation metrics (`explain.metrics`: stability, deletion AUC
+    on each prototype's `quality_images` nearest test images, on-lesion share with the masks in
+    folder `masks` or the proxy); `quality/summary.json` holds the per-model means."""
     from ..train.checkpoint import (
         checkpoint_config,
         load_checkpoint,
@@ -92,7 +105,10 @@ def analyse_checkpoint(
     )
     from ..train.evaluate import predict
     from ..train.run import prepare_data
+    from .lesion import mask_folder
+    from .metrics import explanation_metrics, model_summary
 
+    masks = mask_folder(masks)  # checked before any long work
     require_top(top)
     ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
     cfg = cfg or checkpoint_config(ckpt)
@@ -118,7 +134,7 @@ def analyse_checkpoint(
         expl = explain_image(
             model, test_ds.load_image(i), class_names, image_size=cfg.data.image_size,
             mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
-            label=int(y[i]), image_id=test_ds.image_ids[i],
+            label=int(y[i]), image_id=test_ds.image_ids[i], heatmap=heatmap,
         )  # fmt: skip
         files = save_explanation(
             expl, sources, out / "local", f"sample_{n:02d}_{test_ds.image_ids[i]}"
@@ -137,13 +153,25 @@ def analyse_checkpoint(
         model, {"train": (loaders.push, train_ds), "test": (loaders.test, test_ds)}, class_names,
         out / "global", k, dev, sources, {"train": nearest_train}, progress,
     )  # fmt: skip
+    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
+                       nearest_train.input_hw, model.prototype_size)  # fmt: skip
     counts = top_match_counts(model, loaders.test, dev)
     quality = prototype_quality(model, nearest_train, sources, counts, class_names)
+    metrics = explanation_metrics(model, glob["nearest"]["test"], sources, train_ds, loaders.test,
+                                  test_ds, dev, masks, quality_images,
+                                  input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
+    quality = quality.merge(metrics, on="prototype")
+    quality["rf_fraction"] = sources.rf_fraction
     qfiles = write_quality(quality, class_names, out / "quality")
+    summary = {**model_summary(quality), "max_rf_fraction": loc["max_fraction"],
+               "lesion_masks": "folder" if masks else "proxy"}  # fmt: skip
+    atomic_write_json(out / "quality" / "summary.json", summary)
     index = {
         "checkpoint": ckpt.get("path"),
         "k": k,
         "hires": hires,
+        "heatmap": heatmap,
+        "localisation": loc,
         "prototypes": model.num_prototypes,
         "gallery": gallery.to_dict(orient="records"),
         "local": local,
@@ -152,6 +180,7 @@ def analyse_checkpoint(
             **qfiles,
             "background_prototypes": quality.loc[quality["background"], "prototype"].tolist(),
             "mean_purity": float(quality["purity"].mean()),
+            "summary": summary,
         },
     }
     atomic_write_json(out / "explanations.json", index)
@@ -180,6 +209,7 @@ def explain_files(
     hires: bool = False,
     device: str = "auto",
     progress: bool = True,
+    heatmap: str = "both",
 ) -> list[dict[str, Any]]:
     """Explain image files with one model or an ensemble (logits summed; prototypes per member)."""
     from ..data.base import open_rgb
@@ -226,7 +256,39 @@ def explain_files(
         expl = explain_image(
             models if len(models) > 1 else models[0], path, names, image_size=cfg.data.image_size,
             mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
+            heatmap=heatmap,
         )  # fmt: skip
         files = save_explanation(expl, sources, out_dir, f"{n:02d}_{Path(path).stem}")
         results.append({**files, **expl.record})
     return results
+
+
+def explanation_summary(
+    model: Any, loaders: Any, k: int, device: torch.device | str = "cpu",
+    images: int = 3, masks: str | Path | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The per-model explanation-quality numbers (explain.metrics.model_summary, with
+    `expl_` prefixed) without writing files: the study's row of a ProtoPNet arm."""
+    from ..prune.relevance import DEFAULT_BOUNDS
+    from .metrics import explanation_metrics, model_summary
+
+    bounds = bounds or DEFAULT_BOUNDS
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    names = loaders.class_names
+    nearest_train = k_nearest_patches(model, loaders.push, k, dev, False)
+    nearest_test = k_nearest_patches(model, loaders.test, images, dev, False)
+    sources = prototype_sources(model, nearest_train, loaders.push.dataset, names, dev)
+    counts = top_match_counts(model, loaders.test, dev)
+    quality = prototype_quality(model, nearest_train, sources, counts, names)
+    quality = quality.merge(
+        explanation_metrics(model, nearest_test, sources, loaders.push.dataset, loaders.test,
+                            loaders.test.dataset, dev, masks, images, bounds),  # fmt: skip
+        on="prototype",
+    )
+    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
+                       nearest_train.input_hw, model.prototype_size)  # fmt: skip
+    out = {f"expl_{key}": v for key, v in model_summary(quality).items()}
+    out["expl_max_rf_fraction"] = loc["max_fraction"]
+    return out

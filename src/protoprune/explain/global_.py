@@ -19,16 +19,19 @@ import torch
 
 from ..io import atomic_save_figure, atomic_write_text
 from ..models.protopnet import ProtoPNet
+from ..models.receptive_field import receptive_field_or_none
 from .local import PrototypeSources
 from .nearest import NearestPatches, k_nearest_patches
-from .render import draw_box, image_array, similarity_boxes
+from .render import RF_COLOR, draw_box, image_array, similarity_boxes
 
 
 @torch.no_grad()
 def neighbour_patches(
     model: ProtoPNet, nearest: NearestPatches, dataset: Any, device: torch.device | str = "cpu"
 ) -> list[list[Any]]:
-    """(P x k) boxed neighbour images at network-input resolution (None where missing)."""
+    """(P x k) boxed neighbour images at network-input resolution (None where missing): the
+    95th-percentile box of the prototype's similarity map and, in RF_COLOR, the receptive field
+    of the matched latent patch."""
     device = torch.device(device)
     idx = nearest.image_index
     unique = sorted({int(i) for i in idx.flatten().tolist() if i >= 0})
@@ -48,8 +51,14 @@ def neighbour_patches(
     maps = torch.stack([d[row[int(idx[j, r])], j] for j, r in valid])
     boxes, _ = similarity_boxes(model.distance_to_similarity(maps).cpu(), nearest.input_hw)
     out: list[list[Any]] = [[None] * k for _ in range(p)]
+    rf = receptive_field_or_none(model)
     for (j, r), box in zip(valid, boxes):
-        out[j][r] = draw_box(pixels[int(idx[j, r])], box)
+        image = pixels[int(idx[j, r])]
+        if rf is not None:
+            h, w = divmod(int(nearest.position[j, r]), nearest.map_shape[1])
+            field = rf.box(h, w, nearest.input_hw, model.prototype_size)
+            image = draw_box(image, field, RF_COLOR)
+        out[j][r] = draw_box(image, box)
     return out
 
 

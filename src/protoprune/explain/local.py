@@ -13,7 +13,7 @@ lesion rather than 28 x 28 pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,20 @@ from PIL import Image
 from ..data.transforms import build_transform
 from ..io import atomic_save_figure, atomic_write_json
 from ..models.protopnet import ProtoPNet
+from ..models.receptive_field import localisation, receptive_field_or_none
+from ..prune.relevance import input_bounds
 from .nearest import NearestPatches
-from .render import crop, draw_box, heat_overlay, image_array, scaled_box, similarity_boxes
+from .render import (
+    RF_COLOR,
+    crop,
+    draw_box,
+    heat_overlay,
+    image_array,
+    scaled_box,
+    similarity_boxes,
+)
+
+HEATMAPS = ("upsample", "prp", "both")
 
 
 @dataclass
@@ -44,6 +56,9 @@ class PrototypeSources:
     framed: list[np.ndarray | None]  # source image with the box
     crops: list[np.ndarray | None]
     plain: list[np.ndarray | None]  # source image without the box (for measurements)
+    # the receptive field of the source patch (drawing pixels; None for an untraceable trunk)
+    rf_boxes: list[list[int] | None] = field(default_factory=list)
+    rf_fraction: list[float] = field(default_factory=list)  # its share of the image
 
 
 @torch.no_grad()
@@ -61,7 +76,10 @@ def prototype_sources(
     first = nearest.image_index[:, 0].tolist()
     unique = sorted({i for i in first if i >= 0})
     n = model.num_prototypes
-    out = PrototypeSources([], [], [], [], [None] * n, [None] * n, [None] * n, [None] * n)
+    out = PrototypeSources([], [], [], [], [None] * n, [None] * n, [None] * n, [None] * n,
+                           [None] * n, [float("nan")] * n)  # fmt: skip
+    rf = receptive_field_or_none(model)
+    where = nearest.position[:, 0].tolist()  # flat position in the (H', W') distance map
     if unique:
         x = torch.stack([dataset[i][0] for i in unique]).to(device)
         z = model.conv_features(x)
@@ -76,7 +94,14 @@ def prototype_sources(
             pixels = image_array(pil, None if hires else nearest.input_hw)
             boxes, _ = similarity_boxes(maps[m : m + 1], pixels.shape[:2])
             out.boxes[j] = boxes[0].tolist()
-            out.framed[j] = draw_box(pixels, boxes[0])
+            framed = pixels
+            if rf is not None:
+                h, w = divmod(int(where[j]), nearest.map_shape[1])
+                box = rf.box(h, w, nearest.input_hw, model.prototype_size)
+                out.rf_boxes[j] = scaled_box(box, nearest.input_hw, pixels.shape[:2])
+                out.rf_fraction[j] = rf.fraction(h, w, nearest.input_hw, model.prototype_size)
+                framed = draw_box(pixels, out.rf_boxes[j], RF_COLOR)
+            out.framed[j] = draw_box(framed, boxes[0])
             out.crops[j] = crop(pixels, boxes[0])
             out.plain[j] = pixels
     ids = getattr(dataset, "image_ids", None)
@@ -96,6 +121,7 @@ class Explanation:
     record: dict[str, Any]
     drawing: np.ndarray  # the image at drawing resolution, uint8 (H, W, 3)
     maps: torch.Tensor  # (top, H, W) upsampled similarity maps of the listed prototypes
+    prp: torch.Tensor | None = None  # (top, H, W) PRP pixel relevance (heatmap prp or both)
 
 
 @torch.no_grad()
@@ -112,13 +138,20 @@ def explain_image(
     device: torch.device | str = "cpu",
     label: int | None = None,
     image_id: str | None = None,
+    heatmap: str = "both",
 ) -> Explanation:
     """Prediction, probabilities and the `top` most similar prototypes with their contributions.
 
     `model` may be a list (an ensemble: logits summed); each listed prototype then names its
     member. `label` (if known) is recorded so reports can show correct and wrong cases.
+    `heatmap`: upsample (the similarity map, as the original), prp (pixel relevance, explain.prp)
+    or both. Each listed prototype also gets the receptive field of its best-matching patch.
     """
     from ..data.base import open_rgb
+    from ..errors import ConfigError
+
+    if heatmap not in HEATMAPS:
+        raise ConfigError(f"unknown heatmap {heatmap!r}", f"use one of {', '.join(HEATMAPS)}")
 
     if isinstance(image, (str, Path)):
         image_id = image_id or Path(image).name
@@ -154,12 +187,24 @@ def explain_image(
         ]
     ).cpu()
     boxes, up = similarity_boxes(maps, size)
+    input_hw = (image_size, image_size)
+    fields = [receptive_field_or_none(m) for m in members]
+    prp = None
+    if heatmap != "upsample":
+        prp = _prp_maps(members, x, member_of, proto_of, order, size, input_bounds(mean, std))
     listed = []
     for rank, r in enumerate(order):
         mi, j = int(member_of[r]), int(proto_of[r])
         cls = int(members[mi].prototype_classes[j])
+        field_ = {"rf_box": None, "rf_box_input": None, "rf_fraction": None}
+        if fields[mi] is not None:
+            h, w = divmod(int(outs[mi].distances[0, j].flatten().argmin()), maps.shape[-1])
+            box = fields[mi].box(h, w, input_hw, members[mi].prototype_size)
+            field_ = {"rf_box": scaled_box(box, input_hw, size), "rf_box_input": box,
+                      "rf_fraction": fields[mi].fraction(h, w, input_hw, members[mi].prototype_size)}  # fmt: skip
         listed.append(
             {
+                **field_,
                 "rank": rank + 1,
                 "member": mi,
                 "prototype": j,
@@ -190,9 +235,28 @@ def explain_image(
         "members": len(members),
         "drawing_size": list(size),
         "hires": hires,
+        "heatmap": heatmap,
+        "localisation": localisation(
+            fields[0], tuple(outs[0].distances.shape[-2:]), input_hw, members[0].prototype_size
+        ),
         "top_prototypes": listed,
     }
-    return Explanation(record, drawing, up)
+    return Explanation(record, drawing, up, prp)
+
+
+def _prp_maps(members, x, member_of, proto_of, order, size, bounds) -> torch.Tensor:
+    """PRP maps of the listed prototypes (per member, one batched pass), at drawing size."""
+    from .prp import prp_heatmaps
+
+    maps = torch.zeros(len(order), *x.shape[-2:])
+    for mi, m in enumerate(members):
+        ranks = [n for n, r in enumerate(order) if int(member_of[r]) == mi]
+        if ranks:
+            heat, _ = prp_heatmaps(m, x, [int(proto_of[order[n]]) for n in ranks], bounds=bounds)
+            maps[ranks] = heat.float().cpu()
+    if tuple(size) != tuple(maps.shape[-2:]):
+        maps = torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear")[:, 0]
+    return maps
 
 
 def render_explanation(
@@ -209,38 +273,61 @@ def render_explanation(
     srcs = [sources] if isinstance(sources, PrototypeSources) else list(sources or [])
     rows = expl.record["top_prototypes"]
     r = expl.record
-    fig, axes = plt.subplots(len(rows) + 1, 3, figsize=(9, 2.3 * (len(rows) + 1)), squeeze=False)
+    cols = 3 if expl.prp is None else 4
+    fig, axes = plt.subplots(
+        len(rows) + 1, cols, figsize=(3 * cols, 2.3 * (len(rows) + 1)), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     probs = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
     head = f"predicted: {r['predicted_class']}" + (f"   (true: {r['label']})" if r["label"] else "")
     head += "\n" + ", ".join(f"{k} {v:.2f}" for k, v in probs)
+    head += "\nyellow box: top 5 % of the similarity\ncyan box: what that latent patch sees"
     axes[0, 0].imshow(expl.drawing, interpolation="nearest")
     axes[0, 0].set_title(r["image_id"] or "image", fontsize=8)
+    warning = r.get("localisation", {}).get("warning")
     axes[0, 1].text(0, 0.5, head, fontsize=10, va="center")
+    if warning:
+        axes[0, cols - 1].text(0, 0.5, _wrap(warning), fontsize=6, va="center", color="darkred")
     for k, p in enumerate(rows, start=1):
-        overlay = draw_box(heat_overlay(expl.drawing, expl.maps[k - 1]), p["box"])
+        overlay = heat_overlay(expl.drawing, expl.maps[k - 1])
+        if p.get("rf_box") is not None:
+            overlay = draw_box(overlay, p["rf_box"], RF_COLOR)
+        overlay = draw_box(overlay, p["box"])
         axes[k, 0].imshow(overlay, interpolation="nearest")
+        seen = f", field {100 * p['rf_fraction']:.0f}% of image" if p.get("rf_fraction") else ""
         axes[k, 0].set_title(
-            f"#{p['rank']} sim {p['similarity']:.2f} x w {p['weight']:.2f} = {p['contribution']:.2f}",
+            f"#{p['rank']} sim {p['similarity']:.2f} x w {p['weight']:.2f} = "
+            f"{p['contribution']:.2f}\nupsampled similarity{seen}",
             fontsize=7,
         )
+        if expl.prp is not None:
+            axes[k, 1].imshow(heat_overlay(expl.drawing, expl.prp[k - 1].clamp_min(0)),
+                              interpolation="nearest")  # fmt: skip
+            axes[k, 1].set_title("PRP: pixels that made it similar", fontsize=7)
         member = f"m{p['member']} " if r["members"] > 1 else ""
         src = srcs[p["member"]] if p["member"] < len(srcs) else None
+        c = cols - 2  # the source columns
         if src is not None and src.framed[p["prototype"]] is not None:
             j = p["prototype"]
-            axes[k, 1].imshow(src.framed[j], interpolation="nearest")
-            axes[k, 1].set_title(
+            axes[k, c].imshow(src.framed[j], interpolation="nearest")
+            axes[k, c].set_title(
                 f"looks like {member}prototype {j} ({p['prototype_class']})", fontsize=7
             )
-            axes[k, 2].imshow(src.crops[j], interpolation="nearest")
-            axes[k, 2].set_title(f"from {src.image_id[j]}", fontsize=7)
+            axes[k, c + 1].imshow(src.crops[j], interpolation="nearest")
+            axes[k, c + 1].set_title(f"from {src.image_id[j]}", fontsize=7)
         else:
-            axes[k, 1].set_title(f"{member}prototype {p['prototype']} (no source)", fontsize=7)
+            axes[k, c].set_title(f"{member}prototype {p['prototype']} (no source)", fontsize=7)
     fig.tight_layout()
     out = atomic_save_figure(fig, path, dpi=80)
     plt.close(fig)
     return out
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def save_explanation(expl: Explanation, sources, out_dir: str | Path, stem: str) -> dict[str, str]:

@@ -14,6 +14,8 @@ from PIL import Image
 
 from ..train.push import BOX_COLOR, _boxes
 
+RF_COLOR = (0, 255, 255)  # the receptive field of the matched latent patch, beside BOX_COLOR
+
 
 def image_array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W, 3) uint8 of an RGB image, resized to (height, width) `size` when given."""

@@ -59,6 +59,48 @@ def _add_on_layers(in_channels: int, dim: int, kind: str, output: str = "sigmoid
     return nn.Sequential(*layers)
 
 
+class PrototypeLayer(nn.Module):
+    """The prototype layer: patch distances to every prototype, similarity, max over positions.
+
+    A module of its own (no parameters: the prototypes stay the model's `prototype_vectors` and
+    are passed in) so an LRP composite can give it a rule: prototypical relevance propagation
+    (`prune.prp`). `forward(z, prototypes)` -> (B, P) max similarities, the last layer's input.
+    """
+
+    def __init__(self, similarity: str = "log", epsilon: float = 1e-4, scale: float = 1.0):
+        super().__init__()
+        self.similarity = similarity
+        self.epsilon = epsilon
+        self.scale = float(scale)
+
+    def distances(self, z: torch.Tensor, p: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """Distance of every k x k patch of z to every prototype (see ProtoPNet.prototype_distances)."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            p = p.float()
+            ones = torch.ones((groups, *p.shape[1:]), dtype=z.dtype, device=z.device)
+            z2 = F.conv2d(z * z, ones, groups=groups)  # (B, groups, H', W'): patch norms
+            if groups > 1:  # one norm map per prototype, broadcast over its output channel
+                z2 = z2.repeat_interleave(p.shape[0] // groups, dim=1)
+            zp = F.conv2d(z, p, groups=groups)  # (B, P, H', W')
+            if self.similarity == "cosine":
+                p_norm = p.flatten(1).norm(dim=1).clamp_min(1e-8).view(1, -1, 1, 1)
+                return 1 - zp / (z2.clamp_min(1e-16).sqrt() * p_norm)
+            p2 = (p * p).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
+            return F.relu(z2 - 2 * zp + p2)
+
+    def to_similarity(self, distances: torch.Tensor) -> torch.Tensor:
+        """See ProtoPNet.distance_to_similarity."""
+        if self.similarity == "cosine":
+            sim = 1 - distances
+        else:
+            sim = torch.log((distances + 1) / (distances + self.epsilon))
+        return sim if self.scale == 1.0 else sim * self.scale
+
+    def forward(self, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        return self.to_similarity(self.distances(z, prototypes).flatten(2).amin(dim=2))
+
+
 class ProtoPNet(nn.Module):
     """A prototype classifier; `forward` returns logits only so generic evaluation code works."""
 
@@ -103,13 +145,11 @@ class ProtoPNet(nn.Module):
                 )
         self.num_prototypes = len(classes)
         self.prototype_size = prototype_size
-        self.similarity = similarity
-        self.epsilon = epsilon
         if not similarity_scale > 0:
             raise ConfigError(
                 f"protopnet.similarity_scale = {similarity_scale} must be > 0", "e.g. 1 or 10"
             )
-        self.similarity_scale = float(similarity_scale)
+        self.prototype_layer = PrototypeLayer(similarity, epsilon, similarity_scale)
         self.add_on_layers = _add_on_layers(
             features.out_channels, prototype_dim, add_on, add_on_output
         )
@@ -166,29 +206,30 @@ class ProtoPNet(nn.Module):
         return self._distances(z.reshape(1, -1, *z.shape[2:]), p, groups=n)[0]
 
     def _distances(self, z: torch.Tensor, p: torch.Tensor, groups: int) -> torch.Tensor:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            z = z.float()
-            p = p.float()
-            ones = torch.ones((groups, *p.shape[1:]), dtype=z.dtype, device=z.device)
-            z2 = F.conv2d(z * z, ones, groups=groups)  # (B, groups, H', W'): patch norms
-            if groups > 1:  # one norm map per prototype, broadcast over its output channel
-                z2 = z2.repeat_interleave(p.shape[0] // groups, dim=1)
-            zp = F.conv2d(z, p, groups=groups)  # (B, P, H', W')
-            if self.similarity == "cosine":
-                p_norm = p.flatten(1).norm(dim=1).clamp_min(1e-8).view(1, -1, 1, 1)
-                return 1 - zp / (z2.clamp_min(1e-16).sqrt() * p_norm)
-            p2 = (p * p).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
-            return F.relu(z2 - 2 * zp + p2)
+        return self.prototype_layer.distances(z, p, groups)
 
     def distance_to_similarity(self, distances: torch.Tensor) -> torch.Tensor:
         """log((d + 1) / (d + eps)): large for near patches; cosine: the cosine itself; both times
         `similarity_scale`, which widens the logits' range when the last layer starts at +1/-0.5
         (a cosine in [0, 1] over 10 prototypes a class leaves the softmax too flat to fit)."""
-        if self.similarity == "cosine":
-            sim = 1 - distances
-        else:
-            sim = torch.log((distances + 1) / (distances + self.epsilon))
-        return sim if self.similarity_scale == 1.0 else sim * self.similarity_scale
+        return self.prototype_layer.to_similarity(distances)
+
+    # the similarity settings live on the prototype layer (one source of truth)
+    @property
+    def similarity(self) -> str:
+        return self.prototype_layer.similarity
+
+    @property
+    def epsilon(self) -> float:
+        return self.prototype_layer.epsilon
+
+    @property
+    def similarity_scale(self) -> float:
+        return self.prototype_layer.scale
+
+    @similarity_scale.setter
+    def similarity_scale(self, value: float) -> None:
+        self.prototype_layer.scale = float(value)
 
     def forward_details(self, x: torch.Tensor) -> ProtoPNetOutput:
         z = self.conv_features(x)
@@ -198,12 +239,12 @@ class ProtoPNet(nn.Module):
         return ProtoPNetOutput(logits, min_distances, distances, z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_details(x).logits
+        """Logits through the prototype layer module (where LRP composites attach PRP)."""
+        return self.last_layer(self.prototype_layer(self.conv_features(x), self.prototype_vectors))
 
     def similarity_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, P) max similarities: the last layer's input, cached by the last-layer stage."""
-        d = self.prototype_distances(self.conv_features(x))
-        return self.distance_to_similarity(d.flatten(2).amin(dim=2))
+        return self.prototype_layer(self.conv_features(x), self.prototype_vectors)
 
     # --- parameter groups of the training phases -----------------------------------------------
 
@@ -236,14 +277,31 @@ class TrunkClassifier(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+def cut_trunk(features: Features, arch: str, layers: int) -> Features:
+    """A ResNet trunk up to its stage `layers` (1..4): a finer latent grid, a smaller receptive
+    field per cell (`protopnet.trunk_layers`). Shares the kept modules."""
+    if not arch.startswith("resnet") or not 1 <= int(layers) <= 4:
+        raise ConfigError(
+            f"protopnet.trunk_layers = {layers} with model.arch {arch!r}",
+            "trunk_layers keeps ResNet stages 1..4; leave it unset for VGG and DenseNet trunks",
+        )
+    body = features.body[: 4 + int(layers)]  # conv1, bn1, relu, maxpool, layer1..layerN
+    last = body[-1][-1]
+    out = last.bn3.num_features if hasattr(last, "bn3") else last.bn2.num_features
+    return Features(body, out)
+
+
 def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
     """The configured ProtoPNet: any baseline architecture (incl. small-image variants) as trunk."""
     from .factory import small_input
 
     backbone = build_classifier(cfg.model.arch, num_classes, small_input(cfg), cfg.model.weights)
     p = cfg.protopnet
+    features = feature_extractor(backbone)
+    if p.trunk_layers is not None:
+        features = cut_trunk(features, cfg.model.arch, p.trunk_layers)
     return ProtoPNet(
-        feature_extractor(backbone),
+        features,
         num_classes,
         prototypes_per_class=p.prototypes_per_class,
         prototype_dim=p.prototype_dim,

@@ -4,8 +4,10 @@ The same iterative schedule as for a classifier (`prune.filters.run_schedule`), 
 differences. The add-on and the last layer are never pruned: the prototype depth D stays, and the
 add-on's input channels follow the trunk's last filters through torch-pruning's dependency graph.
 The scores explain the ProtoPNet's own decision (the logit of the true class); zennit's rules act
-on the trunk and add-on layers, and the relevance passes the prototype layer (distances,
-similarity, max over positions: functional ops, no zennit rule) as its gradient. After each step
+on the trunk and add-on layers, and the relevance crosses the prototype layer (a `PrototypeLayer`
+module) by prototypical relevance propagation (`prune.prp`, Gautam et al. 2022), the rule the PRP
+heatmaps use: the relevance entering the add-on and the trunk is LRP and conserved (it sums to the
+explained logit; `tests/prune/test_prp.py`). After each step
 the model is repaired as a ProtoPNet: `epochs` joint epochs, a push (the prototypes become real
 training patches of the pruned trunk again) and the last-layer stage on the push's similarity
 vectors.

@@ -37,6 +37,7 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Convolution
 
 from ..errors import ConfigError
+from .prp import with_prototype_rule
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -191,10 +192,12 @@ def build_composite(
     canonized for `model`; `bounds` are the input range for box rules."""
     check_composite(name)
     if name == DEFAULT_COMPOSITE:
-        return yeom2021_composite(*bounds, canonizers=canonizers_for(model))
-    if name == "epsilon_gamma_box":
-        return COMPOSITES[name](low=bounds[0], high=bounds[1], canonizers=canonizers_for(model))
-    return COMPOSITES[name](canonizers=canonizers_for(model))
+        composite = yeom2021_composite(*bounds, canonizers=canonizers_for(model))
+    elif name == "epsilon_gamma_box":
+        composite = COMPOSITES[name](low=bounds[0], high=bounds[1], canonizers=canonizers_for(model))
+    else:
+        composite = COMPOSITES[name](canonizers=canonizers_for(model))
+    return with_prototype_rule(composite)  # PRP through a ProtoPNet's prototype layer, if any
 
 
 @contextmanager

@@ -155,11 +155,42 @@ def _gallery(index: dict[str, Any], status: dict[int, dict[str, Any]], backgroun
                 f'<div class="{" ".join(classes)}">{imgs}<br><b>prototype {j}</b> '
                 f'<span class="badge">{_e(label)}</span><br>from {_e(g["source_image"])} '
                 f"({_e(g['source_class'])})"
+                + (f"<br>sees {100 * g['rf_fraction']:.0f} % of the image"
+                   if g.get("rf_fraction") == g.get("rf_fraction") and g.get("rf_fraction")
+                   else "")  # fmt: skip
                 + ("<br><i>background?</i>" if j in background else "")
                 + "</div>"
             )
         parts.append(f"<h3>{_e(cls)}</h3><div class=gallery>{''.join(cards)}</div>")
     return "".join(parts)
+
+
+QUALITY_ROWS = (
+    ("mean_purity", "class purity of the k nearest training patches (mean)"),
+    ("background_share", "share of prototypes whose source patch is flagged as background"),
+    ("distinct_sources", "distinct source images / prototypes"),
+    ("near_duplicates", "near-duplicate prototypes (equal to an earlier one)"),
+    ("mean_stability", "stability: share of own-class test images whose peak cell survives "
+                       "input noise"),
+    ("mean_deletion_auc_prp", "deletion AUC, PRP order (lower: the map found what matters)"),
+    ("mean_deletion_auc_upsample", "deletion AUC, upsampled-similarity order"),
+    ("mean_deletion_auc_random", "deletion AUC, random order (the control)"),
+    ("mean_on_lesion_prp", "on-lesion share of the PRP map on the source image"),
+    ("mean_on_lesion_upsample", "on-lesion share of the upsampled map on the source image"),
+    ("max_rf_fraction", "largest share of the image one prototype patch sees"),
+)  # fmt: skip
+
+
+def _quality_summary(summary: dict[str, Any]) -> str:
+    """The per-model explanation-quality table (explain.metrics)."""
+    if not summary:
+        return ""
+    rows = "".join(f"<tr><td>{_e(label)}</td><td>{_fmt(summary.get(key))}</td></tr>"
+                   for key, label in QUALITY_ROWS if key in summary)  # fmt: skip
+    masks = ("real lesion masks" if summary.get("lesion_masks") == "folder"
+             else "a lesion-mask proxy (Otsu threshold of the lightness, largest component)")  # fmt: skip
+    return (f"<h3>Explanation quality</h3><table>{rows}</table>"
+            f"<p class=muted>On-lesion shares use {masks}.</p>")  # fmt: skip
 
 
 def render_html(title: str, sections: list[tuple[str, str, str]]) -> str:
@@ -240,10 +271,14 @@ def build_report(
         pruning = json.loads(pruning_file.read_text()) if pruning_file.is_file() else None
         status = {r["prototype"]: r for r in pruning["prototypes"]} if pruning else {}
         background = set(index["quality"]["background_prototypes"])
-        legend = (
-            "<p class=muted>Each card: the prototype's patch and its source training image (box: the "
-            "95th-percentile region of its similarity map). Red: pruned; orange: merged duplicate; "
-            "dashed outline: source patch flagged as background.</p>"
+        loc = index.get("localisation") or {}
+        warning = (f'<p class="wrong"><b>Not localised:</b> {_e(loc["warning"])}</p>'
+                   if loc.get("warning") else "")  # fmt: skip
+        legend = warning + (
+            "<p class=muted>Each card: the prototype's patch and its source training image (yellow "
+            "box: the 95th-percentile region of its similarity map; cyan box: the receptive field "
+            "of the latent patch, all the pixels it can see). Red: pruned; orange: merged "
+            "duplicate; dashed outline: source patch flagged as background.</p>"
         )
         if not pruning:
             legend += "<p class=muted>No prototype pruning in this run (protoprune prune-prototypes RUN).</p>"
@@ -262,23 +297,29 @@ def build_report(
             for s in index["local"]
         )
         sections.append(("local", "Local explanations (test images)",
-                         "<p class=muted>Per image the most similar prototypes: where each matched "
-                         "(heatmap, box), similarity x last-layer weight = contribution to the "
-                         "predicted class, and the prototype's source patch.</p>" + cases))  # fmt: skip
+                         warning + "<p class=muted>Per image the most similar prototypes: where "
+                         "each matched (upsampled similarity map with its 95th-percentile box in "
+                         "yellow and the matched patch's receptive field in cyan; beside it the PRP "
+                         "map, the pixels whose relevance made the prototype similar), similarity "
+                         "x last-layer weight = contribution to the predicted class, and the "
+                         "prototype's source patch.</p>" + cases))  # fmt: skip
         glob = "".join(
             f"<h3>{_e(f['class'])}: nearest {_e(f['split'])} patches</h3>"
             + _img("explain/global/" + f["figure"], f"{f['class']} {f['split']} neighbours")
             for f in index["global"]
         )
         sections.append(("global", "Global analysis",
-                         '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
-                         '<a href="explain/global/nearest_test.csv">test</a>.</p>' + glob))  # fmt: skip
+                         warning + '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
+                         '<a href="explain/global/nearest_test.csv">test</a>. Boxes: yellow the '
+                         "95th-percentile region, cyan the receptive field of the matched patch."
+                         "</p>" + glob))  # fmt: skip
         q = index["quality"]
         sections.append(("quality", "Prototype quality",
                          f"<p>Mean class purity of the {index['k']} nearest training patches: "
                          f"{q['mean_purity']:.3f}. Source patches flagged as background "
                          "(box mostly in the outer 1/8 border ring, or grey-level contrast below half "
                          f"the image's): {_e(q['background_prototypes'] or 'none')}.</p>"
+                         + _quality_summary(q.get("summary") or {})
                          + _img("explain/quality/" + q["figure"], "prototype quality")
                          + '<p><a href="explain/quality/prototype_quality.csv">table</a></p>'))  # fmt: skip
     else:

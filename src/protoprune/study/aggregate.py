@@ -133,6 +133,41 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+EXPLANATION_COLUMNS = (
+    ("stability", "expl_mean_stability"),
+    ("deletion AUC PRP", "expl_mean_deletion_auc_prp"),
+    ("deletion AUC upsampled", "expl_mean_deletion_auc_upsample"),
+    ("deletion AUC random", "expl_mean_deletion_auc_random"),
+    ("on-lesion PRP", "expl_mean_on_lesion_prp"),
+    ("on-lesion upsampled", "expl_mean_on_lesion_upsample"),
+    ("background share", "expl_background_share"),
+    ("purity", "expl_mean_purity"),
+    ("distinct sources", "expl_distinct_sources"),
+    ("near-duplicates", "expl_near_duplicates"),
+    ("max field share", "expl_max_rf_fraction"),
+)  # fmt: skip
+
+
+def explanation_markdown(summary: pd.DataFrame) -> list[str]:
+    """Lines of the explanation-quality table (explain.metrics): one row per ProtoPNet arm."""
+    cols = [(h, c) for h, c in EXPLANATION_COLUMNS if f"{c}_mean" in summary.columns]
+    if not cols:
+        return []
+    rows = summary[summary[f"{cols[0][1]}_mean"].notna()]
+    lines = ["", "## Explanation quality (ProtoPNet arms)", "",
+             "Stability: share of own-class test images whose peak latent cell survives input "
+             "noise; deletion AUC: similarity left while pixels are removed in a heatmap's order "
+             "(lower is better; random is the control); on-lesion: heatmap mass inside the lesion "
+             "(mask proxy) on each prototype's source image.", "",
+             "| arch | arm | " + " | ".join(h for h, _ in cols) + " |",
+             "|" + "---|" * (len(cols) + 2)]  # fmt: skip
+    for _, row in rows.iterrows():
+        cells = [_pm(row, c, 1.0, ".3f") for _, c in cols]
+        lines.append(f"| {row['arch']} | {arm_label(row['arm'], row['method'])} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return lines
+
+
 def summary_markdown(summary: pd.DataFrame, title: str) -> str:
     head, body = table_cells(summary)
     lines = [f"# {title}", "",
@@ -141,6 +176,7 @@ def summary_markdown(summary: pd.DataFrame, title: str) -> str:
              "filters (filter pruning) or prototypes (prototype pruning) removed.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += explanation_markdown(summary)
     unavailable = summary[summary["status"] != "ok"]
     for _, row in unavailable.iterrows():
         lines += [

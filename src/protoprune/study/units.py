@@ -124,6 +124,7 @@ ADDED_LATER = {
     ("protopnet", "joint_lr_step_at"): "end",
     ("data", "jpeg_draft"): False,
     ("protopnet", "push_amp"): False,  # the push on CPU was float32 before the setting existed
+    ("protopnet", "trunk_layers"): None,
 }
 
 
@@ -302,6 +303,12 @@ def run_unit(
         ]
         curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
         result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
+    if unit.kind.startswith("protopnet"):  # explanation quality of every ProtoPNet arm
+        from ..explain.analysis import explanation_summary
+        from ..prune.relevance import input_bounds
+
+        bounds = input_bounds(cfg.data.mean, cfg.data.std)
+        row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device, bounds=bounds))
     result["status"] = row["status"]
     result["rows"] = [row]
     return result

@@ -42,6 +42,7 @@ from .. import distributed
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..models.protopnet import ProtoPNet
+from ..models.receptive_field import receptive_field_or_none
 from ..progress import tqdm
 from . import precision
 
@@ -209,6 +210,8 @@ def push_prototypes(
         best_dist.cpu().tolist(),
     )
     y_cpu, box_cpu = y_global.cpu().tolist(), boxes.tolist()
+    rf = receptive_field_or_none(model)  # each prototype's receptive field: its rf box
+    no_rf = {key: -1 for key in ("rf_y0", "rf_y1", "rf_x0", "rf_x1")} | {"rf_fraction": float("nan")}
     records = []
     for j in range(n_protos):
         i, cls = idx_cpu[j], cls_cpu[j]
@@ -229,6 +232,7 @@ def push_prototypes(
                     key: (box_cpu[j][n] if ok else -1)
                     for n, key in enumerate(("box_y0", "box_y1", "box_x0", "box_x1"))
                 },
+                **(rf.record(rows_cpu[j], cols_cpu[j], input_hw, k) if ok and rf is not None else no_rf),
             }
         )
     unpushed = [j for j in range(n_protos) if idx_cpu[j] < 0]
