@@ -313,9 +313,13 @@ def validate(cfg: RunConfig) -> None:
             f"prune_filters.patience = {f.patience} must be >= 1",
             "give a number of epochs without improvement, or null for fixed epochs",
         )
-    from .prune.relevance import check_composite  # zennit's registry names the composites
+    from zennit.composites import COMPOSITES  # zennit's registry names the composites
 
-    check_composite(f.lrp_composite)
+    if f.lrp_composite != "yeom2021" and f.lrp_composite not in COMPOSITES:
+        raise ConfigError(
+            f"unknown LRP composite {f.lrp_composite!r}",
+            f"set prune_filters.lrp_composite to one of: {', '.join(sorted({'yeom2021', *COMPOSITES}))}",
+        )
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
     q = cfg.prune_prototypes

@@ -20,7 +20,7 @@ RANK = {
     "registry": 1, "io": 1, "progress": 1, "devices": 1,
     "config": 2, "metrics": 2, "figures": 2, "seed": 2, "distributed": 3,
     "data": 4, "models": 4,
-    "train": 5, "explain": 6, "prune": 7, "report": 8, "study": 9, "demo": 10,
+    "train": 5, "lrp": 5, "explain": 6, "prune": 7, "report": 8, "study": 9, "demo": 10,
     "cli": 11, "__main__": 12,
 }  # fmt: skip
 

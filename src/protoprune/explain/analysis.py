@@ -22,8 +22,8 @@ from PIL import Image
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_text
+from ..lrp.composites import input_bounds
 from ..models.receptive_field import localisation, receptive_field_or_none
-from ..prune.relevance import input_bounds
 from ..seed import resolve_device
 from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
@@ -270,7 +270,7 @@ def explanation_summary(
 ) -> dict[str, Any]:  # fmt: skip
     """The per-model explanation-quality numbers (explain.metrics.model_summary, with
     `expl_` prefixed) without writing files: the study's row of a ProtoPNet arm."""
-    from ..prune.relevance import DEFAULT_BOUNDS
+    from ..lrp.composites import DEFAULT_BOUNDS
     from .metrics import explanation_metrics, model_summary
 
     bounds = bounds or DEFAULT_BOUNDS

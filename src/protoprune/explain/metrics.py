@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..lrp.composites import DEFAULT_BOUNDS
 from ..models.protopnet import ProtoPNet
-from ..prune.relevance import DEFAULT_BOUNDS
 from .nearest import NearestPatches
 from .prp import prp_heatmaps
 

@@ -1,8 +1,8 @@
 """PRP heatmaps: which input pixels made a prototype similar (Gautam et al. 2022).
 
 The similarity of prototype j (its max over positions) is explained by LRP down to the pixels:
-the prototype layer's PRP rule (`prune.prp`) and the trunk's composite as filter pruning builds
-it (`prune.relevance.build_composite`: canonizers, rules), one implementation for both. Unlike the
+the prototype layer's PRP rule (`lrp.prp`) and the trunk's composite as filter pruning builds
+it (`lrp.composites.build_composite`: canonizers, rules), one implementation for both. Unlike the
 upsampled similarity map, whose resolution is the latent grid's and whose cells may each see the
 whole image, the PRP map follows the paths into the winning cell down to single pixels.
 """
@@ -13,14 +13,14 @@ from collections.abc import Sequence
 
 import torch
 
-from ..models.protopnet import ProtoPNet
-from ..prune.relevance import (
+from ..lrp.composites import (
     DEFAULT_BOUNDS,
     DEFAULT_COMPOSITE,
     build_composite,
     eval_mode,
     frozen_parameters,
 )
+from ..models.protopnet import ProtoPNet
 
 
 def prp_heatmaps(
@@ -34,7 +34,7 @@ def prp_heatmaps(
     similarity on the one image `x` (1, 3, H, W), and the (n,) similarities explained.
 
     One forward and one backward pass for all n prototypes (the image repeated n times).
-    `bounds`: the normalised input range (`prune.relevance.input_bounds`) for the default
+    `bounds`: the normalised input range (`lrp.composites.input_bounds`) for the default
     composite's z^B first layer.
     """
     n = len(prototypes)

@@ -64,7 +64,7 @@ class PrototypeLayer(nn.Module):
 
     A module of its own (no parameters: the prototypes stay the model's `prototype_vectors` and
     are passed in) so an LRP composite can give it a rule: prototypical relevance propagation
-    (`prune.prp`). `forward(z, prototypes)` -> (B, P) max similarities, the last layer's input.
+    (`lrp.prp`). `forward(z, prototypes)` -> (B, P) max similarities, the last layer's input.
     """
 
     def __init__(self, similarity: str = "log", epsilon: float = 1e-4, scale: float = 1.0):

@@ -5,7 +5,7 @@ differences. The add-on and the last layer are never pruned: the prototype depth
 add-on's input channels follow the trunk's last filters through torch-pruning's dependency graph.
 The scores explain the ProtoPNet's own decision (the logit of the true class); zennit's rules act
 on the trunk and add-on layers, and the relevance crosses the prototype layer (a `PrototypeLayer`
-module) by prototypical relevance propagation (`prune.prp`, Gautam et al. 2022), the rule the PRP
+module) by prototypical relevance propagation (`lrp.prp`, Gautam et al. 2022), the rule the PRP
 heatmaps use: the relevance entering the add-on and the trunk is LRP and conserved (it sums to the
 explained logit; `tests/prune/test_prp.py`). After each step
 the model is repaired as a ProtoPNet: `epochs` joint epochs, a push (the prototypes become real

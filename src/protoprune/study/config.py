@@ -28,7 +28,7 @@ ARMS = {
     "protopnet": "ProtoPNet on the same backbone, then prototype pruning + last-layer fine-tuning",
     "protopnet_filter_pruning": "LRP filter pruning of the ProtoPNet backbone, re-push, last-layer stage",
 }
-CRITERIA = ("lrp", "weight", "grad", "taylor")
+CRITERIA = ("lrp", "weight", "grad", "taylor", "random")
 
 
 @dataclass
