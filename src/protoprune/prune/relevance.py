@@ -40,6 +40,8 @@ from ..lrp.composites import (  # noqa: F401 (re-exported: the filter scores' ru
     canonizers_for,
     check_composite,
     composite_names,
+    eval_mode,
+    frozen_parameters,
     input_bounds,
     yeom2021_composite,
 )
@@ -103,31 +105,6 @@ def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.T
     finally:
         for h in handles:
             h.remove()
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (BatchNorm uses running statistics: needed to merge it) restored on exit."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
-    """Parameters without gradients (restored on exit): the scores need gradients at the layer
-    outputs only, and autograd then skips every weight gradient (about 10 % of LRP's time)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _channel_sum(t: torch.Tensor) -> torch.Tensor:
