@@ -71,7 +71,9 @@ class ImageDataset(Dataset, abc.ABC):
         return resize_step(size)(self.load_image(index))
 
     def image_signatures(self) -> list[str]:
-        """One string per image that changes when the image does (keys the disk cache)."""
+        """One string per image that changes when the image does (keys the disk cache); a
+        dataset that cannot say raises NotImplementedError, which `data.cache` turns into an
+        error naming the fix."""
         raise NotImplementedError(f"{type(self).__name__} has no image signatures")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -98,7 +98,14 @@ def _decode_into(out: np.ndarray, dataset: ImageDataset, size: int, draft: bool,
 def cache_key(dataset: ImageDataset, size: int, draft: bool) -> str:
     """Hash of every image's signature (path, size, mtime), the size and the decoding."""
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size, "draft": draft}).encode())
-    for signature in dataset.image_signatures():
+    try:
+        signatures = dataset.image_signatures()
+    except NotImplementedError:
+        raise ConfigError(
+            f"data.cache: disk cannot tell when the images of a {type(dataset).__name__} change",
+            "use data.cache: memory (rebuilt every run) or none",
+        ) from None
+    for signature in signatures:
         h.update(signature.encode())
         h.update(b"\0")
     return h.hexdigest()
