@@ -16,6 +16,10 @@ import pandas as pd  # noqa: E402
 
 from .io import atomic_save_figure  # noqa: E402
 
+# one colour per pruning criterion in every figure (pruning curve, schedules, the study's arms)
+CRITERION_COLOURS = {"lrp": "tab:orange", "weight": "tab:green", "grad": "tab:red",
+                     "taylor": "tab:purple", "random": "tab:gray"}  # fmt: skip
+
 
 def plot_confusion_matrix(cm: list[list[int]] | np.ndarray, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""

@@ -91,3 +91,15 @@ def metrics_markdown(results: dict[str, dict], title: str = "Metrics") -> str:
         for cls, row in zip(names, m["confusion_matrix"]):
             lines.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_t_interval(differences, level: float = 0.95) -> dict:
+    """Mean of paired differences with its two-sided t confidence interval (NaN below 2 pairs)."""
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half}

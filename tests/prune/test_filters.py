@@ -91,6 +91,8 @@ def test_prune_filters_cli_writes_table_models_and_plot(tmp_path, baseline):
     model = load_pruned(out / "models" / "step_02.pt")
     assert sum(p.numel() for p in model.parameters()) == df["params"].iloc[-1]
     assert (out / "models" / "step_02.onnx").stat().st_size > 0
+    # step 0 is the unpruned baseline: not copied (meta["checkpoint"] names it)
+    assert not (out / "models" / "step_00.pt").exists() and not (out / "models" / "step_00.onnx").exists()
     rc = main(
         [
             "prune-filters",
@@ -135,7 +137,7 @@ def test_prune_filters_cli_writes_table_models_and_plot(tmp_path, baseline):
     )
 
 
-def test_prune_curve_cli_cuts_each_ratio_one_shot_and_resumes(tmp_path, baseline):
+def test_prune_curve_cli_cuts_each_ratio_one_shot_and_resumes(tmp_path, baseline, monkeypatch):
     import shutil
 
     from protoprune.prune.importance import LRPImportance
@@ -184,6 +186,16 @@ def test_prune_curve_cli_cuts_each_ratio_one_shot_and_resumes(tmp_path, baseline
     assert set(layers["ratio"]) == {0.1, 0.3} and (layers["filters"] <= layers["initial"]).all()
     cut30 = layers[(layers.method == "lrp") & (layers.normalize == "none") & (layers.ref_seed == 1) & (layers.ratio == 0.3)]
     assert cut30["filters"].sum() == (cut30["initial"].sum() - row["filters_removed"].item())
+    # a third draw on resume: weight's data-free cut is taken from an earlier draw, not cut again
+    import protoprune.prune.curve as curve_module
+
+    monkeypatch.setattr(curve_module, "curve_block", lambda *a, **k: pytest.fail("cut again"))
+    more = [a if a != "2" else "3" for a in args] + ["--resume"]
+    assert main([*more[:3], "weight", *more[4:]]) == 0
+    df3 = pd.read_csv(out / "curve.csv")
+    w = df3[(df3.method == "weight") & (df3.ratio > 0)].sort_values(["normalize", "ratio"])
+    assert set(w.ref_seed) == {0, 1, 2} and w.groupby(["normalize", "ratio"])["test_accuracy"].nunique().eq(1).all()
+    assert len(pd.read_csv(out / "curve_layers.csv").query("method == 'weight' and ref_seed == 2")) > 0
 
 
 @pytest.mark.parametrize("bad", [["--ratios", "0.7:0.1:0.1"], ["--methods", "lrp,magic"],

@@ -89,17 +89,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of pruning: plot accuracy vs pruned ratio of these runs into --out (a .png)",
     )
     parser.add_argument(
-        "--metric", default="test_accuracy", help="results column to plot (default test_accuracy)"
+        "--summarize",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="instead of pruning: compare these runs (one per criterion and training seed) into the "
+        "folder --out: schedules.md (mean ± std over seeds, equal-MACs accuracy, LRP − each "
+        "criterion with 95%% CIs), schedules.csv, schedules.png",
+    )
+    parser.add_argument(
+        "--metric",
+        help="results column (default: test_accuracy for --plot, test_balanced_accuracy for --summarize)",
     )
 
 
 def execute(args: argparse.Namespace) -> int:
     from ..prune.filters import plot_pruning_curves, prune_filters
 
+    if args.summarize:
+        from ..prune.compare import summarize_schedules
+
+        if not args.out:
+            raise ConfigError("--summarize needs --out FOLDER", "e.g. --out runs/schedules")
+        summarize_schedules(args.summarize, args.out, args.metric or "test_balanced_accuracy")
+        print(f"wrote {Path(args.out) / 'schedules.md'}")
+        return 0
     if args.plot:
         if not args.out:
             raise ConfigError("--plot needs --out FILE.png", "e.g. --out runs/pruning_curves.png")
-        path = plot_pruning_curves(args.plot, args.out, args.metric)
+        path = plot_pruning_curves(args.plot, args.out, args.metric or "test_accuracy")
         print(f"wrote {path}")
         return 0
     require_at_least(args, epochs=0, finetune_batches=1, round_to=1, ref_per_class=1)

@@ -31,7 +31,8 @@ from torch import nn
 from .. import distributed
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
-from ..metrics import compute_metrics
+from ..figures import CRITERION_COLOURS
+from ..metrics import compute_metrics, paired_t_interval
 from ..progress import tqdm
 from .filters import markdown_table, reference_set
 from .importance import CRITERIA, build_importance
@@ -219,6 +220,8 @@ def pruning_curve(
         imp = build_importance(pf, method, ignored_layers=[classifier_head(model)], seed=seed,
                                bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
         deterministic = not imp.needs_data and method != "random"  # weight: same cut every draw
+        if deterministic and (method, norm) not in cache:  # resumed: an earlier draw's cut serves
+            cache.update(_finished_block(done, widths, method, norm))
         if deterministic and (method, norm) in cache:
             block = cache[(method, norm)]
         else:
@@ -245,6 +248,25 @@ def pruning_curve(
     write_curve_report(df, out, f"Pruning curve (no fine-tuning): {cfg.model.arch}, {ckpt['path']}",
                        pd.DataFrame(widths))  # fmt: skip
     return df
+
+
+def _finished_block(done: pd.DataFrame, widths: list[dict], method: str, norm: str) -> dict:
+    """{(method, norm): block} rebuilt from a resumed run's rows and widths of one earlier draw."""
+    if not len(done):
+        return {}
+    rows = done[(done["method"] == method) & (done["normalize"] == norm) & (done["ratio"] > 0)]
+    if not len(rows):
+        return {}
+    seed = rows["ref_seed"].min()
+    rows = rows[rows["ref_seed"] == seed]
+    cut = [w for w in widths if (w["method"], w["normalize"], w["ref_seed"]) == (method, norm, seed)]
+    block = []
+    for r in rows.drop(columns=BLOCK).to_dict("records"):
+        layer = {w["layer"]: w["filters"] for w in cut if np.isclose(w["ratio"], r["ratio"])}
+        if not layer:  # widths not recorded for that draw: cut again
+            return {}
+        block.append({**r, "_widths": layer})
+    return {(method, norm): block}
 
 
 def _subset(metrics: dict) -> dict:
@@ -314,8 +336,6 @@ def paired_difference(df: pd.DataFrame, a: tuple[str, str], b: tuple[str, str],
 
     `a`, `b` are (method, normalize); `ratio=None` compares the areas under the curves.
     """
-    from scipy import stats
-
     units = [c for c in ("run", "ref_seed") if c in df.columns]
     if ratio is None:
         table = curve_areas(df, metric).rename(columns={"area": "value"})
@@ -327,15 +347,8 @@ def paired_difference(df: pd.DataFrame, a: tuple[str, str], b: tuple[str, str],
         return t.set_index(units)["value"]
 
     joined = pd.concat([side(*a).rename("a"), side(*b).rename("b")], axis=1, join="inner").dropna()
-    d = (joined["a"] - joined["b"]).to_numpy()
-    n = len(d)
-    mean = float(d.mean()) if n else float("nan")
-    if n > 1:
-        half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
-    else:
-        half = float("nan")
-    return {"a": "/".join(a), "b": "/".join(b), "ratio": ratio, "n": n, "mean": mean,
-            "ci_low": mean - half, "ci_high": mean + half}  # fmt: skip
+    return {"a": "/".join(a), "b": "/".join(b), "ratio": ratio,
+            **paired_t_interval((joined["a"] - joined["b"]).to_numpy())}  # fmt: skip
 
 
 def _pm(mean: float, std: float) -> str:
@@ -416,10 +429,6 @@ def paired_differences(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-METHOD_COLOURS = {"lrp": "tab:blue", "weight": "tab:orange", "grad": "tab:green",
-                  "taylor": "tab:red", "random": "tab:gray"}  # fmt: skip
-
-
 def plot_curve(df: pd.DataFrame, path: Path, title: str) -> Path:
     """Test balanced accuracy vs pruned ratio and vs MACs, bands = std, one colour a method."""
     import matplotlib
@@ -432,7 +441,7 @@ def plot_curve(df: pd.DataFrame, path: Path, title: str) -> Path:
     s = curve_summary(df)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (m, n), g in s.groupby(["method", "normalize"], sort=False):
-        colour = METHOD_COLOURS.get(m)
+        colour = CRITERION_COLOURS.get(m)
         ls = "-" if n == "none" else "--"
         std = g["std"].fillna(0)
         for ax, x in zip(axes, (g["ratio"], g["macs"] / 1e6)):

@@ -296,7 +296,7 @@ def prune_filters(
         if not main:
             distributed.barrier()
             return
-        if export:
+        if export and k > 0:  # step 0 is the unpruned input: its checkpoint is meta["checkpoint"]
             stem = run_dir / "models" / f"step_{k:02d}"
             ratio = float(df.iloc[-1]["pruned_ratio"])
             if proto:  # a regular checkpoint: every ProtoPNet command reads it

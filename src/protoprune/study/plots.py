@@ -11,22 +11,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..figures import CRITERION_COLOURS  # noqa: E402
 from ..io import atomic_save_figure  # noqa: E402
 from .aggregate import arm_label  # noqa: E402
 
 # one colour per arm (filter pruning: per criterion) in every figure, whatever the arms present
 ARM_COLOURS = {
     ("baseline", None): "tab:blue",
-    ("filter", "lrp"): "tab:orange",
-    ("filter", "weight"): "tab:green",
-    ("filter", "grad"): "tab:red",
-    ("filter", "taylor"): "tab:purple",
+    **{("filter", m): c for m, c in CRITERION_COLOURS.items()},
     ("protopnet", None): "tab:brown",
     ("protopnet_pruned", None): "tab:pink",
     ("protopnet_filter", "lrp"): "tab:olive",
     ("protopnet_filter", "weight"): "tab:cyan",
-    ("protopnet_filter", "grad"): "tab:gray",
+    ("protopnet_filter", "grad"): "darkkhaki",
     ("protopnet_filter", "taylor"): "black",
+    ("protopnet_filter", "random"): "silver",
 }
 ARCH_MARKERS = ("o", "s", "^", "D", "v", "P")  # several architectures: one marker each
 

@@ -294,9 +294,10 @@ def run_unit(
         row.update({"pruned": "filters", "pruned_ratio": float(last["pruned_ratio"])})
         row.update({f"test_{k}_pruned": last.get(f"test_{k}_pruned") for k in HEADLINE})
         loaders, _ = prepare_data(cfg)
-        step = folder / "models" / f"step_{int(last['step']):02d}.pt"
+        k = int(last["step"])  # step 0 (nothing pruned) is not exported: it is the source
+        step = folder / "models" / f"step_{k:02d}.pt" if k else Path(source)
         # a pruned classifier is a weights-only export; a pruned ProtoPNet a regular checkpoint
-        model = load_pruned(step) if unit.kind == "filter" else model_from_checkpoint(step)
+        model = load_pruned(step) if unit.kind == "filter" and k else model_from_checkpoint(step)
         row.update(final_row(model, cfg, loaders, external, study, device))
         keep = ["step", "pruned_ratio", "params", "macs"] + [
             c for c in df.columns if c.startswith("test_")

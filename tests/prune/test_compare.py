@@ -1,0 +1,78 @@
+"""prune-filters --summarize: runs paired by baseline, accuracy at equal MACs, t intervals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from protoprune.cli import main
+from protoprune.prune.compare import summarize_schedules
+
+# (method, seed): (MACs per step, balanced accuracy after fine-tuning, epochs run per tuned step)
+RUNS = {
+    ("lrp", 0): ([100, 80, 60], [0.60, 0.55, 0.50], [2, 5]),
+    ("lrp", 1): ([100, 82, 64], [0.62, 0.58, 0.52], [3, 3]),
+    ("lrp", 2): ([100, 78, 58], [0.58, 0.57, 0.49], [5, 5]),
+    ("weight", 0): ([100, 90, 70], [0.60, 0.50, 0.45], [4, 2]),
+    ("weight", 1): ([100, 85, 66], [0.62, 0.52, 0.50], [5, 2]),
+    ("weight", 2): ([100, 88, 68], [0.58, 0.55, 0.40], [3, 3]),
+}
+
+
+def _write(root, method, seed, macs, acc, epochs):
+    rd = root / f"s{seed}-{method}"
+    rd.mkdir()
+    pd.DataFrame({
+        "step": [0, 1, 2], "pruned_ratio": [0.0, 0.15, 0.3], "macs": macs,
+        "test_balanced_accuracy": acc, "test_balanced_accuracy_pruned": [acc[0], 0.3, 0.2],
+        "finetune_epochs": [np.nan, *epochs], "finetune_seconds": [0.0, 1.0, 1.0],
+    }).to_csv(rd / "results.csv", index=False)  # fmt: skip
+    meta = {"method": method, "normalize": "none", "checkpoint": f"runs/r18-s{seed}/best.pt",
+            "epochs": 5, "patience": 2}  # fmt: skip
+    (rd / "results.json").write_text(json.dumps(meta))
+    (rd / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    return rd
+
+
+def test_summary_pairs_by_baseline_and_interpolates_at_equal_macs(tmp_path):
+    dirs = [_write(tmp_path, m, s, *v) for (m, s), v in RUNS.items()]
+    finals = summarize_schedules(dirs, tmp_path / "out").set_index("run")
+    common = 70  # the largest final MACs: weight seed 0's
+    assert (finals["common_macs"] == common).all()
+    # by hand: lrp seed 0 at 70 MACs lies halfway between 80 (0.55) and 60 (0.50)
+    assert finals.loc["s0-lrp", "at_common_macs"] == pytest.approx(0.525)
+    assert finals.loc["s2-lrp", "at_common_macs"] == pytest.approx(0.57 - 0.08 * 8 / 20)
+    assert finals.loc["s0-weight", "at_common_macs"] == pytest.approx(0.45)
+    # stopped by patience before the cap of 5 epochs
+    assert finals.loc["s0-lrp", "stopped_early"] == 1 and finals.loc["s2-lrp", "stopped_early"] == 0
+    # the paired interval of the final accuracy, against scipy's paired t test
+    a = [RUNS[("lrp", s)][1][-1] for s in range(3)]
+    b = [RUNS[("weight", s)][1][-1] for s in range(3)]
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    md = (tmp_path / "out" / "schedules.md").read_text()
+    row = next(line for line in md.splitlines() if "lrp − weight" in line and "| final |" in line)
+    assert f"{np.mean(np.subtract(a, b)):+.3f}" in row
+    assert f"[{ci.low:+.3f}, {ci.high:+.3f}]" in row
+    table = md.split("## Paired")[0]
+    assert "3 of 6" in table.split("| lrp |")[1].split("\n")[0]  # rounds: 1 + 2 + 0 under the cap
+    assert "5 of 6" in table.split("| weight |")[1].split("\n")[0]
+    assert (tmp_path / "out" / "schedules.png").stat().st_size > 0
+    assert len(pd.read_csv(tmp_path / "out" / "schedules.csv")) == 18
+
+
+def test_cli_summarize_and_duplicate_runs(tmp_path, capsys):
+    dirs = [str(_write(tmp_path, m, s, *v)) for (m, s), v in list(RUNS.items())[:2]]
+    assert main(["prune-filters", "--summarize", *dirs, "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "schedules.md").is_file()
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    for f in ("results.csv", "results.json", "config.yaml"):
+        (twin / f).write_bytes((tmp_path / "s0-lrp" / f).read_bytes())
+    assert main(["prune-filters", "--summarize", dirs[0], str(twin), "--out", str(tmp_path / "o2")]) == 2
+    assert "same criterion and baseline" in capsys.readouterr().err
+    assert main(["prune-filters", "--summarize", str(tmp_path), "--out", str(tmp_path / "o3")]) == 2
