@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the baseline, pruning-curve, schedule and benchmark sections of docs/results.md:
 # 3 baseline ResNet18s, their no-fine-tune curves (5 criteria, raw and with the reference's --norm,
-# 3 reference draws), the iterative schedule with converging fine-tuning (5 criteria x 3 seeds),
+# 2 reference draws), the iterative schedule with converging fine-tuning (5 criteria x 3 seeds),
 # bench_filter_pruning, then scripts/collect_results.py writes the tables and docs/figures/*.png.
 # About 3 h on 2 CPU cores (bfloat16 training); every step resumes or skips what is done.
 # Usage: bash scripts/filter_pruning_results.sh [RUNS_ROOT]   (default: runs)
@@ -14,7 +14,7 @@ for s in 0 1 2; do
 done
 for s in 0 1 2; do
   resume=""; [ -f "$R/curves/s$s/curve.json" ] && resume=--resume
-  protoprune prune-curve "$R/r18-s$s/checkpoints/best.pt" --ratios $RATIOS --ref-seeds 3 \
+  protoprune prune-curve "$R/r18-s$s/checkpoints/best.pt" --ratios $RATIOS --ref-seeds 2 \
       --normalize none,reference --splits test --out "$R/curves/s$s" $resume --no-progress
 done
 python benchmarks/bench_filter_pruning.py --out "$R/bench_filter_pruning.json"
