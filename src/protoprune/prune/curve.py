@@ -464,13 +464,16 @@ def plot_curve(df: pd.DataFrame, path: Path, title: str) -> Path:
 def summarize_curves(run_dirs: Sequence[str | Path], out_dir: str | Path) -> pd.DataFrame:
     """Pool the curves of several runs (e.g. one per training seed) into one report."""
     frames, layer_frames = [], []
-    for rd in run_dirs:
-        p = Path(rd) / "curve.csv"
+    dirs = [Path(rd) for rd in run_dirs]
+    names = [d.name for d in dirs]  # a study's units share a name (seed0/curve, seed1/curve)
+    labels = names if len(set(names)) == len(names) else [str(d) for d in dirs]
+    for rd, label in zip(dirs, labels):
+        p = rd / "curve.csv"
         if not p.is_file():
             raise ConfigError(f"{rd} holds no curve.csv", "give folders written by `protoprune prune-curve`")
-        frames.append(pd.read_csv(p).assign(run=Path(rd).name))
-        if (Path(rd) / "curve_layers.csv").is_file():
-            layer_frames.append(pd.read_csv(Path(rd) / "curve_layers.csv").assign(run=Path(rd).name))
+        frames.append(pd.read_csv(p).assign(run=label))
+        if (rd / "curve_layers.csv").is_file():
+            layer_frames.append(pd.read_csv(rd / "curve_layers.csv").assign(run=label))
     df = pd.concat(frames, ignore_index=True)
     layers = pd.concat(layer_frames, ignore_index=True) if layer_frames else None
     out = Path(out_dir)

@@ -200,3 +200,19 @@ def write_tables(
     )
     atomic_write_text(folder / "summary.md", summary_markdown(summary, "Study results"))
     atomic_write_text(folder / "curves.csv", curves.to_csv(index=False))
+
+
+def pool_pruning_curves(out: Path, results: list[dict]) -> pd.DataFrame | None:
+    """The pruning_curve units of every seed pooled into results/pruning_curve/ (curve.md, curve.png,
+    curves.csv) and pruning_curve.png beside index.html; None without that arm."""
+    import shutil
+
+    from ..prune.curve import summarize_curves
+
+    dirs = [out / "runs" / r["unit"] for r in results if r.get("kind") == "curve"]
+    if not dirs:
+        return None
+    target = out / "results" / "pruning_curve"
+    df = summarize_curves(dirs, target)
+    shutil.copy(target / "curve.png", out / "pruning_curve.png")
+    return df

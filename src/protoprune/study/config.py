@@ -27,8 +27,12 @@ ARMS = {
     "filter_pruning": "filter pruning of the baseline, one unit per criterion",
     "protopnet": "ProtoPNet on the same backbone, then prototype pruning + last-layer fine-tuning",
     "protopnet_filter_pruning": "LRP filter pruning of the ProtoPNet backbone, re-push, last-layer stage",
+    "pruning_curve": "the baseline's no-fine-tune pruning curve (prune-curve): every criterion, one-shot cuts",
 }
 CRITERIA = ("lrp", "weight", "grad", "taylor", "random")
+# the pruning_curve arm's settings (study key `curve`): those of `protoprune prune-curve`
+CURVE_DEFAULTS = {"ratios": [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6], "ref_seeds": 2,
+                  "normalize": ["none", "reference"], "splits": ["test"], "bn_recalibrate": False}  # fmt: skip
 
 
 @dataclass
@@ -44,11 +48,22 @@ class StudyConfig:
     min_prototypes_per_class: int = 0  # prune_prototypes' min_per_class safeguard
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     latency_repeats: int = 20
+    curve: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(CURVE_DEFAULTS))
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig mapping shared by all arms
 
     def base_config(self) -> RunConfig:
         """The shared RunConfig (validated)."""
         return config_from_dict(copy.deepcopy(self.run))
+
+    def curve_settings(self):
+        """The pruning_curve arm's CurveSettings: the study's criteria, the `curve` settings."""
+        from ..prune.curve import CurveSettings, parse_ratios
+
+        c = self.curve
+        ratios = c["ratios"] if isinstance(c["ratios"], str) else ",".join(map(str, c["ratios"]))
+        return CurveSettings(methods=tuple(self.criteria), ratios=parse_ratios(ratios),
+                             ref_seeds=int(c["ref_seeds"]), normalizations=tuple(c["normalize"]),
+                             bn_recalibrate=bool(c["bn_recalibrate"]), splits=tuple(c["splits"]))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +99,14 @@ def _check(cfg: StudyConfig) -> StudyConfig:
             f"criteria = {cfg.criteria} must be a non-empty subset of {', '.join(CRITERIA)}",
             "e.g. criteria: [lrp, weight, grad, taylor]",
         )
+    unknown = set(cfg.curve) - set(CURVE_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown curve setting(s) {sorted(unknown)}",
+                          f"the curve section takes: {', '.join(CURVE_DEFAULTS)}")  # fmt: skip
+    if "pruning_curve" in cfg.arms:
+        if not cfg.criteria:
+            raise ConfigError("the pruning_curve arm needs criteria", "e.g. criteria: [lrp, weight, random]")
+        cfg.curve_settings().check()
     if any(b < 1 for b in cfg.latency_batch_sizes) or cfg.latency_repeats < 1:
         raise ConfigError(
             "latency_batch_sizes must be positive and latency_repeats >= 1",
@@ -111,6 +134,11 @@ def study_from_dict(data: dict[str, Any] | None) -> StudyConfig:
                 f"unknown study config key {key!r}",
                 f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(names)}",
             )
+    if isinstance(data.get("curve"), dict):  # given keys replace the defaults, the rest stay
+        data["curve"] = {**CURVE_DEFAULTS, **data["curve"]}
+    elif "curve" in data:
+        raise ConfigError(f"study key curve must be a mapping, got {data['curve']!r}",
+                          "e.g. curve: {ref_seeds: 3, normalize: [none, reference]}")  # fmt: skip
     if data.get("external_test") is not None:
         data["external_test"] = str(data["external_test"])
     if not isinstance(data.get("run", {}), dict):

@@ -47,6 +47,25 @@ def _stages_table(results: list[dict]) -> str:
     return _table(["unit", "stage", *HEADLINE], rows)
 
 
+def _curve_section(df: pd.DataFrame) -> str:
+    """The pooled no-fine-tune curve: figure, mean ± std per ratio with areas, paired differences."""
+    from ..prune.curve import curve_table, paired_differences
+
+    table = curve_table(df)
+    diffs = paired_differences(df)
+    fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in diffs.itertuples(index=False)]
+    return (
+        "<p>Every criterion scores the baseline once per reference-set draw and its filters are cut "
+        "one-shot at each ratio, with no fine-tuning (Yeom et al.'s comparison). Test balanced "
+        "accuracy, mean ± std over seeds × draws; area: the curve's mean level. Tables: "
+        "<code>results/pruning_curve/curve.md</code>.</p>"
+        + _fig("pruning_curve.png", "Test balanced accuracy vs filters removed and vs MACs, no fine-tuning")
+        + _table(list(table.columns), table.astype(str).values.tolist())
+        + "<p>Paired differences (unit: seed × draw), 95 % t interval:</p>"
+        + _table(list(diffs.columns), fmt)
+    )
+
+
 def write_report(
     out: Path,
     study: StudyConfig,
@@ -54,8 +73,9 @@ def write_report(
     summary: pd.DataFrame,
     curves: pd.DataFrame,
     results: list[dict],
+    pooled_curve: pd.DataFrame | None = None,
 ) -> Path:
-    """index.html + the plots in `out`."""
+    """index.html + the plots in `out` (`pooled_curve`: the pruning_curve arm's pooled cuts)."""
     write_plots(out, per_seed, curves)
     head, body = table_cells(summary)
     unavailable = summary[summary["status"] != "ok"]
@@ -95,6 +115,8 @@ def write_report(
         ("cost", "Accuracy, latency and MACs",
          _fig("accuracy_vs_macs.png", "Test accuracy vs MACs of the final models")
          + _fig("latency_vs_macs.png", "Measured CPU latency vs MACs")),
+        *([("curve", "Pruning curve without fine-tuning", _curve_section(pooled_curve))]
+          if pooled_curve is not None else []),
         ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
         ("protopnet", "ProtoPNet stages", _stages_table(results)),
         ("per-seed", "Per-seed results", _table(per_seed_cols, ps_body)),

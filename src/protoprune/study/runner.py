@@ -107,7 +107,7 @@ def run_study(
     results/per_seed.*, results/summary.* (mean +/- std over seeds), results/curves.csv, the
     plots and index.html.
     """
-    from .aggregate import add_deltas, curves_table, summarize, write_tables
+    from .aggregate import add_deltas, curves_table, pool_pruning_curves, summarize, write_tables
     from .report import write_report
 
     study = load_study_config(cfg_path_or_obj, overrides)
@@ -118,7 +118,8 @@ def run_study(
     curves = curves_table(results)
     summary = summarize(per_seed)
     write_tables(out / "results", per_seed, summary, curves)
-    write_report(out, study, per_seed, summary, curves, results)
+    pooled = pool_pruning_curves(out, results)
+    write_report(out, study, per_seed, summary, curves, results, pooled)
     log.info("study %s: %d units -> %s", study.name, len(results), out / "index.html")
     return per_seed
 

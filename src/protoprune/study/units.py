@@ -24,12 +24,13 @@ from ..errors import ConfigError
 from ..metrics import HEADLINE
 from .config import StudyConfig
 
-KINDS = ("baseline", "filter", "protopnet", "protopnet_pruned", "protopnet_filter")
+KINDS = ("baseline", "curve", "filter", "protopnet", "protopnet_pruned", "protopnet_filter")
 ARM_UNITS = {
     "baseline": ("baseline",),
     "filter_pruning": ("filter",),
     "protopnet": ("protopnet", "protopnet_pruned"),
     "protopnet_filter_pruning": ("protopnet_filter",),
+    "pruning_curve": ("curve",),
 }
 
 
@@ -57,6 +58,7 @@ class Unit:
         proto = Unit(self.arch, self.seed, "protopnet")
         return {
             "baseline": [],
+            "curve": [base],
             "filter": [base],
             "protopnet": [base],
             "protopnet_pruned": [base, proto],
@@ -108,6 +110,7 @@ def unit_config(study: StudyConfig, unit: Unit, out: Path) -> RunConfig:
 SECTIONS = {
     "baseline": ("data", "model", "train"),
     "filter": ("data", "model", "train", "prune_filters"),
+    "curve": ("data", "model", "train", "prune_filters"),
     "protopnet": ("data", "model", "train", "protopnet"),
     "protopnet_pruned": ("data", "model", "train", "protopnet", "prune_prototypes"),
     "protopnet_filter": ("data", "model", "train", "protopnet", "prune_filters"),
@@ -155,6 +158,8 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
         "latency": [study.latency_batch_sizes, study.latency_repeats],
         "min_prototypes_per_class": study.min_prototypes_per_class,
     }
+    if unit.kind == "curve":  # its own settings and criteria (other units' hashes stay as they were)
+        payload["curve"] = [study.curve, study.criteria]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -254,6 +259,12 @@ def run_unit(
     device = resolve_device(cfg.train.device)
     row = _label(unit)
     result: dict[str, Any] = {"unit": unit.key, "kind": unit.kind}
+
+    if unit.kind == "curve":  # a table of cuts, not a final model: no row, a folder to pool
+        from ..prune.curve import pruning_curve
+
+        pruning_curve(base_ckpt, folder, study.curve_settings(), cfg, force=True, progress=False)
+        return {**result, "status": "ok", "rows": []}
 
     if unit.kind in ("baseline", "protopnet"):
         trained = run_training(cfg, folder, force=True)
