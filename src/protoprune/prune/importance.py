@@ -252,7 +252,7 @@ class LRPImportance(_ActivationImportance):
         return super()._compute(model, layers, reference, progress)
 
     def _batch(self, model, x, y, outputs):
-        r = lrp_batch(model, x, y, outputs, self._built, self.output)
+        r = lrp_batch(model, x, y, outputs, self._built, self.output, input_relevance=False)
         return {k: v.sum(0) for k, v in r.absolute.items()}
 
 

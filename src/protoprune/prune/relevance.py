@@ -117,7 +117,7 @@ class Relevance:
     """LRP of one batch: logits, input relevance (B,3,H,W) and per-channel sums for each layer."""
 
     logits: torch.Tensor
-    input_relevance: torch.Tensor
+    input_relevance: torch.Tensor | None  # None when not computed (filter scoring)
     signed: dict[str, torch.Tensor]  # sum of R over each output map, (B, C)
     absolute: dict[str, torch.Tensor]  # sum of |R| over each output map, (B, C)
 
@@ -151,25 +151,32 @@ def lrp_batch(
     modules: dict[str, nn.Module],
     composite: str | Composite = DEFAULT_COMPOSITE,
     output: str = "onehot",
+    input_relevance: bool = True,
 ) -> Relevance:
-    """Explain the true class with LRP and read the relevance at each module's output map."""
+    """Explain the true class with LRP and read the relevance at each module's output map.
+
+    `input_relevance=False` (filter scoring) stops the backward pass at the first module's output:
+    the input layer's rule (z^B: three convolutions at full resolution) then never runs, and
+    `Relevance.input_relevance` is None.
+    """
     comp = build_composite(composite, model) if isinstance(composite, str) else composite
-    x = inputs.detach().clone().requires_grad_(True)
+    x = inputs.detach().clone().requires_grad_(True)  # also when not asked: zennit hooks need it
     with eval_mode(model), frozen_parameters(model), comp.context(model) as hooked, \
             capture_outputs(modules) as outs:  # fmt: skip
         logits = hooked(x)
         start = initial_relevance(logits, targets, output)
         names = [n for n in modules if n in outs]
-        grads = torch.autograd.grad(
-            logits, [x] + [outs[n] for n in names], grad_outputs=start, allow_unused=True
-        )
+        wanted = ([x] if input_relevance else []) + [outs[n] for n in names]
+        grads = torch.autograd.grad(logits, wanted, grad_outputs=start, allow_unused=True)
+    if not input_relevance:
+        grads = (None, *grads)
     signed, absolute = {}, {}
     for name, g in zip(names, grads[1:]):
         if g is None:  # layer not on the path to the logits
             g = torch.zeros_like(outs[name])
         signed[name] = _channel_sum(g).detach()
         absolute[name] = _channel_sum(g.abs()).detach()
-    return Relevance(logits.detach(), grads[0].detach(), signed, absolute)
+    return Relevance(logits.detach(), None if grads[0] is None else grads[0].detach(), signed, absolute)
 
 
 @contextmanager
