@@ -399,6 +399,13 @@ def write_curve_report(df: pd.DataFrame, out: Path, title: str,
     if len(diffs):
         lines += ["\n## Paired differences (test balanced accuracy), 95 % t confidence interval\n",
                   markdown_table(diffs, ".3f")]  # fmt: skip
+    lines += ["\n## At equal compute: test balanced accuracy at a fraction of the unpruned MACs\n",
+              "Each unit interpolated linearly in MACs between its cuts; blank: not reached.\n",
+              markdown_table(equal_macs_table(df))]  # fmt: skip
+    diffs = equal_macs_differences(df)
+    if len(diffs):
+        lines += ["\n## Paired differences at equal MACs, 95 % t confidence interval\n",
+                  markdown_table(diffs, ".3f")]  # fmt: skip
     if layers is not None and len(layers):
         for ratio in sorted(r for r in set(layers["ratio"]) if r in (0.15, 0.3)):
             lines += [f"\n## Fraction of each layer group's filters removed at {ratio:.2f}\n",
@@ -407,8 +414,8 @@ def write_curve_report(df: pd.DataFrame, out: Path, title: str,
     plot_curve(df, out / "curve.png", title)
 
 
-def paired_differences(df: pd.DataFrame) -> pd.DataFrame:
-    """LRP - weight and LRP - random (areas and each ratio), for each normalisation present."""
+def _lrp_pairs(df: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """(lrp, norm) against each other criterion present, at the same norm (random: raw)."""
     methods = set(df["method"])
     pairs = []
     for norm in sorted(set(df["normalize"])):
@@ -417,15 +424,71 @@ def paired_differences(df: pd.DataFrame) -> pd.DataFrame:
             if "lrp" in methods and other in methods and ((df["method"] == other)
                                                           & (df["normalize"] == b_norm)).any():
                 pairs.append((("lrp", norm), (other, b_norm)))
+    return pairs
+
+
+def paired_differences(df: pd.DataFrame) -> pd.DataFrame:
+    """LRP - weight and LRP - random (areas and each ratio), for each normalisation present."""
     rows = []
     ratios = sorted(r for r in set(df["ratio"]) if r > 0)
-    for a, b in pairs:
+    for a, b in _lrp_pairs(df):
         for ratio in [None, *ratios]:
             d = paired_difference(df, a, b, ratio=ratio)
             if d["n"]:
                 rows.append({"difference": f"{d['a']} - {d['b']}",
                              "at": "area" if ratio is None else f"{ratio:.2f}", "n": d["n"],
                              "mean": d["mean"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+MACS_FRACTIONS = (0.9, 0.8, 0.7, 0.6)
+
+
+def curve_at_macs(df: pd.DataFrame, fractions: Sequence[float] = MACS_FRACTIONS,
+                  metric: str = "test_balanced_accuracy") -> pd.DataFrame:  # fmt: skip
+    """Each unit's metric at equal compute: linearly interpolated in MACs between its cuts, at
+    `fractions` of the unpruned MACs (NaN below the fewest MACs the unit reached). Criteria that
+    remove filters of different layers reach different MACs at one filter ratio."""
+    units = [c for c in ("run", "method", "normalize", "ref_seed") if c in df.columns]
+    rows = []
+    for key, g in df.groupby(units, sort=False):
+        g = g.sort_values("macs")
+        full = float(g["macs"].max())
+        for f in fractions:
+            target = f * full
+            inside = g["macs"].min() <= target <= full
+            rows.append({**dict(zip(units, key)), "macs_fraction": f,
+                         "value": float(np.interp(target, g["macs"], g[metric])) if inside else np.nan})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def equal_macs_table(df: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.DataFrame:
+    """Mean ± std of each criterion's metric at 90/80/70/60 % of the unpruned MACs."""
+    at = curve_at_macs(df, metric=metric)
+    rows = []
+    for (m, n), g in at.groupby(["method", "normalize"], sort=False):
+        row = {"method": m, "normalize": n}
+        for f, h in sorted(g.groupby("macs_fraction"), key=lambda kv: -kv[0]):  # 90 % first
+            row[f"{f:.0%} MACs"] = _pm(h["value"].mean(), h["value"].std()) if h["value"].notna().any() else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def equal_macs_differences(df: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.DataFrame:
+    """LRP − each criterion at equal MACs, paired by unit (run × draw), 95 % t interval."""
+    at = curve_at_macs(df, metric=metric)
+    units = [c for c in ("run", "ref_seed") if c in at.columns]
+    rows = []
+    for a, b in _lrp_pairs(df):
+        for f in MACS_FRACTIONS:
+            side = [at[(at["method"] == m) & (at["normalize"] == n) & (at["macs_fraction"] == f)]
+                    .set_index(units)["value"] for m, n in (a, b)]  # fmt: skip
+            joined = pd.concat(side, axis=1, join="inner", keys=["a", "b"]).dropna()
+            d = paired_t_interval((joined["a"] - joined["b"]).to_numpy())
+            if d["n"]:
+                rows.append({"difference": f"{'/'.join(a)} - {'/'.join(b)}", "at": f"{f:.0%} MACs",
+                             "n": d["n"], "mean": d["mean"], "ci_low": d["ci_low"],
+                             "ci_high": d["ci_high"]})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -49,10 +49,10 @@ def _stages_table(results: list[dict]) -> str:
 
 def _curve_section(df: pd.DataFrame) -> str:
     """The pooled no-fine-tune curve: figure, mean ± std per ratio with areas, paired differences."""
-    from ..prune.curve import curve_table, paired_differences
+    from ..prune.curve import curve_table, equal_macs_differences, paired_differences
 
     table = curve_table(df)
-    diffs = paired_differences(df)
+    diffs = pd.concat([paired_differences(df), equal_macs_differences(df)], ignore_index=True)
     fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in diffs.itertuples(index=False)]
     return (
         "<p>Every criterion scores the baseline once per reference-set draw and its filters are cut "
@@ -61,7 +61,8 @@ def _curve_section(df: pd.DataFrame) -> str:
         "<code>results/pruning_curve/curve.md</code>.</p>"
         + _fig("pruning_curve.png", "Test balanced accuracy vs filters removed and vs MACs, no fine-tuning")
         + _table(list(table.columns), table.astype(str).values.tolist())
-        + "<p>Paired differences (unit: seed × draw), 95 % t interval:</p>"
+        + "<p>Paired differences (unit: seed × draw), 95 % t interval, at each filter ratio and at "
+        "equal compute (a fraction of the unpruned MACs):</p>"
         + _table(list(diffs.columns), fmt)
     )
 
