@@ -74,17 +74,21 @@ def _pm(values: pd.Series, fmt: str = ".3f") -> str:
     return f"{values.mean():{fmt}} ± {0 if np.isnan(std) else std:{fmt}}"
 
 
+def _label(metric: str) -> str:
+    return metric.removeprefix("test_").replace("_", " ")
+
+
 def criterion_table(finals: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     """Per criterion: mean ± std over seeds of the final metric, MACs and the metric at equal MACs."""
-    rows = []
+    rows, name = [], _label(metric)
     for (m, n), g in finals.groupby(["method", "normalize"], sort=False):
         rows.append({
             "criterion": m, "normalize": n, "seeds": len(g),
             "removed": _pm(g["pruned_ratio"], ".2f"),
-            f"final {metric}": _pm(g[metric]),
-            f"{metric} before last fine-tune": _pm(g[f"{metric}_pruned"]),
+            f"final {name}": _pm(g[metric]),
+            f"{name} before the last fine-tune": _pm(g[f"{metric}_pruned"]),
             "MMACs": _pm(g["macs"] / 1e6, ".0f"),
-            f"{metric} at {g['common_macs'].iloc[0] / 1e6:.0f} MMACs": _pm(g["at_common_macs"]),
+            f"{name} at {g['common_macs'].iloc[0] / 1e6:.0f} MMACs": _pm(g["at_common_macs"]),
             "rounds stopped by patience": f"{int(g['stopped_early'].sum())} of {int(g['steps_tuned'].sum())}",
             "fine-tune epochs per round": f"{g['mean_epochs'].mean():.1f}",
         })  # fmt: skip
@@ -102,7 +106,8 @@ def paired_table(finals: pd.DataFrame, reference: str = "lrp", metric: str = MET
             d = paired_t_interval((joined[col] - joined[f"{col}_b"]).to_numpy())
             rows.append({"difference": f"{reference} − {m}", "normalize": n, "compared": label, "n": d["n"],
                          "mean": f"{d['mean']:+.3f}",
-                         "95 % CI": f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"})  # fmt: skip
+                         "95 % CI": "n/a (one pair)" if d["n"] < 2
+                         else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -156,8 +161,9 @@ def summarize_schedules(run_dirs: Sequence[str | Path], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "schedules.csv", df.to_csv(index=False))
     text = [f"# Iterative filter pruning: {df['run'].nunique()} runs, {df['checkpoint'].nunique()} baselines\n",
-            f"Test split; mean ± std over training seeds; {metric} after the last step's fine-tuning, and "
-            "interpolated (linearly in MACs, after fine-tuning) at the largest final MACs of all runs.\n",
+            f"Mean ± std over training seeds of the {_label(metric)} ({metric}) after the last step's "
+            "fine-tuning, and interpolated (linearly in MACs, after fine-tuning) at the largest final "
+            "MACs of all runs. A round stopped by patience ended before its epoch cap.\n",
             markdown_table(criterion_table(finals, metric)), "\n## Paired differences, 95 % t interval\n",
             markdown_table(paired_table(finals, metric=metric))]  # fmt: skip
     atomic_write_text(out / "schedules.md", "\n".join(text) + "\n")
