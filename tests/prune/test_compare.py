@@ -76,3 +76,17 @@ def test_cli_summarize_and_duplicate_runs(tmp_path, capsys):
     assert main(["prune-filters", "--summarize", dirs[0], str(twin), "--out", str(tmp_path / "o2")]) == 2
     assert "same criterion and baseline" in capsys.readouterr().err
     assert main(["prune-filters", "--summarize", str(tmp_path), "--out", str(tmp_path / "o3")]) == 2
+
+
+def test_runs_of_one_folder_name_stay_apart_and_unpruned_runs_are_left_out(tmp_path, caplog):
+    dirs = []
+    for (m, s), v in RUNS.items():  # s0/lrp, s0/weight, s1/lrp, ...: names repeat across seeds
+        (tmp_path / f"s{s}").mkdir(exist_ok=True)
+        rd = _write(tmp_path / f"s{s}", m, s, *v)
+        dirs.append(rd.rename(tmp_path / f"s{s}" / m))
+    (tmp_path / "s3").mkdir()
+    rd = _write(tmp_path / "s3", "taylor", 3, *RUNS[("lrp", 0)])
+    pd.read_csv(rd / "results.csv").iloc[:1].drop(columns="finetune_epochs").to_csv(rd / "results.csv", index=False)
+    finals = summarize_schedules(dirs + [rd], tmp_path / "out")
+    assert len(finals) == 6 and finals["run"].nunique() == 6  # six runs, none merged
+    assert "taylor" not in set(finals["method"]) and "no pruned step" in caplog.text

@@ -48,3 +48,22 @@ def test_equal_macs_difference_is_a_paired_t_interval():
     assert d.loc["80% MACs", "n"] == 1  # lrp of s0 (85) and s2 (82) never reaches 80 MACs: dropped
     table = equal_macs_table(df)
     assert list(table.columns[2:4]) == ["90% MACs", "80% MACs"]
+
+
+def test_pooled_runs_pair_by_run_with_draws_averaged_one_run_by_draw():
+    from protoprune.prune.curve import paired_difference
+
+    rows = []
+    for run, draws in {"s0": [0.50, 0.40], "s1": [0.60, 0.56], "s2": [0.45, 0.47]}.items():
+        for seed, lrp in enumerate(draws):
+            for m, v in (("lrp", lrp), ("weight", 0.40)):  # weight: data-free, one cut every draw
+                rows.append({"run": run, "method": m, "normalize": "none", "ref_seed": seed,
+                             "ratio": 0.1, "macs": 90, "test_balanced_accuracy": v})  # fmt: skip
+    df = pd.DataFrame(rows)
+    d = paired_difference(df, ("lrp", "none"), ("weight", "none"), ratio=0.1)
+    per_run = [0.45 - 0.40, 0.58 - 0.40, 0.46 - 0.40]  # draws averaged within each run
+    ci = stats.ttest_1samp(per_run, 0).confidence_interval(0.95)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(np.mean(per_run))
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high))
+    one = paired_difference(df[df.run == "s0"], ("lrp", "none"), ("weight", "none"), ratio=0.1)
+    assert one["n"] == 2 and one["mean"] == pytest.approx(0.05)  # one run: its draws are the units

@@ -181,7 +181,7 @@ def test_prune_curve_cli_cuts_each_ratio_one_shot_and_resumes(tmp_path, baseline
     shutil.copytree(out, tmp_path / "curve2")
     assert main(["prune-curve", "--summarize", str(out), str(tmp_path / "curve2"), "--out", str(tmp_path / "pooled")]) == 0
     pooled = (tmp_path / "pooled" / "curve.md").read_text()
-    assert "lrp/none - random/none" in pooled and "| area | 4 |" in pooled
+    assert "lrp/none - random/none" in pooled and "| area | 2 |" in pooled  # unit: the run (two copies), its draws averaged
     layers = pd.read_csv(out / "curve_layers.csv")
     assert set(layers["ratio"]) == {0.1, 0.3} and (layers["filters"] <= layers["initial"]).all()
     cut30 = layers[(layers.method == "lrp") & (layers.normalize == "none") & (layers.ref_seed == 1) & (layers.ratio == 0.3)]

@@ -42,7 +42,7 @@ def test_pooled_curve_pairs_seed_and_draw_and_is_in_the_report(curve_study):
     # 2 seeds x (lrp, weight, random) x 2 draws x (ratio 0 + two cuts)
     assert len(pooled) == 2 * 3 * 2 * 3 and pooled["run"].nunique() == 2
     md = (out / "results" / "pruning_curve" / "curve.md").read_text()
-    assert "lrp/none - weight/none" in md and "| area | 4 |" in md  # 2 seeds x 2 draws paired
+    assert "lrp/none - weight/none" in md and "| area | 2 |" in md  # unit: the seed, its 2 draws averaged
     html = (out / "index.html").read_text()
     assert "Pruning curve without fine-tuning" in html and 'src="pruning_curve.png"' in html
     assert (out / "pruning_curve.png").stat().st_size > 0
@@ -72,7 +72,20 @@ def test_a_rerun_skips_the_curve_and_other_units_keep_their_fingerprints(curve_s
 
 
 @pytest.mark.parametrize("bad", ["curve.ref_seeds=0", "curve.ratios=[1.5]", "curve.steps=3",
-                                 "curve.normalize=[max]"])  # fmt: skip
+                                 "curve.normalize=[max]", "curve.normalize=max", "curve.ratios=abc",
+                                 "curve.splits=[val]", "curve.ref_seeds=two"])  # fmt: skip
 def test_bad_curve_settings_are_refused_before_any_work(bad):
     with pytest.raises(ConfigError):
         load_study_config(packaged_config("study_quick.yaml"), OVERRIDES + [bad])
+
+
+def test_a_changed_curve_setting_reruns_only_the_curve_units(tmp_path):
+    cfg = load_study_config(packaged_config("study_quick.yaml"), OVERRIDES)
+    more = load_study_config(packaged_config("study_quick.yaml"), OVERRIDES + ["curve.ref_seeds=3"])
+    for kind, changes in (("curve", True), ("baseline", False)):
+        unit = Unit("resnet18", 0, kind)
+        deps = {d.key: "id" for d in unit.deps()}
+        same = fingerprint(cfg, unit, unit_config(cfg, unit, tmp_path), deps) == fingerprint(
+            more, unit, unit_config(more, unit, tmp_path), deps)
+        assert same is not changes, kind
+    assert load_study_config(packaged_config("study_quick.yaml"), OVERRIDES + ["curve.ratios=0.2"]).curve_settings().ratios == [0.2]

@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -23,22 +25,38 @@ from ..io import atomic_write_text
 from ..metrics import paired_t_interval
 
 METRIC = "test_balanced_accuracy"
+log = logging.getLogger(__name__)
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """Every step of every run, with its criterion, normalisation, baseline checkpoint and seed."""
+    """Every step of every run, with its criterion, normalisation, baseline checkpoint and seed.
+
+    Runs without a pruned step (interrupted at step 0) are left out with a warning: their only
+    row is the baseline, which would pass for an equal-MACs result."""
+    dirs = [Path(rd) for rd in run_dirs]
+    names = [d.name for d in dirs]  # folders of one name (s0/lrp, s1/lrp): label them by path
+    labels = names if len(set(names)) == len(names) else [str(d) for d in dirs]
     frames = []
-    for rd in map(Path, run_dirs):
+    for rd, label in zip(dirs, labels):
         if not (rd / "results.csv").is_file() or not (rd / "results.json").is_file():
             raise ConfigError(f"{rd} holds no results.csv/results.json",
                               "give folders written by `protoprune prune-filters`")  # fmt: skip
         meta = json.loads((rd / "results.json").read_text())
         cfg = yaml.safe_load((rd / "config.yaml").read_text()) if (rd / "config.yaml").is_file() else {}
         df = pd.read_csv(rd / "results.csv")
-        frames.append(df.assign(run=rd.name, method=meta["method"], normalize=meta.get("normalize", "none"),
-                                checkpoint=meta["checkpoint"], seed=cfg.get("seed"),
+        if not (df["step"] > 0).any():
+            log.warning("%s has no pruned step yet: left out of the comparison", rd)
+            continue
+        checkpoint = str(Path(meta["checkpoint"]).resolve())  # relative and absolute paths pair
+        frames.append(df.assign(run=label, method=meta["method"], normalize=meta.get("normalize", "none"),
+                                checkpoint=checkpoint, seed=cfg.get("seed"),
                                 cap=meta.get("epochs"), patience=meta.get("patience")))  # fmt: skip
+    if not frames:
+        raise ConfigError("none of the runs has a pruned step", "let prune-filters finish at least one step")
     df = pd.concat(frames, ignore_index=True)
+    for col in ("finetune_epochs", "finetune_seconds"):  # absent when no step was fine-tuned
+        if col not in df.columns:
+            df[col] = np.nan
     dup = df[df["step"] == 0].duplicated(["method", "normalize", "checkpoint"])
     if dup.any():
         raise ConfigError("two runs have the same criterion and baseline checkpoint",
@@ -86,7 +104,7 @@ def criterion_table(finals: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
             "criterion": m, "normalize": n, "seeds": len(g),
             "removed": _pm(g["pruned_ratio"], ".2f"),
             f"final {name}": _pm(g[metric]),
-            f"{name} before the last fine-tune": _pm(g[f"{metric}_pruned"]),
+            f"{name} before the last fine-tune": _pm(g[f"{metric}_pruned"]) if f"{metric}_pruned" in g else "",
             "MMACs": _pm(g["macs"] / 1e6, ".0f"),
             f"{name} at {g['common_macs'].iloc[0] / 1e6:.0f} MMACs": _pm(g["at_common_macs"]),
             "rounds stopped by patience": f"{int(g['stopped_early'].sum())} of {int(g['steps_tuned'].sum())}",
@@ -106,7 +124,7 @@ def paired_table(finals: pd.DataFrame, reference: str = "lrp", metric: str = MET
             d = paired_t_interval((joined[col] - joined[f"{col}_b"]).to_numpy())
             rows.append({"difference": f"{reference} − {m}", "normalize": n, "compared": label, "n": d["n"],
                          "mean": f"{d['mean']:+.3f}",
-                         "95 % CI": "n/a (one pair)" if d["n"] < 2
+                         "95 % CI": f"n/a ({d['n']} pairs)" if d["n"] < 2
                          else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -123,14 +141,16 @@ def plot_schedules(df: pd.DataFrame, path: Path, metric: str = METRIC) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (m, n), g in df.groupby(["method", "normalize"], sort=False):
+        g = g.assign(yp=g[f"{metric}_pruned"] if f"{metric}_pruned" in g else np.nan)
         s = g.groupby("step").agg(x=("pruned_ratio", "mean"), macs=("macs", "mean"), y=(metric, "mean"),
-                                  sd=(metric, "std"), yp=(f"{metric}_pruned", "mean"))  # fmt: skip
+                                  sd=(metric, "std"), yp=("yp", "mean"))  # fmt: skip
         colour = CRITERION_COLOURS.get(m)
         label = m if n == "none" else f"{m} ({n})"
         for ax, x in zip(axes, (s["x"], s["macs"] / 1e6)):
             ax.plot(x, s["y"], marker="o", ms=3, color=colour, label=label)
             ax.fill_between(x, s["y"] - s["sd"].fillna(0), s["y"] + s["sd"].fillna(0), color=colour, alpha=0.15)
-            ax.plot(x, s["yp"], ls="--", marker="x", ms=3, color=colour, alpha=0.6)
+            if s["yp"].notna().any():
+                ax.plot(x, s["yp"], ls="--", marker="x", ms=3, color=colour, alpha=0.6)
     axes[0].set_xlabel("fraction of filters removed")
     axes[1].set_xlabel("MMACs per image")
     axes[1].invert_xaxis()

@@ -78,8 +78,9 @@ class CurveSettings:
     splits: Sequence[str] = ("val", "test")  # evaluated after each cut
 
     def check(self) -> None:
-        if not self.splits or any(s not in ("val", "test") for s in self.splits):
-            raise ConfigError(f"splits {list(self.splits)} must be val and/or test", "e.g. --splits test")
+        if not self.splits or any(s not in ("val", "test") for s in self.splits) or "test" not in self.splits:
+            raise ConfigError(f"splits {list(self.splits)} must be test, or val and test (the curve's "
+                              "tables report the test split)", "e.g. --splits test")  # fmt: skip
         for m in self.methods:
             CRITERIA.get(m)  # a clear error for an unknown name
         for n in self.normalizations:
@@ -330,25 +331,34 @@ def curve_areas(df: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.
     return pd.DataFrame(rows)
 
 
+def _paired_units(table: pd.DataFrame, a: tuple[str, str], b: tuple[str, str]) -> np.ndarray:
+    """a − b per independent unit. Pooled runs (one per training seed): per run, its draws
+    averaged first, since the draws of one run share its baseline (and a data-free criterion's
+    draws are one cut), so counting them as pairs would narrow the interval falsely. One run: per
+    reference draw."""
+    pooled = "run" in table.columns and table["run"].nunique() > 1
+    units = ["run"] if pooled else [c for c in ("run", "ref_seed") if c in table.columns]
+
+    def side(m: str, n: str) -> pd.Series:
+        t = table[(table["method"] == m) & (table["normalize"] == n)]
+        return t.groupby(units)["value"].mean()
+
+    joined = pd.concat([side(*a).rename("a"), side(*b).rename("b")], axis=1, join="inner").dropna()
+    return (joined["a"] - joined["b"]).to_numpy()
+
+
 def paired_difference(df: pd.DataFrame, a: tuple[str, str], b: tuple[str, str],
                       metric: str = "test_balanced_accuracy", ratio: float | None = None) -> dict:  # fmt: skip
-    """Mean of (a - b) over paired units (run x draw) with a 95 % t confidence interval.
+    """Mean of (a - b) over paired units (runs, or draws of one run) with a 95 % t interval.
 
     `a`, `b` are (method, normalize); `ratio=None` compares the areas under the curves.
     """
-    units = [c for c in ("run", "ref_seed") if c in df.columns]
     if ratio is None:
         table = curve_areas(df, metric).rename(columns={"area": "value"})
     else:
         table = df[np.isclose(df["ratio"], ratio)].rename(columns={metric: "value"})
-
-    def side(m, n):
-        t = table[(table["method"] == m) & (table["normalize"] == n)]
-        return t.set_index(units)["value"]
-
-    joined = pd.concat([side(*a).rename("a"), side(*b).rename("b")], axis=1, join="inner").dropna()
     return {"a": "/".join(a), "b": "/".join(b), "ratio": ratio,
-            **paired_t_interval((joined["a"] - joined["b"]).to_numpy())}  # fmt: skip
+            **paired_t_interval(_paired_units(table, a, b))}  # fmt: skip
 
 
 def _pm(mean: float, std: float) -> str:
@@ -398,6 +408,8 @@ def write_curve_report(df: pd.DataFrame, out: Path, title: str,
     diffs = paired_differences(df)
     if len(diffs):
         lines += ["\n## Paired differences (test balanced accuracy), 95 % t confidence interval\n",
+                  "Unit: the training run (its reference draws averaged) when runs are pooled, "
+                  "else the draw; n: units.\n",
                   markdown_table(diffs, ".3f")]  # fmt: skip
     lines += ["\n## At equal compute: test balanced accuracy at a fraction of the unpruned MACs\n",
               "Each unit interpolated linearly in MACs between its cuts; blank: not reached.\n",
@@ -469,22 +481,20 @@ def equal_macs_table(df: pd.DataFrame, metric: str = "test_balanced_accuracy") -
     for (m, n), g in at.groupby(["method", "normalize"], sort=False):
         row = {"method": m, "normalize": n}
         for f, h in sorted(g.groupby("macs_fraction"), key=lambda kv: -kv[0]):  # 90 % first
-            row[f"{f:.0%} MACs"] = _pm(h["value"].mean(), h["value"].std()) if h["value"].notna().any() else ""
+            v = h["value"].dropna()  # units that reached it: n shown where some did not
+            cell = _pm(v.mean(), v.std()) if len(v) else ""
+            row[f"{f:.0%} MACs"] = cell + (f" (n = {len(v)})" if 0 < len(v) < len(h) else "")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def equal_macs_differences(df: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.DataFrame:
-    """LRP − each criterion at equal MACs, paired by unit (run × draw), 95 % t interval."""
+    """LRP − each criterion at equal MACs, paired as `paired_difference` pairs, 95 % t interval."""
     at = curve_at_macs(df, metric=metric)
-    units = [c for c in ("run", "ref_seed") if c in at.columns]
     rows = []
     for a, b in _lrp_pairs(df):
         for f in MACS_FRACTIONS:
-            side = [at[(at["method"] == m) & (at["normalize"] == n) & (at["macs_fraction"] == f)]
-                    .set_index(units)["value"] for m, n in (a, b)]  # fmt: skip
-            joined = pd.concat(side, axis=1, join="inner", keys=["a", "b"]).dropna()
-            d = paired_t_interval((joined["a"] - joined["b"]).to_numpy())
+            d = paired_t_interval(_paired_units(at[at["macs_fraction"] == f], a, b))
             if d["n"]:
                 rows.append({"difference": f"{'/'.join(a)} - {'/'.join(b)}", "at": f"{f:.0%} MACs",
                              "n": d["n"], "mean": d["mean"], "ci_low": d["ci_low"],

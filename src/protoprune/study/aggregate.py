@@ -202,17 +202,22 @@ def write_tables(
     atomic_write_text(folder / "curves.csv", curves.to_csv(index=False))
 
 
-def pool_pruning_curves(out: Path, results: list[dict]) -> pd.DataFrame | None:
-    """The pruning_curve units of every seed pooled into results/pruning_curve/ (curve.md, curve.png,
-    curves.csv) and pruning_curve.png beside index.html; None without that arm."""
+def pool_pruning_curves(out: Path, results: list[dict]) -> dict[str, pd.DataFrame]:
+    """Each architecture's pruning_curve units (one per seed) pooled into results/pruning_curve/
+    (results/pruning_curve/<arch>/ with several architectures: curve.md, curve.png, curves.csv)
+    and pruning_curve[_<arch>].png beside index.html; {arch: pooled cuts}, empty without the arm."""
     import shutil
 
     from ..prune.curve import summarize_curves
 
-    dirs = [out / "runs" / r["unit"] for r in results if r.get("kind") == "curve"]
-    if not dirs:
-        return None
-    target = out / "results" / "pruning_curve"
-    df = summarize_curves(dirs, target)
-    shutil.copy(target / "curve.png", out / "pruning_curve.png")
-    return df
+    by_arch: dict[str, list[Path]] = {}
+    for r in results:
+        if r.get("kind") == "curve":
+            by_arch.setdefault(r["unit"].split("/")[0], []).append(out / "runs" / r["unit"])
+    pooled = {}
+    for arch, dirs in by_arch.items():
+        several = len(by_arch) > 1
+        target = out / "results" / "pruning_curve" / (arch if several else "")
+        pooled[arch] = summarize_curves(dirs, target)
+        shutil.copy(target / "curve.png", out / (f"pruning_curve_{arch}.png" if several else "pruning_curve.png"))
+    return pooled

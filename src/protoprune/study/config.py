@@ -60,10 +60,17 @@ class StudyConfig:
         from ..prune.curve import CurveSettings, parse_ratios
 
         c = self.curve
-        ratios = c["ratios"] if isinstance(c["ratios"], str) else ",".join(map(str, c["ratios"]))
-        return CurveSettings(methods=tuple(self.criteria), ratios=parse_ratios(ratios),
-                             ref_seeds=int(c["ref_seeds"]), normalizations=tuple(c["normalize"]),
-                             bn_recalibrate=bool(c["bn_recalibrate"]), splits=tuple(c["splits"]))  # fmt: skip
+
+        def items(v) -> list:  # a scalar or a comma-separated string is one list
+            return [x.strip() for x in v.split(",")] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
+
+        try:
+            ref_seeds = int(c["ref_seeds"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"curve.ref_seeds = {c['ref_seeds']!r} must be an integer", "e.g. 2") from None
+        return CurveSettings(methods=tuple(self.criteria), ratios=parse_ratios(",".join(map(str, items(c["ratios"])))),
+                             ref_seeds=ref_seeds, normalizations=tuple(items(c["normalize"])),
+                             bn_recalibrate=bool(c["bn_recalibrate"]), splits=tuple(items(c["splits"])))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,7 +47,7 @@ def _stages_table(results: list[dict]) -> str:
     return _table(["unit", "stage", *HEADLINE], rows)
 
 
-def _curve_section(df: pd.DataFrame) -> str:
+def _curve_section(df: pd.DataFrame, figure: str, folder: str) -> str:
     """The pooled no-fine-tune curve: figure, mean ± std per ratio with areas, paired differences."""
     from ..prune.curve import curve_table, equal_macs_differences, paired_differences
 
@@ -58,13 +58,22 @@ def _curve_section(df: pd.DataFrame) -> str:
         "<p>Every criterion scores the baseline once per reference-set draw and its filters are cut "
         "one-shot at each ratio, with no fine-tuning (Yeom et al.'s comparison). Test balanced "
         "accuracy, mean ± std over seeds × draws; area: the curve's mean level. Tables: "
-        "<code>results/pruning_curve/curve.md</code>.</p>"
-        + _fig("pruning_curve.png", "Test balanced accuracy vs filters removed and vs MACs, no fine-tuning")
+        f"<code>{_e(folder)}/curve.md</code>.</p>"
+        + _fig(figure, "Test balanced accuracy vs filters removed and vs MACs, no fine-tuning")
         + _table(list(table.columns), table.astype(str).values.tolist())
-        + "<p>Paired differences (unit: seed × draw), 95 % t interval, at each filter ratio and at "
+        + "<p>Paired differences (unit: the seed, its draws averaged), 95 % t interval, at each filter ratio and at "
         "equal compute (a fraction of the unpruned MACs):</p>"
         + _table(list(diffs.columns), fmt)
     )
+
+
+def _curve_sections(pooled: dict[str, pd.DataFrame]) -> list[tuple[str, str, str]]:
+    """One report section per architecture's pooled curve (names as pool_pruning_curves writes)."""
+    several = len(pooled) > 1
+    return [(f"curve-{arch}", "Pruning curve without fine-tuning" + (f" ({arch})" if several else ""),
+             _curve_section(df, f"pruning_curve_{arch}.png" if several else "pruning_curve.png",
+                            f"results/pruning_curve/{arch}" if several else "results/pruning_curve"))
+            for arch, df in pooled.items()]  # fmt: skip
 
 
 def write_report(
@@ -74,9 +83,9 @@ def write_report(
     summary: pd.DataFrame,
     curves: pd.DataFrame,
     results: list[dict],
-    pooled_curve: pd.DataFrame | None = None,
+    pooled_curve: dict[str, pd.DataFrame] | None = None,
 ) -> Path:
-    """index.html + the plots in `out` (`pooled_curve`: the pruning_curve arm's pooled cuts)."""
+    """index.html + the plots in `out` (`pooled_curve`: the pruning_curve arm's cuts per arch)."""
     write_plots(out, per_seed, curves)
     head, body = table_cells(summary)
     unavailable = summary[summary["status"] != "ok"]
@@ -116,8 +125,7 @@ def write_report(
         ("cost", "Accuracy, latency and MACs",
          _fig("accuracy_vs_macs.png", "Test accuracy vs MACs of the final models")
          + _fig("latency_vs_macs.png", "Measured CPU latency vs MACs")),
-        *([("curve", "Pruning curve without fine-tuning", _curve_section(pooled_curve))]
-          if pooled_curve is not None else []),
+        *_curve_sections(pooled_curve or {}),
         ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
         ("protopnet", "ProtoPNet stages", _stages_table(results)),
         ("per-seed", "Per-seed results", _table(per_seed_cols, ps_body)),
