@@ -155,11 +155,11 @@ def plot_schedules(df: pd.DataFrame, path: Path, metric: str = METRIC) -> Path:
     axes[1].set_xlabel("MMACs per image")
     axes[1].invert_xaxis()
     for ax in axes:
-        ax.set_ylabel(metric.replace("_", " ") + " (dashed: before fine-tuning)")
+        ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Iterative filter pruning, fine-tuned after each step ({df['checkpoint'].nunique()} seeds)",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(f"Iterative filter pruning over {df['checkpoint'].nunique()} seeds: after each step's "
+                 "fine-tuning (solid, band = std) and right after the cut (dashed)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     out = atomic_save_figure(fig, path, dpi=150)
     plt.close(fig)
