@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the baseline, pruning-curve, schedule and benchmark sections of docs/results.md:
 # 3 baseline ResNet18s, their no-fine-tune curves (5 criteria, raw and with the reference's --norm,
-# 2 reference draws), the iterative schedule with converging fine-tuning (5 criteria x 3 seeds),
+# 2 reference draws), the iterative schedule with fine-tuning to patience or a cap (5 criteria x 3 seeds),
 # bench_filter_pruning, then scripts/collect_results.py writes the tables and docs/figures/*.png.
 # About 3 h on 2 CPU cores (bfloat16 training); every step resumes or skips what is done.
 # Usage: bash scripts/filter_pruning_results.sh [RUNS_ROOT]   (default: runs)
