@@ -11,10 +11,9 @@ other criterion with 95 % t intervals. `protoprune prune-filters --summarize RUN
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-
-import logging
 
 import numpy as np
 import pandas as pd

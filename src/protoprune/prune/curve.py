@@ -30,8 +30,8 @@ from torch import nn
 
 from .. import distributed
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
 from ..figures import CRITERION_COLOURS
+from ..io import atomic_write_json, atomic_write_text
 from ..metrics import compute_metrics, paired_t_interval
 from ..progress import tqdm
 from .filters import markdown_table, reference_set
