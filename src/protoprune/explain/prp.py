@@ -20,6 +20,7 @@ from ..lrp.composites import (
     eval_mode,
     frozen_parameters,
 )
+from ..lrp.skip_backward import skipped_replaced_backward
 from ..models.protopnet import ProtoPNet
 
 
@@ -41,7 +42,8 @@ def prp_heatmaps(
     idx = torch.as_tensor(list(prototypes), dtype=torch.long, device=x.device)
     xs = x.detach().expand(n, *x.shape[1:]).clone().requires_grad_(True)
     comp = build_composite(composite, model, bounds)
-    with torch.enable_grad(), eval_mode(model), frozen_parameters(model), comp.context(model):
+    with torch.enable_grad(), eval_mode(model), frozen_parameters(model), comp.context(model), \
+            skipped_replaced_backward(model):  # fmt: skip
         sims = model.prototype_layer(model.conv_features(xs), model.prototype_vectors)  # (n, P)
         rows = torch.arange(n, device=x.device)
         start = torch.zeros_like(sims)

@@ -23,7 +23,7 @@ All hooks and canonizers live in `with` blocks and are removed on exit, also on 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,7 @@ from ..lrp.composites import (  # noqa: F401 (re-exported: the filter scores' ru
     input_bounds,
     yeom2021_composite,
 )
+from ..lrp.skip_backward import skipped_replaced_backward
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -152,18 +153,21 @@ def lrp_batch(
     composite: str | Composite = DEFAULT_COMPOSITE,
     output: str = "onehot",
     input_relevance: bool = True,
+    skip_replaced_backward: bool = True,
 ) -> Relevance:
     """Explain the true class with LRP and read the relevance at each module's output map.
 
     `input_relevance=False` (filter scoring) stops the backward pass at the first module's output:
     the input layer's rule (z^B: three convolutions at full resolution) then never runs, and
-    `Relevance.input_relevance` is None.
+    `Relevance.input_relevance` is None. `skip_replaced_backward` (same relevance, less time: see
+    `lrp.skip_backward`) can be turned off to compare.
     """
     comp = build_composite(composite, model) if isinstance(composite, str) else composite
     x = inputs.detach().clone().requires_grad_(True)  # also when not asked: zennit hooks need it
     with eval_mode(model), frozen_parameters(model), comp.context(model) as hooked, \
             capture_outputs(modules) as outs:  # fmt: skip
-        logits = hooked(x)
+        with skipped_replaced_backward(hooked) if skip_replaced_backward else nullcontext():
+            logits = hooked(x)
         start = initial_relevance(logits, targets, output)
         names = [n for n in modules if n in outs]
         wanted = ([x] if input_relevance else []) + [outs[n] for n in names]
