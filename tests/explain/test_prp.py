@@ -17,6 +17,13 @@ def _top_iou(heat: torch.Tensor, mask: torch.Tensor) -> float:
     return float((top & mask).sum() / (top | mask).sum())
 
 
+def _top_share_near(heat: torch.Tensor, mask: torch.Tensor, px: int = 2) -> float:
+    """Share of the top 5 % of the pixels within `px` pixels of the pattern."""
+    top = heat >= torch.quantile(heat.flatten(), 0.95)
+    near = F.max_pool2d(mask[None, None].float(), 2 * px + 1, 1, px)[0, 0].bool()
+    return float((top & near).sum() / top.sum())
+
+
 def _planted(seed: int):
     """A random 4-conv trunk (latent 4 x 4, each cell sees 17 x 17 of 32 x 32 px), an image of
     faint noise with an 8 x 8 coloured square inside cell (1, 1)'s field, and prototype 0 set to
@@ -54,8 +61,14 @@ def test_prp_peaks_on_the_planted_pattern_and_leaves_the_similarity_unchanged() 
         ious.append(_top_iou(heat[0], mask))
         upsampled.append(_top_iou(up, mask))
         assert ious[-1] > upsampled[-1]  # sharper than the upsampled similarity map
+        # per draw: the top 5 % lies on the pattern or its 2-px rim (the cell's field is 17 x 17
+        # px around it), where a draw with IoU below 0.5 puts its relevance (the square's edge)
+        assert _top_share_near(heat[0], mask) >= 0.95, seed
     # measured with the default (yeom2021) composite: 0.81 0.81 0.45 0.55 0.57 0.81, mean 0.67
-    # (epsilon_plus_flat: 0.73 0.78 0.41 0.53 0.55 0.81; the upsampled map: 0.10 to 0.22)
+    # (epsilon_plus_flat: 0.73 0.78 0.41 0.53 0.55 0.81; the upsampled map: 0.10 to 0.22); the
+    # top 5 % (51 px) cannot cover the 64-px square, so 0.80 is the highest IoU possible. Over
+    # seeds 0-9 one draw in ten is below 0.5 (seed 2: relevance on the square's upper edge), so
+    # the bound holds for the mean and every draw is held to the 2-px rim above
     assert sum(ious) / len(ious) >= 0.5 and min(ious) >= 0.35, ious
 
 
