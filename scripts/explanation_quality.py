@@ -23,8 +23,9 @@ import pandas as pd
 from protoprune.config import load_config
 from protoprune.explain.analysis import explanation_summary
 from protoprune.io import atomic_write_json, atomic_write_text
-from protoprune.metrics import paired_t_interval
+from protoprune.metrics import mean_std, paired_t_interval
 from protoprune.prune.relevance import input_bounds
+from protoprune.seed import resolve_device
 from protoprune.study.aggregate import EXPLANATION_COLUMNS
 from protoprune.train.checkpoint import model_from_checkpoint
 from protoprune.train.run import prepare_data
@@ -34,28 +35,26 @@ COLUMNS = (("bal. acc.", "test_balanced_accuracy"), ("AUROC", "test_auroc_macro"
 
 
 def run_row(run: Path) -> dict:
-    """Test metrics and explanation summary of one run folder (cached in <run>/explanation_quality.json)."""
+    """Test metrics and explanation summary of one run folder, cached in
+    <run>/explanation_quality.json (recomputed when the run's metrics.json is newer)."""
     cache = run / "explanation_quality.json"
-    if cache.is_file():
+    if cache.is_file() and cache.stat().st_mtime >= (run / "metrics.json").stat().st_mtime:
         return json.loads(cache.read_text())
     cfg = load_config(run / "config.yaml")
-    cfg.train.device = "cpu" if cfg.train.device == "auto" else cfg.train.device
+    device = resolve_device(cfg.train.device)
     loaders, _ = prepare_data(cfg)
     model = model_from_checkpoint(run / "checkpoints" / "best.pt")
     test = json.loads((run / "metrics.json").read_text())["test"]
     row = {"run": run.name, "seed": cfg.seed, **{f"test_{k}": v for k, v in test.items()
                                                   if isinstance(v, (int, float))}}  # fmt: skip
     bounds = input_bounds(cfg.data.mean, cfg.data.std)
-    row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, cfg.train.device, bounds=bounds))
+    row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device, bounds=bounds))
     atomic_write_json(cache, row)
     return row
 
 
-def _pm(values: pd.Series) -> str:
-    v = values.dropna()
-    if v.empty:
-        return "n/a"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+def _cell(values: pd.Series) -> str:
+    return mean_std(values) if values.notna().any() else "n/a"
 
 
 def tables(df: pd.DataFrame) -> str:
@@ -64,7 +63,7 @@ def tables(df: pd.DataFrame) -> str:
     lines = ["| recipe | seeds | " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for r in recipes:
         sub = df[df["recipe"] == r]
-        lines.append(f"| {r} | {len(sub)} | " + " | ".join(_pm(sub[c]) for _, c in cols) + " |")
+        lines.append(f"| {r} | {len(sub)} | " + " | ".join(_cell(sub[c]) for _, c in cols) + " |")
     ref = df[df["recipe"] == recipes[0]].set_index("seed")
     for r in recipes[1:]:
         other = df[df["recipe"] == r].set_index("seed")

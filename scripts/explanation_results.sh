@@ -4,7 +4,8 @@
 # and the same recipe with protopnet.trunk_layers=2 (layer1-layer2 only: 14 x 14 cells of 25 px),
 # 3 seeds each, then scripts/explanation_quality.py (test metrics and explanation quality, paired
 # differences) and the HTML report of each recipe's seed-0 model.
-# About 25 min a run on one CPU core (bfloat16 training): 2.5 h serially; finished runs are skipped.
+# Measured with two runs sharing 2 CPU cores (one thread each): 17-49 min a run, 1 h 30 min for
+# the six (bfloat16 training); finished runs are skipped, interrupted ones resume.
 # Usage: bash scripts/explanation_results.sh [RUNS_ROOT]   (default: runs)
 set -euo pipefail
 R=${1:-runs}/explanations

@@ -93,6 +93,15 @@ def metrics_markdown(results: dict[str, dict], title: str = "Metrics") -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_std(values, fmt: str = ".3f") -> str:
+    """'mean ± sample std' of the values, NaN left out (std 0 for a single value): a table cell."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    mean = v.mean() if len(v) else float("nan")
+    std = v.std(ddof=1) if len(v) > 1 else 0.0
+    return f"{mean:{fmt}} ± {std:{fmt}}"
+
+
 def paired_t_interval(differences, level: float = 0.95) -> dict:
     """Mean of paired differences with its two-sided t confidence interval (NaN below 2 pairs)."""
     from scipy import stats

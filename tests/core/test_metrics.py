@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from protoprune.metrics import compute_metrics, metrics_markdown
+from protoprune.metrics import compute_metrics, mean_std, metrics_markdown
 
 NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -37,3 +37,10 @@ def test_markdown_lists_every_class():
     md = metrics_markdown({"test": compute_metrics(y, one_hot(y), NAMES)})
     for name in NAMES:
         assert f"| {name} |" in md
+
+
+def test_mean_std_cell_by_hand():
+    # 0.1, 0.2, 0.6: mean 0.3, sample variance (0.04 + 0.01 + 0.09) / 2 = 0.07, std 0.2646
+    assert mean_std([0.1, 0.2, float("nan"), 0.6]) == "0.300 ± 0.265"  # NaN left out
+    assert mean_std([5.0], ".1f") == "5.0 ± 0.0"
+    assert mean_std([]) == "nan ± 0.000"

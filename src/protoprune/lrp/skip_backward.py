@@ -8,7 +8,8 @@ input gradient (a transposed convolution) is computed and thrown away. Under
 its input by a node whose backward hands zeros on; zennit's input hook then replaces those zeros
 by the rule's relevance exactly as it replaced the ordinary gradient, so every relevance is
 unchanged (tests/lrp/test_skip_backward.py compares the two) and one transposed convolution a
-layer is saved (LRP filter scoring of a small ResNet18: about a sixth of the time).
+layer is saved (LRP filter scoring of a small ResNet18, 70 images, 2 threads: 1.83x -> 1.52x a plain
+forward+backward at 28 px, 3.08x -> 2.71x at 64 px).
 
 Written by hand because zennit has no switch for it: its hooks are designed to compose with the
 ordinary backward.

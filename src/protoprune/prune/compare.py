@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from ..metrics import paired_t_interval
+from ..metrics import mean_std, paired_t_interval
 
 METRIC = "test_balanced_accuracy"
 log = logging.getLogger(__name__)
@@ -86,11 +86,6 @@ def final_rows(df: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     return finals.reset_index(drop=True)
 
 
-def _pm(values: pd.Series, fmt: str = ".3f") -> str:
-    std = values.std(ddof=1) if len(values) > 1 else float("nan")
-    return f"{values.mean():{fmt}} ± {0 if np.isnan(std) else std:{fmt}}"
-
-
 def _label(metric: str) -> str:
     return metric.removeprefix("test_").replace("_", " ")
 
@@ -101,11 +96,11 @@ def criterion_table(finals: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     for (m, n), g in finals.groupby(["method", "normalize"], sort=False):
         rows.append({
             "criterion": m, "normalize": n, "seeds": len(g),
-            "removed": _pm(g["pruned_ratio"], ".2f"),
-            f"final {name}": _pm(g[metric]),
-            f"{name} before the last fine-tune": _pm(g[f"{metric}_pruned"]) if f"{metric}_pruned" in g else "",
-            "MMACs": _pm(g["macs"] / 1e6, ".0f"),
-            f"{name} at {g['common_macs'].iloc[0] / 1e6:.0f} MMACs": _pm(g["at_common_macs"]),
+            "removed": mean_std(g["pruned_ratio"], ".2f"),
+            f"final {name}": mean_std(g[metric]),
+            f"{name} before the last fine-tune": mean_std(g[f"{metric}_pruned"]) if f"{metric}_pruned" in g else "",
+            "MMACs": mean_std(g["macs"] / 1e6, ".0f"),
+            f"{name} at {g['common_macs'].iloc[0] / 1e6:.0f} MMACs": mean_std(g["at_common_macs"]),
             "rounds stopped by patience": f"{int(g['stopped_early'].sum())} of {int(g['steps_tuned'].sum())}",
             "fine-tune epochs per round": f"{g['mean_epochs'].mean():.1f}",
         })  # fmt: skip
