@@ -21,19 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="study folder (default: runs/<study name>)")
     parser.add_argument("--force", action="store_true",
                         help="start over (an existing folder is kept as <out>.old-N)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N seeds side by side, in N processes sharing the CPU cores (or the GPU); "
+                             "the same results as one process at the same thread count")  # fmt: skip
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="refuse to continue a folder that already holds results")  # fmt: skip
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..errors import Interrupted
+    from ..errors import ConfigError, Interrupted
     from ..study import load_study_config, run_study
     from ..study.aggregate import summarize, summary_markdown
 
+    if args.jobs < 1:  # before the config is read: nothing has started
+        raise ConfigError(f"--jobs {args.jobs} must be at least 1", "e.g. --jobs 3 (one process a seed)")
     study = load_study_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / study.name
     try:
-        per_seed = run_study(study, out, force=args.force, resume=args.resume)
+        per_seed = run_study(study, out, force=args.force, resume=args.resume, jobs=args.jobs)
     except KeyboardInterrupt:
         raise Interrupted(
             f"the finished units in {out} are kept; rerun the same command to resume the study "

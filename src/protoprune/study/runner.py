@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import time
+import traceback
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, prepare_run_dir
 from ..progress import tqdm
-from .config import StudyConfig, load_study_config
+from .config import StudyConfig, load_study_config, study_from_dict
 from .units import ExternalTest, Unit, fingerprint, plan_units, run_unit, unit_config, unit_dir
 
 log = logging.getLogger(__name__)
@@ -49,8 +55,13 @@ class StudyLog:
     def __call__(self, unit: str, event: str, **extra: Any) -> None:
         line = json.dumps({"invocation": self.invocation, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "unit": unit, "event": event, **extra})  # fmt: skip
-        old = self.path.read_text() if self.path.is_file() else ""
-        atomic_write_text(self.path, old + line + "\n")  # small file: rewrite, never half-written
+        # one write of one short line in append mode: whole lines, also when the parallel
+        # workers of `run_study(jobs=N)` log at the same time (a read-and-rewrite would lose some)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
 
     def events(self, invocation: str | None = None) -> list[dict]:
         if not self.path.is_file():
@@ -92,6 +103,47 @@ def run_units(study: StudyConfig, out: Path, progress: bool = True) -> list[dict
     return results
 
 
+def seed_groups(study: StudyConfig) -> list[StudyConfig]:
+    """One study a (architecture, seed): the units of one seed depend only on each other, so
+    the groups can run side by side; a unit's fingerprint does not depend on the other seeds."""
+    return [dataclasses.replace(study, archs=[a], seeds=[s]) for a in study.archs for s in study.seeds]
+
+
+def _run_group(study: dict, out: str, threads: int) -> str | None:
+    """A worker of `run_in_parallel`: the group's units; returns the traceback if one failed."""
+    import torch
+
+    from .. import progress
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress.switch_off()  # bars of several processes would overwrite each other: a line an epoch
+    torch.set_num_threads(threads)  # a unit with train.threads set still uses its own
+    try:
+        run_units(study_from_dict(study), Path(out), progress=False)
+    except BaseException:  # noqa: BLE001 (reported to the parent, which raises)
+        return traceback.format_exc()
+    return None
+
+
+def run_in_parallel(study: StudyConfig, out: Path, jobs: int) -> None:
+    """Run the seed groups in `jobs` processes (spawned: safe with CUDA), each on
+    cpu_count // jobs intra-op threads. On 2 AVX2 cores a training step of the small-image
+    ResNet18 (128 images at 28 px) took 9.8 s on one thread and 5.7 s on two, so two 1-thread
+    processes get 1.15x the throughput of one 2-thread process; on a GPU these small models leave
+    the device mostly idle, and seeds side by side share it."""
+    groups = seed_groups(study)
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(groups)))
+    log.info("study: %d seed groups in %d processes, %d threads each", len(groups), jobs, threads)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {f"{g.archs[0]}/seed{g.seeds[0]}": pool.submit(_run_group, g.to_dict(), str(out), threads)
+                   for g in groups}  # fmt: skip
+        failed = {k: f.result() for k, f in futures.items() if f.result() is not None}
+    if failed:
+        key, tb = next(iter(failed.items()))
+        raise RuntimeError(f"study group {key} failed (the other groups' finished units are kept):\n{tb}")
+
+
 def run_study(
     cfg_path_or_obj: str | Path | StudyConfig | dict,
     out_dir: str | Path,
@@ -99,21 +151,28 @@ def run_study(
     resume: bool = True,
     overrides: list[str] | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     """Run (or resume) a study in `out_dir`; returns the per-seed results table.
 
     Units already done with the same settings are skipped (`resume`, the default); `force`
-    moves an existing `out_dir` aside (to `<name>.old-N`) and starts over. Writes
-    results/per_seed.*, results/summary.* (mean +/- std over seeds), results/curves.csv, the
-    plots and index.html.
+    moves an existing `out_dir` aside (to `<name>.old-N`) and starts over. `jobs` > 1 runs the
+    seeds in that many processes (`run_in_parallel`); the results are the same as in one
+    process at the same thread count. Writes results/per_seed.*, results/summary.* (mean +/- std
+    over seeds), results/curves.csv, the plots and index.html.
     """
     from .aggregate import add_deltas, curves_table, pool_pruning_curves, summarize, write_tables
     from .report import write_report
 
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"jobs = {jobs!r} must be a positive integer",
+                          "e.g. --jobs 3 to run three seeds side by side, or 1")  # fmt: skip
     study = load_study_config(cfg_path_or_obj, overrides)
     out = prepare_run_dir(out_dir, force=force, resume=resume and not force)  # force: start over
     atomic_write_text(out / "study.yaml", yaml.safe_dump(study.to_dict(), sort_keys=False))
-    results = run_units(study, out, progress)
+    if jobs > 1:
+        run_in_parallel(study, out, jobs)
+    results = run_units(study, out, progress)  # after run_in_parallel: reads what it finished
     per_seed = add_deltas(pd.DataFrame([r for res in results for r in res["rows"]]))
     curves = curves_table(results)
     summary = summarize(per_seed)
@@ -124,4 +183,4 @@ def run_study(
     return per_seed
 
 
-__all__ = ["run_study", "run_units", "unit_state", "StudyLog", "Unit"]
+__all__ = ["run_study", "run_units", "run_in_parallel", "seed_groups", "unit_state", "StudyLog", "Unit"]
