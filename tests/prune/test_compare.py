@@ -90,3 +90,18 @@ def test_runs_of_one_folder_name_stay_apart_and_unpruned_runs_are_left_out(tmp_p
     finals = summarize_schedules(dirs + [rd], tmp_path / "out")
     assert len(finals) == 6 and finals["run"].nunique() == 6  # six runs, none merged
     assert "taylor" not in set(finals["method"]) and "no pruned step" in caplog.text
+
+
+def test_rounds_flat_at_the_end_are_counted_where_recorded(tmp_path):
+    dirs = [_write(tmp_path, m, s, *v) for (m, s), v in RUNS.items()]
+    flat = {"s0-lrp": [True, False], "s1-lrp": [True, True], "s2-lrp": [True, False]}
+    for rd in dirs:  # lrp runs record it; weight runs predate it (no column)
+        if rd.name in flat:
+            df = pd.read_csv(rd / "results.csv")
+            df["finetune_flat"] = [np.nan, *flat[rd.name]]
+            df.to_csv(rd / "results.csv", index=False)
+    finals = summarize_schedules(dirs, tmp_path / "out").set_index("run")
+    assert finals.loc["s0-lrp", "flat_rounds"] == 1 and finals.loc["s1-lrp", "flat_rounds"] == 2
+    table = (tmp_path / "out" / "schedules.md").read_text().split("## Paired")[0]
+    assert "| 4 of 6 |" in table.split("| lrp |")[1].split("\n")[0]  # 1 + 2 + 1 flat rounds
+    assert "n/a" in table.split("| weight |")[1].split("\n")[0]

@@ -16,8 +16,12 @@ from protoprune.study.runner import seed_groups
 from protoprune.study.units import fingerprint, unit_config
 
 # one thread in every unit (the parent and the workers alike), so the two runs compute the same
+# curves long enough to end flat or not: 3 training epochs, fine-tuning rounds of at most 3
+# evaluations of 2 batches each, stopped by a patience of 1
 OVERRIDES = ["seeds=[0,1]", "arms=[baseline,filter_pruning]", "criteria=[weight,random]",
-             "latency_batch_sizes=[]", "run.train.threads=1", "run.data.max_per_split=60"]  # fmt: skip
+             "latency_batch_sizes=[]", "run.train.threads=1", "run.data.max_per_split=60",
+             "run.train.epochs=3", "run.prune_filters.epochs=3", "run.prune_filters.patience=1",
+             "run.prune_filters.finetune_batches=2"]  # fmt: skip
 
 
 def _comparable(df: pd.DataFrame) -> pd.DataFrame:
@@ -81,3 +85,30 @@ def test_bad_jobs_is_refused_before_any_work(tmp_path, capsys):
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "--jobs 0" in err and "fix:" in err
+
+
+def test_convergence_table_reads_each_curve_as_recorded(both):
+    """results/convergence.csv against the runs' own files, recomputed by hand."""
+    cfg, tmp, _, _ = both
+    out = tmp / "parallel"
+    conv = pd.read_csv(out / "results" / "convergence.csv")
+    assert len(conv) == 2 + 2 * 2 * 2  # a training curve a baseline, 2 rounds a criterion x seed
+    for _, r in conv[conv["arm"] == "baseline"].iterrows():
+        h = pd.read_csv(out / "runs" / "resnet18" / f"seed{r['seed']}" / "baseline" / "history.csv")
+        v = h["val_balanced_accuracy"].tolist()
+        assert r["evaluations"] == len(v) == 3 and r["best_evaluation"] == v.index(max(v)) + 1
+        assert r["gain_last"] == pytest.approx(max(v[1:]) - v[0])
+        assert bool(r["flat"]) == (max(v[1:]) - v[0] <= 0.01)
+    for _, r in conv[conv["arm"] == "filter"].iterrows():
+        steps = pd.read_csv(out / "runs" / "resnet18" / f"seed{r['seed']}" / f"filter-{r['method']}" / "results.csv")
+        row = steps[steps["step"] == int(r["curve"].split()[1])].iloc[0]
+        assert r["evaluations"] == row["finetune_epochs"] <= 3
+        assert 1 <= r["best_evaluation"] <= r["evaluations"]
+        # patience 1: a round stops after one evaluation without improvement, so a round cut
+        # short ended on a non-improving evaluation, and one that ran all 3 improved at the last
+        # or the one before
+        assert bool(r["stopped_by_patience"]) == (r["evaluations"] < 3)
+        if r["stopped_by_patience"]:
+            assert r["best_evaluation"] == r["evaluations"] - 1
+    html = (out / "index.html").read_text()
+    assert "Convergence of each budget" in html and "flat at the end" in html

@@ -53,7 +53,8 @@ def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     if not frames:
         raise ConfigError("none of the runs has a pruned step", "let prune-filters finish at least one step")
     df = pd.concat(frames, ignore_index=True)
-    for col in ("finetune_epochs", "finetune_seconds"):  # absent when no step was fine-tuned
+    # absent when no step was fine-tuned (finetune_flat: also in runs from before it was recorded)
+    for col in ("finetune_epochs", "finetune_seconds", "finetune_flat"):
         if col not in df.columns:
             df[col] = np.nan
     dup = df[df["step"] == 0].duplicated(["method", "normalize", "checkpoint"])
@@ -83,6 +84,10 @@ def final_rows(df: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     finals["common_macs"] = common
     finals["stopped_early"] = finals["run"].map(early["sum"]).astype(int)
     finals["steps_tuned"] = finals["run"].map(early["count"]).astype(int)
+    recorded = tuned.dropna(subset=["finetune_flat"])  # train.convergence.plateau of each round
+    flat = recorded.assign(f=recorded["finetune_flat"].astype(bool)).groupby("run")["f"].agg(["sum", "count"])
+    finals["flat_rounds"] = finals["run"].map(flat["sum"])
+    finals["flat_recorded"] = finals["run"].map(flat["count"])
     return finals.reset_index(drop=True)
 
 
@@ -102,6 +107,8 @@ def criterion_table(finals: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
             "MMACs": mean_std(g["macs"] / 1e6, ".0f"),
             f"{name} at {g['common_macs'].iloc[0] / 1e6:.0f} MMACs": mean_std(g["at_common_macs"]),
             "rounds stopped by patience": f"{int(g['stopped_early'].sum())} of {int(g['steps_tuned'].sum())}",
+            "rounds flat at the end": (f"{int(g['flat_rounds'].sum())} of {int(g['flat_recorded'].sum())}"
+                                       if g["flat_recorded"].notna().any() else "n/a"),
             "fine-tune epochs per round": f"{g['mean_epochs'].mean():.1f}",
         })  # fmt: skip
     return pd.DataFrame(rows)
@@ -177,7 +184,9 @@ def summarize_schedules(run_dirs: Sequence[str | Path], out_dir: str | Path,
     text = [f"# Iterative filter pruning: {df['run'].nunique()} runs, {df['checkpoint'].nunique()} baselines\n",
             f"Mean ± std over training seeds of the {_label(metric)} ({metric}) after the last step's "
             "fine-tuning, and interpolated (linearly in MACs, after fine-tuning) at the largest final "
-            "MACs of all runs. A round stopped by patience ended before its epoch cap.\n",
+            "MACs of all runs. A round stopped by patience ended before its epoch cap; a round is "
+            "flat at the end when its last 2 evaluations added at most 0.01 to its best validation "
+            "score before them (train.convergence).\n",
             markdown_table(criterion_table(finals, metric)), "\n## Paired differences, 95 % t interval\n",
             markdown_table(paired_table(finals, metric=metric))]  # fmt: skip
     atomic_write_text(out / "schedules.md", "\n".join(text) + "\n")

@@ -127,7 +127,7 @@ def run_schedule(
     """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step.
 
     `ignored_layers` (default: the classifier head) keep their outputs. `finetune` may return the
-    number of epochs it ran (recorded as `finetune_epochs`)."""
+    number of epochs it ran (recorded as `finetune_epochs`) or a mapping of such columns."""
     model.to(device).eval()
     example = torch.zeros(1, 3, image_size, image_size, device=device)
     # a ProtoPNet's prototypes are a bare Parameter used by F.conv2d: tell torch-pruning their
@@ -167,7 +167,9 @@ def run_schedule(
         t0 = time.perf_counter()
         if finetune is not None:
             ran = finetune(model)
-            if isinstance(ran, int):
+            if isinstance(ran, dict):  # how its validation curve ended (train.convergence)
+                row.update(ran)
+            elif isinstance(ran, int):
                 row["finetune_epochs"] = ran
             row.update(_metrics(evaluate, model, loaders, device, ""))
         else:
@@ -214,6 +216,7 @@ def prune_filters(
         model_from_checkpoint,
         save_checkpoint,
     )
+    from ..train.convergence import plateau
     from ..train.evaluate import evaluate_model
     from ..train.loop import fit
     from ..train.run import prepare_data
@@ -290,7 +293,9 @@ def prune_filters(
             return pf.epochs
         out = fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device,
                   patience=pf.patience)  # fmt: skip
-        return len(out["history"])
+        end = plateau([h.get(f"val_{tune_cfg.train.select_metric}") for h in out["history"]])
+        return {"finetune_epochs": len(out["history"]), "finetune_best_epoch": out["best_epoch"],
+                "finetune_gain_last": end["gain_last"], "finetune_flat": end["flat"]}  # fmt: skip
 
     def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
         if not main:

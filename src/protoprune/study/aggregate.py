@@ -87,6 +87,27 @@ def curves_table(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def convergence_table(results: list[dict]) -> pd.DataFrame:
+    """How every recorded validation curve ended: a row per training run and per fine-tuning
+    round (`units.training_convergence`, `units.schedule_convergence`)."""
+    return pd.DataFrame([r for res in results for r in res.get("convergence", [])])
+
+
+def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
+    """Per arm (and criterion): curves, how many ended flat, how many patience stopped, and the
+    largest gain of the last evaluations (what a longer budget might still have added)."""
+    if conv.empty:
+        return pd.DataFrame()
+    rows = []
+    for (arm, method), g in conv.groupby(["arm", "method"], sort=False):
+        stopped = g["stopped_by_patience"].dropna()
+        rows.append({"arm": arm, "method": method, "curves": len(g), "flat": int(g["flat"].sum()),
+                     "stopped_by_patience": int(stopped.sum()) if len(stopped) else None,
+                     "evaluations_mean": float(g["evaluations"].mean()),
+                     "gain_last_max": float(g["gain_last"].max())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = ".3f") -> str:
     mean, std = row.get(f"{col}_mean", np.nan), row.get(f"{col}_std", np.nan)
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -187,9 +208,13 @@ def summary_markdown(summary: pd.DataFrame, title: str) -> str:
 
 
 def write_tables(
-    folder: Path, per_seed: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame
+    folder: Path,
+    per_seed: pd.DataFrame,
+    summary: pd.DataFrame,
+    curves: pd.DataFrame,
+    convergence: pd.DataFrame | None = None,
 ) -> None:
-    """results/per_seed, summary (csv, json, md) and curves.csv."""
+    """results/per_seed, summary (csv, json, md), curves.csv and convergence.csv."""
     atomic_write_text(folder / "per_seed.csv", per_seed.to_csv(index=False))
     atomic_write_json(
         folder / "per_seed.json", per_seed.replace({np.nan: None}).to_dict(orient="records")
@@ -200,6 +225,8 @@ def write_tables(
     )
     atomic_write_text(folder / "summary.md", summary_markdown(summary, "Study results"))
     atomic_write_text(folder / "curves.csv", curves.to_csv(index=False))
+    if convergence is not None:
+        atomic_write_text(folder / "convergence.csv", convergence.to_csv(index=False))
 
 
 def pool_pruning_curves(out: Path, results: list[dict]) -> dict[str, pd.DataFrame]:

@@ -15,7 +15,8 @@ import yaml
 from ..io import atomic_write_text
 from ..metrics import HEADLINE
 from ..report.html import render_html
-from .aggregate import arm_label, table_cells
+from ..train.convergence import LAST, TOLERANCE
+from .aggregate import arm_label, convergence_summary, table_cells
 from .config import StudyConfig
 from .plots import write_plots
 
@@ -45,6 +46,24 @@ def _stages_table(results: list[dict]) -> str:
     if not rows:
         return "<p class=muted>No ProtoPNet runs in this study.</p>"
     return _table(["unit", "stage", *HEADLINE], rows)
+
+
+def _convergence_section(conv: pd.DataFrame | None) -> str:
+    """Whether each arm's budget was long enough, read off its validation curves."""
+    summary = convergence_summary(conv if conv is not None else pd.DataFrame())
+    if summary.empty:
+        return "<p class=muted>No validation curves recorded.</p>"
+    rule = (f"<p>A curve is <i>flat</i> when its last {LAST} evaluations added at most "
+            f"{TOLERANCE:g} to the best validation score before them (the training's selection "
+            "metric); a fine-tuning round stopped by patience is flat by construction. One row a "
+            "training run or fine-tuning round in <code>results/convergence.csv</code>.</p>")  # fmt: skip
+    body = [[arm_label(r["arm"], r["method"]), str(r["curves"]), str(r["flat"]),
+             "" if r["stopped_by_patience"] is None or pd.isna(r["stopped_by_patience"]) else str(int(r["stopped_by_patience"])),
+             f"{r['evaluations_mean']:.1f}", f"{r['gain_last_max']:+.3f}"]
+            for _, r in summary.iterrows()]  # fmt: skip
+    head = ["arm", "curves", "flat at the end", "stopped by patience", "evaluations (mean)",
+            "largest gain of the last evaluations"]  # fmt: skip
+    return rule + _table(head, body)
 
 
 def _curve_section(df: pd.DataFrame, figure: str, folder: str) -> str:
@@ -84,8 +103,10 @@ def write_report(
     curves: pd.DataFrame,
     results: list[dict],
     pooled_curve: dict[str, pd.DataFrame] | None = None,
+    convergence: pd.DataFrame | None = None,
 ) -> Path:
-    """index.html + the plots in `out` (`pooled_curve`: the pruning_curve arm's cuts per arch)."""
+    """index.html + the plots in `out` (`pooled_curve`: the pruning_curve arm's cuts per arch;
+    `convergence`: how each validation curve ended)."""
     write_plots(out, per_seed, curves)
     head, body = table_cells(summary)
     unavailable = summary[summary["status"] != "ok"]
@@ -128,6 +149,7 @@ def write_report(
         *_curve_sections(pooled_curve or {}),
         ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
         ("protopnet", "ProtoPNet stages", _stages_table(results)),
+        ("convergence", "Convergence of each budget", _convergence_section(convergence)),
         ("per-seed", "Per-seed results", _table(per_seed_cols, ps_body)),
         ("config", "Study configuration",
          f"<pre>{_e(yaml.safe_dump(study.to_dict(), sort_keys=False))}</pre>"),

@@ -159,9 +159,16 @@ def run_study(
     moves an existing `out_dir` aside (to `<name>.old-N`) and starts over. `jobs` > 1 runs the
     seeds in that many processes (`run_in_parallel`); the results are the same as in one
     process at the same thread count. Writes results/per_seed.*, results/summary.* (mean +/- std
-    over seeds), results/curves.csv, the plots and index.html.
+    over seeds), results/curves.csv, results/convergence.csv, the plots and index.html.
     """
-    from .aggregate import add_deltas, curves_table, pool_pruning_curves, summarize, write_tables
+    from .aggregate import (
+        add_deltas,
+        convergence_table,
+        curves_table,
+        pool_pruning_curves,
+        summarize,
+        write_tables,
+    )
     from .report import write_report
 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
@@ -176,9 +183,10 @@ def run_study(
     per_seed = add_deltas(pd.DataFrame([r for res in results for r in res["rows"]]))
     curves = curves_table(results)
     summary = summarize(per_seed)
-    write_tables(out / "results", per_seed, summary, curves)
+    convergence = convergence_table(results)
+    write_tables(out / "results", per_seed, summary, curves, convergence)
     pooled = pool_pruning_curves(out, results)
-    write_report(out, study, per_seed, summary, curves, results, pooled)
+    write_report(out, study, per_seed, summary, curves, results, pooled, convergence)
     log.info("study %s: %d units -> %s", study.name, len(results), out / "index.html")
     return per_seed
 

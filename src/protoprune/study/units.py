@@ -238,6 +238,39 @@ def final_row(
 # --- running one unit ----------------------------------------------------------------------
 
 
+def training_convergence(unit: Unit, folder: Path, metric: str) -> list[dict[str, Any]]:
+    """How the unit's validation curve ended (`train.convergence.plateau`): its training run's
+    history, or each fine-tuning round of a filter-pruning schedule."""
+    import pandas as pd
+
+    from ..train.convergence import plateau
+
+    label = {"unit": unit.key, "arch": unit.arch, "seed": unit.seed, "arm": unit.kind,
+             "method": unit.method or ""}  # fmt: skip
+    history = folder / "history.csv"
+    if unit.kind in ("baseline", "protopnet") and history.is_file():
+        h = pd.read_csv(history)
+        col = f"val_{metric}" if f"val_{metric}" in h else "val_accuracy"
+        values = h[col].dropna().tolist() if col in h else []
+        return [{**label, "curve": "training", **plateau(values), "stopped_by_patience": None}]
+    return []
+
+
+def schedule_convergence(unit: Unit, df: Any, cap: int, patience: int | None) -> list[dict[str, Any]]:
+    """One row a fine-tuning round of a classifier's pruning schedule (`finetune_*` columns)."""
+    if "finetune_epochs" not in df or "finetune_gain_last" not in df:
+        return []
+    label = {"unit": unit.key, "arch": unit.arch, "seed": unit.seed, "arm": unit.kind,
+             "method": unit.method or ""}  # fmt: skip
+    return [
+        {**label, "curve": f"step {int(r['step'])}", "evaluations": int(r["finetune_epochs"]),
+         "best_evaluation": int(r["finetune_best_epoch"]), "gain_last": float(r["finetune_gain_last"]),
+         "flat": bool(r["finetune_flat"]),
+         "stopped_by_patience": bool(patience) and int(r["finetune_epochs"]) < cap}
+        for _, r in df[df["step"] > 0].iterrows()
+    ]  # fmt: skip
+
+
 def _label(unit: Unit) -> dict[str, Any]:
     return {"arch": unit.arch, "seed": unit.seed, "arm": unit.kind, "method": unit.method or "",
             "unit": unit.key, "status": "ok"}  # fmt: skip
@@ -279,6 +312,7 @@ def run_unit(
                 if isinstance(v, dict) and "test" in v
             }
         result["train_seconds"] = trained.get("train_seconds")
+        result["convergence"] = training_convergence(unit, folder, cfg.train.select_metric)
 
     elif unit.kind == "protopnet_pruned":
         from ..prune.prototypes import prune_prototypes
@@ -315,6 +349,9 @@ def run_unit(
         ]
         curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
         result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
+        if unit.kind == "filter":  # a ProtoPNet's repair runs fixed epochs: no curve to read
+            pf = cfg.prune_filters
+            result["convergence"] = schedule_convergence(unit, df, pf.epochs, pf.patience)
     if unit.kind.startswith("protopnet"):  # explanation quality of every ProtoPNet arm
         from ..explain.analysis import explanation_summary
         from ..prune.relevance import input_bounds
