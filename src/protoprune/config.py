@@ -150,6 +150,10 @@ class FilterPruningConfig:
     # (at most `epochs`), then keep the best epoch's weights; null: always `epochs` epochs
     patience: int | None = None
     finetune_batches: int | None = None  # cap each fine-tuning epoch at N batches (None: whole)
+    # a ProtoPNet's repair after each step: this many joint epochs (then a push and the last-layer
+    # stage), fixed, as patience does not apply there; null: `epochs`. Lets a study give the
+    # classifier's fine-tuning a long cap under patience without 10 joint epochs a step
+    repair_epochs: int | None = None
     finetune_lr: float | None = None  # a classifier's fine-tuning lr (None: train.lr); ProtoPNet: joint lrs
     scope: str = "global"  # global | layer
     # pruned layers keep a multiple of this many filters: CPU/GPU kernels work in blocks of 8-16
@@ -307,6 +311,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"prune_filters.finetune_lr = {f.finetune_lr} must be > 0",
             "give a learning rate such as 0.0001, or null to use train.lr",
+        )
+    if f.repair_epochs is not None and f.repair_epochs < 0:
+        raise ConfigError(
+            f"prune_filters.repair_epochs = {f.repair_epochs} must be >= 0",
+            "give the ProtoPNet's joint epochs a pruning step (0: push and last layer only), or null for epochs",
         )
     if f.patience is not None and f.patience < 1:
         raise ConfigError(

@@ -71,3 +71,26 @@ def test_prune_filters_on_a_protopnet_repushes_and_reloads(protopnet, tmp_path):
     # every ProtoPNet command reads the pruned checkpoint, e.g. prototype pruning
     assert main(["prune-prototypes", str(out / "models" / "step_02.pt"), "--out", str(tmp_path / "pp"),
                  "--finetune-iterations", "2"]) == 0  # fmt: skip
+
+
+def test_repair_epochs_sets_the_protopnets_joint_epochs_a_step(protopnet, tmp_path, monkeypatch):
+    """prune_filters.repair_epochs, not the classifier's --epochs cap, sets the ProtoPNet's repair."""
+    from protoprune.prune import protopnet_filters
+
+    seen = []
+    real = protopnet_filters.protopnet_repair
+
+    def spy(model, loaders, cfg, epochs, device):
+        seen.append(epochs)
+        return real(model, loaders, cfg, epochs, device)
+
+    monkeypatch.setattr(protopnet_filters, "protopnet_repair", spy)
+    out = tmp_path / "pf"
+    rc = main(["prune-filters", str(protopnet), "--total-pr", "0.15", "--pr-step", "0.15", "--epochs", "10",
+               "--patience", "2", "--ref-per-class", "2", "--no-export", "--out", str(out),
+               "--set", "prune_filters.repair_epochs=0"])  # fmt: skip
+    assert rc == 0 and seen == [0]
+    assert pd.read_csv(out / "results.csv")["finetune_epochs"].iloc[-1] == 0
+    assert main(["prune-filters", str(protopnet), "--out", str(tmp_path / "bad"),
+                 "--set", "prune_filters.repair_epochs=-1"]) == 2  # fmt: skip
+    assert not (tmp_path / "bad").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protoprune.demo import packaged_config
 from protoprune.study.config import load_study_config
 from protoprune.study.units import Unit, fingerprint, unit_config
 
@@ -18,8 +17,11 @@ KNOWN = {
 }
 
 
+LEGACY = Path(__file__).with_name("legacy_study_full.yaml")  # the study those folders ran
+
+
 def _fingerprint(kind: str, overrides: list[str] | None = None) -> str:
-    study = load_study_config(packaged_config("study_full.yaml"), overrides or [])
+    study = load_study_config(LEGACY, overrides or [])
     unit = Unit("resnet18", 0, kind)
     return fingerprint(study, unit, unit_config(study, unit, Path("/unused")), {})
 
@@ -44,7 +46,7 @@ def test_channels_last_reruns_every_unit_only_when_on() -> None:
 
 
 def test_joint_lr_timing_reruns_protopnet_units_only_where_it_changes_the_schedule() -> None:
-    # study_full pins the old timing ("end"), so its folders resume; the original's ("start")
+    # the legacy study pins the old timing ("end"), so its folders resume; the original's ("start")
     # reruns its ProtoPNet units: 5 joint epochs reach the StepLR step of 5
     assert _fingerprint("protopnet", ["run.protopnet.joint_lr_step_at=end"]) == KNOWN["protopnet"]
     assert _fingerprint("protopnet", ["run.protopnet.joint_lr_step_at=start"]) != KNOWN["protopnet"]

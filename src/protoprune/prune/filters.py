@@ -258,6 +258,7 @@ def prune_filters(
         "total_pr": pf.total_pr,
         "pr_step": pf.pr_step,
         "epochs": pf.epochs,
+        "repair_epochs": (pf.epochs if pf.repair_epochs is None else pf.repair_epochs) if proto else None,
         "patience": pf.patience,
         "finetune_batches": pf.finetune_batches,
         # a ProtoPNet is repaired at its joint learning rates (protopnet.joint_lr_*)
@@ -287,10 +288,12 @@ def prune_filters(
         tune_cfg = copy.deepcopy(cfg)
         tune_cfg.train.lr = pf.finetune_lr
 
-    def finetune(m: nn.Module) -> int:
+    repair_epochs = pf.epochs if pf.repair_epochs is None else pf.repair_epochs
+
+    def finetune(m: nn.Module) -> int | dict[str, Any]:
         if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
-            protopnet_repair(m, tune, cfg, pf.epochs, device)
-            return pf.epochs
+            protopnet_repair(m, tune, cfg, repair_epochs, device)
+            return repair_epochs
         out = fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device,
                   patience=pf.patience)  # fmt: skip
         end = plateau([h.get(f"val_{tune_cfg.train.select_metric}") for h in out["history"]])

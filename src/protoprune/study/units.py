@@ -128,6 +128,7 @@ ADDED_LATER = {
     ("data", "jpeg_draft"): False,
     ("protopnet", "push_amp"): False,  # the push on CPU was float32 before the setting existed
     ("protopnet", "trunk_layers"): None,
+    ("prune_filters", "repair_epochs"): None,
 }
 
 

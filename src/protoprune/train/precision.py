@@ -38,8 +38,11 @@ def use_amp(tc: TrainConfig, device: torch.device) -> bool:
         return bool(tc.amp)
     if device.type == "cpu" and tc.cpu_amp:
         if not cpu_has_native_bf16():
-            log.warning("train.cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); "
-                        "training will be slower than float32 - set train.cpu_amp: false")  # fmt: skip
+            # measured on 2 AVX2 cores, a small-image ResNet18 step (128 images, 28 px): 81-82 s
+            # under bfloat16 autocast against 5.0-5.4 s in float32
+            log.warning("train.cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX), so "
+                        "bfloat16 is emulated and training runs many times slower than float32 "
+                        "(16x on an AVX2 CPU) - set train.cpu_amp: false")  # fmt: skip
         return True
     return False
 
