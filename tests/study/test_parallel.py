@@ -112,3 +112,7 @@ def test_convergence_table_reads_each_curve_as_recorded(both):
             assert r["best_evaluation"] == r["evaluations"] - 1
     html = (out / "index.html").read_text()
     assert "Convergence of each budget" in html and "flat at the end" in html
+    md = (out / "results" / "summary.md").read_text().split("## Convergence of each budget")[1]
+    baseline = next(line for line in md.splitlines() if line.startswith("| Baseline CNN |"))
+    flat = int(conv[conv["arm"] == "baseline"]["flat"].sum())
+    assert baseline.split(" | ")[1:3] == ["2", str(flat)]  # curves, flat at the end

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
+from ..train.convergence import LAST, TOLERANCE
 
 GROUP = ["arch", "arm", "method"]
 ARM_LABELS = {
@@ -106,6 +107,24 @@ def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
                      "evaluations_mean": float(g["evaluations"].mean()),
                      "gain_last_max": float(g["gain_last"].max())})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+CONVERGENCE_RULE = (f"A curve is flat when its last {LAST} evaluations added at most {TOLERANCE:g} "
+                    "to the best validation score before them (the training's selection metric); a "
+                    "fine-tuning round stopped by patience is flat by construction.")
+
+
+def convergence_cells(conv: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-arm convergence table (empty rows: nothing recorded)."""
+    head = ["arm", "curves", "flat at the end", "stopped by patience", "evaluations (mean)",
+            "largest gain of the last evaluations"]  # fmt: skip
+    summary = convergence_summary(conv)
+    body = [[arm_label(r["arm"], r["method"]), str(r["curves"]), str(r["flat"]),
+             "" if r["stopped_by_patience"] is None or pd.isna(r["stopped_by_patience"])
+             else str(int(r["stopped_by_patience"])),
+             f"{r['evaluations_mean']:.1f}", f"{r['gain_last_max']:+.3f}"]
+            for _, r in summary.iterrows()]  # fmt: skip
+    return head, body
 
 
 def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = ".3f") -> str:
@@ -223,7 +242,13 @@ def write_tables(
     atomic_write_json(
         folder / "summary.json", summary.replace({np.nan: None}).to_dict(orient="records")
     )
-    atomic_write_text(folder / "summary.md", summary_markdown(summary, "Study results"))
+    text = summary_markdown(summary, "Study results")
+    head, body = convergence_cells(convergence if convergence is not None else pd.DataFrame())
+    if body:
+        text += "\n".join(["", "## Convergence of each budget", "", CONVERGENCE_RULE, "",
+                            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                            *("| " + " | ".join(r) + " |" for r in body)]) + "\n"  # fmt: skip
+    atomic_write_text(folder / "summary.md", text)
     atomic_write_text(folder / "curves.csv", curves.to_csv(index=False))
     if convergence is not None:
         atomic_write_text(folder / "convergence.csv", convergence.to_csv(index=False))

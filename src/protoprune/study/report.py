@@ -15,8 +15,7 @@ import yaml
 from ..io import atomic_write_text
 from ..metrics import HEADLINE
 from ..report.html import render_html
-from ..train.convergence import LAST, TOLERANCE
-from .aggregate import arm_label, convergence_summary, table_cells
+from .aggregate import CONVERGENCE_RULE, arm_label, convergence_cells, table_cells
 from .config import StudyConfig
 from .plots import write_plots
 
@@ -50,20 +49,11 @@ def _stages_table(results: list[dict]) -> str:
 
 def _convergence_section(conv: pd.DataFrame | None) -> str:
     """Whether each arm's budget was long enough, read off its validation curves."""
-    summary = convergence_summary(conv if conv is not None else pd.DataFrame())
-    if summary.empty:
+    head, body = convergence_cells(conv if conv is not None else pd.DataFrame())
+    if not body:
         return "<p class=muted>No validation curves recorded.</p>"
-    rule = (f"<p>A curve is <i>flat</i> when its last {LAST} evaluations added at most "
-            f"{TOLERANCE:g} to the best validation score before them (the training's selection "
-            "metric); a fine-tuning round stopped by patience is flat by construction. One row a "
-            "training run or fine-tuning round in <code>results/convergence.csv</code>.</p>")  # fmt: skip
-    body = [[arm_label(r["arm"], r["method"]), str(r["curves"]), str(r["flat"]),
-             "" if r["stopped_by_patience"] is None or pd.isna(r["stopped_by_patience"]) else str(int(r["stopped_by_patience"])),
-             f"{r['evaluations_mean']:.1f}", f"{r['gain_last_max']:+.3f}"]
-            for _, r in summary.iterrows()]  # fmt: skip
-    head = ["arm", "curves", "flat at the end", "stopped by patience", "evaluations (mean)",
-            "largest gain of the last evaluations"]  # fmt: skip
-    return rule + _table(head, body)
+    note = " One row a training run or fine-tuning round in <code>results/convergence.csv</code>."
+    return f"<p>{_e(CONVERGENCE_RULE)}{note}</p>" + _table(head, body)
 
 
 def _curve_section(df: pd.DataFrame, figure: str, folder: str) -> str:

@@ -133,7 +133,7 @@ def run_in_parallel(study: StudyConfig, out: Path, jobs: int) -> None:
     the device mostly idle, and seeds side by side share it."""
     groups = seed_groups(study)
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(groups)))
-    log.info("study: %d seed groups in %d processes, %d threads each", len(groups), jobs, threads)
+    log.info("study: %d seed groups in %d processes, intra-op threads each: %d", len(groups), jobs, threads)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = {f"{g.archs[0]}/seed{g.seeds[0]}": pool.submit(_run_group, g.to_dict(), str(out), threads)
