@@ -91,10 +91,11 @@ def runs(module_tmp) -> tuple[Path, Path]:
 
 
 @pytest.mark.xfail(
-    reason="on the machine of 2026-12-01, one and two processes diverge beyond these tolerances "
-    "(2 of 14 pushes pick another, equally near patch; trunk weights differ by more than 1e-3): "
-    "the same at commit cd0ed79, whose CI passed before, so it comes from the environment, not "
-    "the code; to be investigated",
+    reason="on an AVX2-only CPU one and two processes still diverge beyond these tolerances after "
+    "the last-layer stage's batch was made the global one: the pushed prototypes come from the "
+    "same images and cells, but their distances differ by up to 0.28 % (the bound is 0.1 %); "
+    "passes on the CI machine; to be investigated (summation order of gloo's all-reduce over "
+    "the 3 trained epochs is the suspect, not measured)",
     strict=False,
 )
 def test_two_processes_match_one_with_the_same_global_batch(runs):
@@ -104,18 +105,13 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
         p1 = pd.read_csv(one / "prototypes" / epoch / "prototypes.csv")
         p2 = pd.read_csv(two / "prototypes" / epoch / "prototypes.csv")
         assert p1["pushed"].all()
-        cols = [
-            "prototype",
-            "image_index",
-            "image_id",
-            "latent_h",
-            "latent_w",
-            "box_y0",
-            "box_y1",
-            "box_x0",
-            "box_x1",
-        ]
+        cols = ["prototype", "image_index", "image_id", "latent_h", "latent_w"]
         pd.testing.assert_frame_equal(p1[cols], p2[cols])
+        # the box is where the upsampled similarity map passes its 95th percentile: a pixel within
+        # float rounding of that threshold may fall on either side (seen: one edge of 56, by 1 px)
+        boxes = ["box_y0", "box_y1", "box_x0", "box_x1"]
+        assert (p1[boxes] - p2[boxes]).abs().to_numpy().max() <= 1
+        assert (p1[boxes] != p2[boxes]).to_numpy().mean() <= 0.05
         assert p1["distance"].to_numpy() == pytest.approx(
             p2["distance"].to_numpy(), rel=1e-3, abs=1e-4
         )

@@ -237,6 +237,13 @@ class _DetailsForward(nn.Module):
         return self.net.forward_details(x)
 
 
+def _last_layer_batch(cfg: RunConfig) -> int:
+    """The last-layer stage's batch: the global one. Every rank runs the stage on the similarity
+    vectors gathered from all ranks, so under torchrun `data.batch_size` (per rank) x the world
+    size gives the batches one process with the same global batch takes."""
+    return cfg.data.batch_size * distributed.world_size()
+
+
 def refit_last_layer(
     model: ProtoPNet,
     similarities: torch.Tensor,
@@ -252,7 +259,7 @@ def refit_last_layer(
     p.last_layer_iterations = iterations
     weights = loaders.loss_weights
     rows = last_layer_stage(
-        model, similarities, targets, build_optimizers(model, p)["last"], p, cfg.data.batch_size,
+        model, similarities, targets, build_optimizers(model, p)["last"], p, _last_layer_batch(cfg),
         None if weights is None else weights.to(similarities.device), cfg.data.balance == "oversample",
         torch.Generator().manual_seed(cfg.seed), progress,
         precision.use_amp(cfg.train, similarities.device),
@@ -473,7 +480,7 @@ def train_protopnet(
                 cached[1],
                 opt["last"],
                 p,
-                cfg.data.batch_size,
+                _last_layer_batch(cfg),
                 class_weights,
                 oversample,
                 g,
