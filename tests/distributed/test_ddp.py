@@ -94,7 +94,7 @@ def runs(module_tmp) -> tuple[Path, Path]:
     reason="on an AVX2-only CPU one and two processes still diverge beyond these tolerances after "
     "the last-layer stage's batch was made the global one: the pushed prototypes come from the "
     "same images and cells, but their distances differ by up to 0.28 % (the bound is 0.1 %); "
-    "passes on the CI machine; to be investigated (summation order of gloo's all-reduce over "
+    "it passed on an earlier machine; to be investigated (summation order of gloo's all-reduce over "
     "the 3 trained epochs is the suspect, not measured)",
     strict=False,
 )
