@@ -87,7 +87,7 @@ def test_protopnet_arms_carry_explanation_quality(study):
     assert (proto["expl_mean_deletion_auc_random"] > 0).all()
     assert df.loc[df["arm"] == "baseline", "expl_mean_stability"].isna().all()
     text = (study["out"] / "results" / "summary.md").read_text()
-    section = text.split("## Explanation quality (ProtoPNet arms)")[1]
+    section = text.split("## Explanation quality (ProtoPNet arms)")[1].split("\n## ")[0]
     assert section.count("\n| ") == 1 + 3  # the heading row and the three ProtoPNet arms
 
 

@@ -122,7 +122,8 @@ def convergence_cells(conv: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     body = [[arm_label(r["arm"], r["method"]), str(r["curves"]), str(r["flat"]),
              "" if r["stopped_by_patience"] is None or pd.isna(r["stopped_by_patience"])
              else str(int(r["stopped_by_patience"])),
-             f"{r['evaluations_mean']:.1f}", f"{r['gain_last_max']:+.3f}"]
+             f"{r['evaluations_mean']:.1f}",
+             "n/a" if math.isnan(r["gain_last_max"]) else f"{r['gain_last_max']:+.3f}"]
             for _, r in summary.iterrows()]  # fmt: skip
     return head, body
 
