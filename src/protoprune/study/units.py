@@ -239,6 +239,10 @@ def final_row(
 # --- running one unit ----------------------------------------------------------------------
 
 
+def _curve_label(unit: Unit) -> dict[str, Any]:
+    return {"unit": unit.key, "arch": unit.arch, "seed": unit.seed, "arm": unit.kind, "method": unit.method or ""}
+
+
 def training_convergence(unit: Unit, folder: Path, metric: str) -> list[dict[str, Any]]:
     """How the unit's validation curve ended (`train.convergence.plateau`): its training run's
     history, or each fine-tuning round of a filter-pruning schedule."""
@@ -246,8 +250,7 @@ def training_convergence(unit: Unit, folder: Path, metric: str) -> list[dict[str
 
     from ..train.convergence import plateau
 
-    label = {"unit": unit.key, "arch": unit.arch, "seed": unit.seed, "arm": unit.kind,
-             "method": unit.method or ""}  # fmt: skip
+    label = _curve_label(unit)
     history = folder / "history.csv"
     if unit.kind in ("baseline", "protopnet") and history.is_file():
         h = pd.read_csv(history)
@@ -261,8 +264,7 @@ def schedule_convergence(unit: Unit, df: Any, cap: int, patience: int | None) ->
     """One row a fine-tuning round of a classifier's pruning schedule (`finetune_*` columns)."""
     if "finetune_epochs" not in df or "finetune_gain_last" not in df:
         return []
-    label = {"unit": unit.key, "arch": unit.arch, "seed": unit.seed, "arm": unit.kind,
-             "method": unit.method or ""}  # fmt: skip
+    label = _curve_label(unit)
     return [
         {**label, "curve": f"step {int(r['step'])}", "evaluations": int(r["finetune_epochs"]),
          "best_evaluation": int(r["finetune_best_epoch"]), "gain_last": float(r["finetune_gain_last"]),
