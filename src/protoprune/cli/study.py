@@ -29,12 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError, Interrupted
+    from ..errors import Interrupted
     from ..study import load_study_config, run_study
     from ..study.aggregate import summarize, summary_markdown
 
-    if args.jobs < 1:  # before the config is read: nothing has started
-        raise ConfigError(f"--jobs {args.jobs} must be at least 1", "e.g. --jobs 3 (one process a seed)")
     study = load_study_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / study.name
     try:

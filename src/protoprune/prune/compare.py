@@ -22,6 +22,7 @@ import yaml
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..metrics import mean_std, paired_t_interval
+from ..train.convergence import RULE
 
 METRIC = "test_balanced_accuracy"
 log = logging.getLogger(__name__)
@@ -184,9 +185,7 @@ def summarize_schedules(run_dirs: Sequence[str | Path], out_dir: str | Path,
     text = [f"# Iterative filter pruning: {df['run'].nunique()} runs, {df['checkpoint'].nunique()} baselines\n",
             f"Mean ± std over training seeds of the {_label(metric)} ({metric}) after the last step's "
             "fine-tuning, and interpolated (linearly in MACs, after fine-tuning) at the largest final "
-            "MACs of all runs. A round stopped by patience ended before its epoch cap; a round is "
-            "flat at the end when its last 2 evaluations added at most 0.01 to its best validation "
-            "score before them (train.convergence).\n",
+            f"MACs of all runs. A round stopped by patience ended before its epoch cap. {RULE}\n",
             markdown_table(criterion_table(finals, metric)), "\n## Paired differences, 95 % t interval\n",
             markdown_table(paired_table(finals, metric=metric))]  # fmt: skip
     atomic_write_text(out / "schedules.md", "\n".join(text) + "\n")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
-from ..train.convergence import LAST, TOLERANCE
+from ..train.convergence import RULE as CONVERGENCE_RULE
 
 GROUP = ["arch", "arm", "method"]
 ARM_LABELS = {
@@ -107,11 +107,6 @@ def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
                      "evaluations_mean": float(g["evaluations"].mean()),
                      "gain_last_max": float(g["gain_last"].max())})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-CONVERGENCE_RULE = (f"A curve is flat when its last {LAST} evaluations added at most {TOLERANCE:g} "
-                    "to the best validation score before them (the training's selection metric); a "
-                    "fine-tuning round stopped by patience is flat by construction.")
 
 
 def convergence_cells(conv: pd.DataFrame) -> tuple[list[str], list[list[str]]]:

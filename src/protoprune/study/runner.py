@@ -138,9 +138,9 @@ def run_in_parallel(study: StudyConfig, out: Path, jobs: int) -> None:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = {f"{g.archs[0]}/seed{g.seeds[0]}": pool.submit(_run_group, g.to_dict(), str(out), threads)
                    for g in groups}  # fmt: skip
-        failed = {k: f.result() for k, f in futures.items() if f.result() is not None}
+        failed = [(k, tb) for k, f in futures.items() if (tb := f.result()) is not None]
     if failed:
-        key, tb = next(iter(failed.items()))
+        key, tb = failed[0]
         raise RuntimeError(f"study group {key} failed (the other groups' finished units are kept):\n{tb}")
 
 
@@ -172,7 +172,7 @@ def run_study(
     from .report import write_report
 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ConfigError(f"jobs = {jobs!r} must be a positive integer",
+        raise ConfigError(f"--jobs {jobs!r}: the number of processes must be a positive integer",
                           "e.g. --jobs 3 to run three seeds side by side, or 1")  # fmt: skip
     study = load_study_config(cfg_path_or_obj, overrides)
     out = prepare_run_dir(out_dir, force=force, resume=resume and not force)  # force: start over

@@ -14,6 +14,9 @@ from typing import Any
 
 LAST = 2  # evaluations at the end of the curve that must not add more than the tolerance
 TOLERANCE = 0.01  # one point of (balanced) accuracy on the validation split
+RULE = (f"A curve is flat when its last {LAST} evaluations added at most {TOLERANCE:g} to the best "
+        "validation score before them (the training's selection metric); a fine-tuning round "
+        "stopped by patience is flat by construction.")  # the rule as reports print it
 
 
 def plateau(values: Sequence[float | None], last: int = LAST, tolerance: float = TOLERANCE) -> dict[str, Any]:
@@ -31,4 +34,4 @@ def plateau(values: Sequence[float | None], last: int = LAST, tolerance: float =
             "flat": bool(not math.isnan(gain) and gain <= tolerance)}  # fmt: skip
 
 
-__all__ = ["plateau", "LAST", "TOLERANCE"]
+__all__ = ["plateau", "LAST", "TOLERANCE", "RULE"]
