@@ -30,13 +30,22 @@ from protoprune.prune.measure import count_macs_params, cpu_latency
 from protoprune.prune.structural import FilterPruner
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _interleaved(plain, lrp, repeats: int) -> tuple[float, float, float]:
+    """Median seconds of each and the median of the paired ratios, the two timed in turn.
+
+    Timed in turn because this shared machine's speed drifts by tens of per cent within minutes
+    (the plain pass at 64 px took 5.4-10 s across runs): two blocks timed one after the other
+    would put that drift into the ratio.
+    """
+    pairs = [(_seconds(plain), _seconds(lrp)) for _ in range(repeats)]
+    return (statistics.median(p for p, _ in pairs), statistics.median(q for _, q in pairs),
+            statistics.median(q / p for p, q in pairs))  # fmt: skip
 
 
 def bench(size: int, ratio: float, repeats: int, batch: int, round_tos: list[int]) -> dict:
@@ -52,8 +61,7 @@ def bench(size: int, ratio: float, repeats: int, batch: int, round_tos: list[int
     imp = LRPImportance()
     plain()
     imp.prepare(model, ref[:1])  # warm-up both
-    t_plain = _median_time(plain, repeats)
-    t_lrp = _median_time(lambda: imp.prepare(model, ref), repeats)
+    t_plain, t_lrp, lrp_over_plain = _interleaved(plain, lambda: imp.prepare(model, ref), repeats)
 
     macs0, params0 = count_macs_params(model, size)
     base = copy.deepcopy(model)
@@ -62,7 +70,7 @@ def bench(size: int, ratio: float, repeats: int, batch: int, round_tos: list[int
         "reference_images": 70 // batch * batch,
         "lrp_seconds": t_lrp,
         "plain_fwd_bwd_seconds": t_plain,
-        "lrp_over_plain": t_lrp / t_plain,
+        "lrp_over_plain": lrp_over_plain,  # median of the paired ratios
         "latency": "median forward time, the faster of NCHW and channels_last for each model",
         "pruned": [],
     }
