@@ -40,7 +40,7 @@ def execute(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise Interrupted(
             f"the finished units in {out} are kept; rerun the same command to resume the study "
-            "from them"
+            "from them (a training or pruning curve cut off continues from its last checkpoint)"
         ) from None
     print(summary_markdown(summarize(per_seed), f"Study {study.name}"))
     print(f"report: {out / 'index.html'}")

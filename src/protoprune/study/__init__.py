@@ -4,7 +4,7 @@ pruning), over several seeds, resumable, with one results folder, tables, plots 
 
 from .aggregate import add_deltas, summarize, summary_markdown
 from .config import ARMS, CRITERIA, StudyConfig, load_study_config, study_from_dict
-from .runner import StudyLog, run_study
+from .runner import StudyLog, can_resume, run_study
 from .units import Unit, plan_units
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "StudyLog",
     "Unit",
     "add_deltas",
+    "can_resume",
     "load_study_config",
     "plan_units",
     "run_study",

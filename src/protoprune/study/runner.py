@@ -26,6 +26,7 @@ from .units import ExternalTest, Unit, fingerprint, plan_units, run_unit, unit_c
 log = logging.getLogger(__name__)
 
 LOG_FILE = "study_log.jsonl"
+RESUMABLE_KINDS = ("baseline", "protopnet", "curve")  # the units with a checkpoint to continue
 
 
 def _read_json(path: Path) -> Any:
@@ -69,6 +70,31 @@ class StudyLog:
         rows = [json.loads(s) for s in self.path.read_text().splitlines() if s.strip()]
         return [r for r in rows if invocation is None or r["invocation"] == invocation]
 
+    def last_start(self, unit: str) -> str | None:
+        """The fingerprint the unit was last started with (by any invocation), or None."""
+        starts = [e for e in self.events() if e["unit"] == unit and e["event"] == "started"]
+        return starts[-1].get("fingerprint") if starts else None
+
+
+def can_resume(unit: Unit, folder: Path, started_with: str | None, expected: str) -> bool:
+    """Whether an interrupted attempt at `unit` can be continued instead of started over: it was
+    started with the same settings (fingerprint), and it left a checkpoint to continue from (a
+    training's unfinished last.pt, a pruning curve's finished rows). A study killed an hour into a
+    ProtoPNet training then loses at most the epoch or stage in progress."""
+    if started_with != expected or unit.kind not in RESUMABLE_KINDS:
+        return False
+    if unit.kind == "curve":
+        return (folder / "curve.csv").is_file()
+    last = folder / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return False
+    from ..train.checkpoint import load_checkpoint
+
+    try:
+        return not load_checkpoint(last).get("finished")
+    except Exception:  # noqa: BLE001 (a torn or foreign file: start over, the folder is kept aside)
+        return False
+
 
 def run_units(study: StudyConfig, out: Path, progress: bool = True) -> list[dict]:
     """Run every unit that is not done (in dependency order); returns every unit's result."""
@@ -88,9 +114,11 @@ def run_units(study: StudyConfig, out: Path, progress: bool = True) -> list[dict
             results.append(_read_json(folder / "result.json"))
             logger(unit.key, "skipped")
             continue
-        log.info("study: running %s", unit.key)
+        resume = can_resume(unit, folder, logger.last_start(unit.key), expected)
+        log.info("study: %s %s", "resuming" if resume else "running", unit.key)
+        logger(unit.key, "started", fingerprint=expected, resumed=resume)
         t0 = time.perf_counter()
-        result = run_unit(unit, cfg, study, out, external)
+        result = run_unit(unit, cfg, study, out, external, resume=resume)
         seconds = time.perf_counter() - t0
         results.append(result)
         run_ids[unit.key] = uuid.uuid4().hex
@@ -99,7 +127,7 @@ def run_units(study: StudyConfig, out: Path, progress: bool = True) -> list[dict
         atomic_write_json(folder / "done.json", {"unit": unit.key, "fingerprint": expected,
                                                  "run_id": run_ids[unit.key], "seconds": seconds,
                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})  # fmt: skip
-        logger(unit.key, "ran", seconds=round(seconds, 2))
+        logger(unit.key, "ran", seconds=round(seconds, 2), resumed=resume)
     return results
 
 
@@ -191,4 +219,5 @@ def run_study(
     return per_seed
 
 
-__all__ = ["run_study", "run_units", "run_in_parallel", "seed_groups", "unit_state", "StudyLog", "Unit"]
+__all__ = ["run_study", "run_units", "run_in_parallel", "seed_groups", "unit_state", "can_resume",
+           "StudyLog", "Unit"]

@@ -3,13 +3,16 @@
 Each unit writes its own folder under `<study>/runs/<arch>/seed<k>/<unit>/`, then `result.json`
 (the rows it contributes to the tables) and last `done.json` (its fingerprint). A unit is done
 when `done.json` matches the fingerprint it would have now: the unit's RunConfig and the run ids
-of the units it builds on, so a rerun baseline also reruns the arms that start from it.
+of the units it builds on, so a rerun baseline also reruns the arms that start from it. A unit that
+was started with that fingerprint but not finished (the process was killed) continues from its
+checkpoint where it has one (trainings, pruning curves); the others start over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import HEADLINE
 from .config import StudyConfig
+
+log = logging.getLogger(__name__)
 
 KINDS = ("baseline", "curve", "filter", "protopnet", "protopnet_pruned", "protopnet_filter")
 ARM_UNITS = {
@@ -279,14 +284,33 @@ def _label(unit: Unit) -> dict[str, Any]:
             "unit": unit.key, "status": "ok"}  # fmt: skip
 
 
+def _train_unit(cfg: RunConfig, folder: Path, resume: bool) -> dict:
+    """Train a baseline or ProtoPNet unit, continuing its last.pt when `resume`. A resume that
+    run_training refuses (a setting outside the fingerprint changed, e.g. the study folder moved
+    and with it the split file's path) starts the unit over; the old folder is kept aside."""
+    from ..errors import CheckpointError
+    from ..train.run import run_training
+
+    if resume:
+        try:
+            return run_training(cfg, folder, resume=True)
+        except CheckpointError as e:
+            log.warning("study: cannot resume %s (%s): starting it over", folder, e)
+    return run_training(cfg, folder, force=True)
+
+
 def run_unit(
-    unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, external: ExternalTest
+    unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, external: ExternalTest,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run one unit in its folder; returns {"rows": [...], "status": "ok", ...}."""
+    """Run one unit in its folder; returns {"rows": [...], "status": "ok", ...}.
+
+    `resume` (see runner.can_resume): continue an interrupted training or pruning curve from its
+    checkpoint instead of starting over; its `train_seconds` then count this invocation only."""
     from ..models.pretrained import resolve_pretrained
     from ..seed import resolve_device
     from ..train.checkpoint import model_from_checkpoint
-    from ..train.run import prepare_data, run_training
+    from ..train.run import prepare_data
 
     cfg = resolve_pretrained(cfg)  # every evaluation below normalises as the training did
     folder = unit_dir(out, unit)
@@ -299,11 +323,12 @@ def run_unit(
     if unit.kind == "curve":  # a table of cuts, not a final model: no row, a folder to pool
         from ..prune.curve import pruning_curve
 
-        pruning_curve(base_ckpt, folder, study.curve_settings(), cfg, force=True, progress=False)
+        pruning_curve(base_ckpt, folder, study.curve_settings(), cfg, force=not resume,
+                      resume=resume, progress=False)  # fmt: skip
         return {**result, "status": "ok", "rows": []}
 
     if unit.kind in ("baseline", "protopnet"):
-        trained = run_training(cfg, folder, force=True)
+        trained = _train_unit(cfg, folder, resume)
         loaders, _ = prepare_data(cfg)
         model = model_from_checkpoint(folder / "checkpoints" / "best.pt")
         row.update({"pruned": "", "pruned_ratio": 0.0})
