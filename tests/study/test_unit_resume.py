@@ -64,8 +64,7 @@ def test_interrupted_training_unit_resumes_to_the_uninterrupted_result(
                    weights_only=True)["state_dict"]  # fmt: skip
     b = torch.load(unit_dir / "checkpoints" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    cols = ["test_accuracy", "test_balanced_accuracy", "ext_accuracy"]
-    cols = [c for c in cols if c in full.columns]
+    cols = ["test_accuracy", "test_balanced_accuracy", "test_auroc_macro"]
     pd.testing.assert_frame_equal(full[cols], resumed[cols])
 
 
@@ -83,6 +82,10 @@ def test_only_a_same_settings_unfinished_attempt_is_resumed(tmp_path, monkeypatc
     assert not can_resume(unit, folder, started, "another fingerprint")  # settings changed
     assert not can_resume(unit, folder, None, started)  # never started by a study
     assert not can_resume(Unit("resnet18", 0, "filter", "lrp"), folder, started, started)
+    torn = tmp_path / "torn"
+    (torn / "checkpoints").mkdir(parents=True)
+    (torn / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")  # a corrupt or foreign file
+    assert not can_resume(unit, torn, started, started)
 
     # changed settings: the attempt is not continued; it is kept aside and the unit starts over
     changed = load_study_config(packaged_config("study_quick.yaml"), OVERRIDES + ["run.train.lr=0.002"])

@@ -88,11 +88,12 @@ def can_resume(unit: Unit, folder: Path, started_with: str | None, expected: str
     last = folder / "checkpoints" / "last.pt"
     if not last.is_file():
         return False
-    from ..train.checkpoint import load_checkpoint
+    from ..errors import CheckpointError
+    from ..train.checkpoint import checkpoint_finished
 
     try:
-        return not load_checkpoint(last).get("finished")
-    except Exception:  # noqa: BLE001 (a torn or foreign file: start over, the folder is kept aside)
+        return not checkpoint_finished(last)
+    except CheckpointError:  # a torn or foreign file: start over, the folder is kept aside
         return False
 
 

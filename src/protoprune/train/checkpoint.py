@@ -49,6 +49,11 @@ def finish_checkpoint(path: str | Path) -> Path:
     return atomic_torch_save(ckpt, path)
 
 
+def checkpoint_finished(path: str | Path) -> bool:
+    """Whether `path` is the last.pt of an ended run (finish_checkpoint): nothing resumes from it."""
+    return bool(load_checkpoint(path).get("finished"))
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a protoprune checkpoint with weights_only=True (no pickled code is ever executed)."""
     path = Path(path)

@@ -23,6 +23,7 @@ from ..models.factory import build_model, small_input
 from ..models.pretrained import resolve_pretrained
 from ..seed import set_seed
 from .checkpoint import (
+    checkpoint_finished,
     finish_checkpoint,
     load_checkpoint,
     load_state,
@@ -169,7 +170,7 @@ def check_input_size(model: torch.nn.Module, cfg: RunConfig) -> None:
 def _check_not_finished(run_dir: Path) -> None:
     """An ended run's last.pt has no optimiser state left (finish_checkpoint): nothing resumes."""
     last = run_dir / "checkpoints" / "last.pt"
-    if last.is_file() and load_checkpoint(last).get("finished"):
+    if last.is_file() and checkpoint_finished(last):
         raise CheckpointError(
             f"cannot resume {run_dir}: the run has finished (its metrics.json is written)",
             "train further in a new run folder (e.g. model.weights: its checkpoints/best.pt), or "
