@@ -145,6 +145,10 @@ class FilterPruningConfig:
     method: str = "lrp"  # lrp | weight | grad | taylor | random
     total_pr: float = 0.6
     pr_step: float = 0.15
+    # cumulative: pr_step, 2 pr_step, ... up to total_pr (departs: the reference's step count,
+    # int(int(N / int(N * pr_step)) * total_pr), stops short of total_pr, 0.6 / 0.15 at 45 %, and
+    # runs no step when total_pr = pr_step); reference: that count (docs/pruning_criteria.md)
+    schedule: str = "cumulative"
     epochs: int = 1  # fine-tuning epochs between steps (the cap when patience is set)
     # fine-tune each step until val balanced accuracy has not improved for this many epochs
     # (at most `epochs`), then keep the best epoch's weights; null: always `epochs` epochs
@@ -170,6 +174,8 @@ class FilterPruningConfig:
     norm: int = 1  # weight criterion: 1 or 2
     weight_fuse_batchnorm: bool = True  # weight criterion on BN-fused filters (reference)
     score_batchnorm: str = "eval"  # grad/taylor BatchNorm statistics while scoring: eval | train
+    lrp_batchnorm: str = "eval"  # LRP's forward: running statistics | train (the reference's wrapper)
+    prune_linear: bool = False  # also score and remove hidden Linear units (the reference: convs only)
 
 
 @dataclass
@@ -218,6 +224,8 @@ _CHOICES = {
     "prune_filters.group_reduction": ("sum", "mean"),
     "prune_filters.lrp_output": ("onehot", "logit"),
     "prune_filters.score_batchnorm": ("eval", "train"),
+    "prune_filters.lrp_batchnorm": ("eval", "train"),
+    "prune_filters.schedule": ("reference", "cumulative"),
 }
 
 

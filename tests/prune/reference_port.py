@@ -87,45 +87,61 @@ def _scores_from(relevances: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {n: r.abs().sum((0, 2, 3)) for n, r in relevances.items()}
 
 
-def resnet_lrp_scores(model, x, y) -> dict[str, torch.Tensor]:
-    """Reference LRP filter scores of a torchvision (small-input) ResNet with BasicBlocks."""
+def batch_standardise(z, eps=1e-5):
+    """The reference wrapper's reset BatchNorm copy (`resetbn`) in train mode: the fused conv's
+    output standardised with the batch's statistics (biased variance, its eps 1e-5); relevance
+    passes it unchanged (`relu_wrapper_fct`)."""
+    mean = z.mean((0, 2, 3), keepdim=True)
+    var = z.var((0, 2, 3), unbiased=False, keepdim=True)
+    return (z - mean) / (var + eps).sqrt()
+
+
+def resnet_lrp_scores(model, x, y, batchnorm: str = "eval") -> dict[str, torch.Tensor]:
+    """Reference LRP filter scores of a torchvision (small-input) ResNet with BasicBlocks.
+
+    `batchnorm="train"`: the reference's wrapper as it runs (never put in eval mode), every fused
+    conv's output re-standardised over the batch."""
     model = model.eval()
     assert isinstance(model.maxpool, nn.Identity), "the small-input variant (no stem max-pool)"
+    norm = batch_standardise if batchnorm == "train" else (lambda z: z)
     named = dict(model.named_modules())
     relevances: dict[str, torch.Tensor] = {}
     stem = fuse(model.conv1, model.bn1)
-    h = F.relu(stem(x))
-    trace = []  # (block name, block, input)
+    h = F.relu(norm(stem(x)))
+    trace = []  # (block name, fused convs, input, mid, branch, shortcut)
     for lname in ("layer1", "layer2", "layer3", "layer4"):
         for i, block in enumerate(named[lname]):
             assert isinstance(block, BasicBlock)
-            trace.append((f"{lname}.{i}", block, h))
-            h = block(h)
+            c1, c2 = fuse(block.conv1, block.bn1), fuse(block.conv2, block.bn2)
+            ds = None if block.downsample is None else fuse(*block.downsample)
+            mid = F.relu(norm(c1(h)))
+            branch = norm(c2(mid))
+            short = h if ds is None else norm(ds(h))
+            trace.append((f"{lname}.{i}", (c1, c2, ds), h, mid, branch, short))
+            h = F.relu(branch + short)
     pooled = torch.flatten(model.avgpool(h), 1)
     logits = model.fc(pooled)
     r = onehot(logits, y)
     r = linear_backward(model.fc, pooled, r).view(h.shape[0], -1, 1, 1)
     r = lrp_backward(h, model.avgpool, r, 1e-6, 1e-6)
-    for name, block, inp in reversed(trace):
-        c1, c2 = fuse(block.conv1, block.bn1), fuse(block.conv2, block.bn2)
-        mid = F.relu(c1(inp))
-        branch = c2(mid)
-        short = inp if block.downsample is None else fuse(*block.downsample)(inp)
+    for name, (c1, c2, ds), inp, mid, branch, short in reversed(trace):
         r_branch, r_short = sum2_backward(branch, short, r)
         relevances[f"{name}.conv2"] = r_branch
         r_mid = zplus_backward(c2, mid, r_branch)
         relevances[f"{name}.conv1"] = r_mid
         r_in = zplus_backward(c1, inp, r_mid)
-        if block.downsample is not None:
+        if ds is not None:
             relevances[f"{name}.downsample.0"] = r_short
-            r_short = zplus_backward(fuse(*block.downsample), inp, r_short)
+            r_short = zplus_backward(ds, inp, r_short)
         r = r_in + r_short
     relevances["conv1"] = r
     return _scores_from(relevances)
 
 
-def vgg_lrp_scores(model, x, y, low, high) -> dict[str, torch.Tensor]:
-    """The same rules on a torchvision VGG with BatchNorm (a plain chain)."""
+def vgg_lrp_scores(model, x, y, low, high, linear: bool = False, inputs: dict | None = None):
+    """The same rules on a torchvision VGG with BatchNorm (a plain chain): Conv2d filter scores, as
+    the reference counts them (`linear=True` adds the hidden Linear units'); `inputs`, when given,
+    receives the input relevance of the z^B rule under "relevance"."""
     model = model.eval()
     layers = []  # (kind, module or fused conv, name, input)
     h = x
@@ -155,7 +171,7 @@ def vgg_lrp_scores(model, x, y, low, high) -> dict[str, torch.Tensor]:
     relevances = {}
     for kind, m, name, inp in reversed(layers):
         if kind == "linear":
-            if name != f"classifier.{len(model.classifier) - 1}":
+            if linear and name != f"classifier.{len(model.classifier) - 1}":
                 relevances[name] = r[:, :, None, None]
             r = linear_backward(m, inp, r)
         elif kind == "avgpool":
@@ -168,6 +184,8 @@ def vgg_lrp_scores(model, x, y, low, high) -> dict[str, torch.Tensor]:
         else:
             relevances[name] = r
             r = zplus_backward(m, inp, r) if kind == "zplus" else zbeta_backward(m, inp, r, low, high)
+    if inputs is not None:
+        inputs["relevance"] = r
     return _scores_from(relevances)
 
 

@@ -13,14 +13,8 @@ from protoprune.cli import main
 from protoprune.config import load_config
 from protoprune.data.base import ArrayImageDataset
 from protoprune.prune.export import load_pruned
-from protoprune.prune.filters import reference_set, schedule
+from protoprune.prune.filters import reference_set
 from protoprune.train.run import run_training
-
-
-def test_schedule_is_in_original_filters():
-    assert schedule(0.6, 0.15) == [0.15, 0.3, 0.45, 0.6]
-    assert schedule(0.5, 0.2) == [0.2, 0.4, 0.5]
-    assert schedule(0.0, 0.1) == []
 
 
 def test_reference_set_is_per_class_and_seeded():

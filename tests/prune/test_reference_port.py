@@ -10,6 +10,7 @@ from torch import nn
 
 from protoprune.models import build_classifier
 from protoprune.prune.importance import CRITERIA, LRPImportance
+from protoprune.prune.relevance import build_composite, ignored_layers, lrp_batch
 
 from . import reference_port as ref
 
@@ -46,19 +47,53 @@ def _compare(ours: dict, theirs: dict, rank_min: float = 0.99, rtol: float = 1e-
     assert torch.allclose(a, b, rtol=rtol, atol=atol * float(b.abs().max())), (a - b).abs().max()
 
 
-@pytest.mark.parametrize("arch, port", [("resnet18", "resnet"), ("vgg11_bn", "vgg")])
-def test_lrp_scores_match_the_reference_port(arch, port):
-    model = _randomised(arch)
-    batches = _batches()
-    imp = LRPImportance(bounds=(-2.5, 2.8))
-    ours = imp.prepare(model, batches)
+def _port_totals(score, batches) -> dict[str, torch.Tensor]:
     theirs: dict[str, torch.Tensor] = {}
     for x, y in batches:
-        s = ref.resnet_lrp_scores(model, x, y) if port == "resnet" \
-            else ref.vgg_lrp_scores(model, x, y, -2.5, 2.8)  # fmt: skip
-        for k, v in s.items():
+        for k, v in score(x, y).items():
             theirs[k] = theirs[k] + v if k in theirs else v
+    return theirs
+
+
+@pytest.mark.parametrize("batchnorm", ["eval", "train"])
+def test_resnet_lrp_scores_match_the_reference_port(batchnorm):
+    """`train` is the reference wrapper as it runs: batch statistics after every fused conv."""
+    model = _randomised("resnet18")
+    batches = _batches()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ours = LRPImportance(bounds=(-2.5, 2.8), batchnorm=batchnorm).prepare(model, batches)
+    theirs = _port_totals(lambda x, y: ref.resnet_lrp_scores(model, x, y, batchnorm), batches)
     _compare(ours, theirs)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # model unchanged
+    if batchnorm == "train":  # and the two modes do rank differently (the option matters)
+        other = _port_totals(lambda x, y: ref.resnet_lrp_scores(model, x, y, "eval"), batches)
+        a = torch.cat([theirs[n] for n in sorted(theirs)])
+        b = torch.cat([other[n] for n in sorted(theirs)])
+        assert spearmanr(a.numpy(), b.numpy()).statistic < 0.95
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_vgg_lrp_scores_match_the_reference_port(linear):
+    model = _randomised("vgg11_bn")
+    batches = _batches()
+    keep = ignored_layers(model, prune_linear=linear)
+    ours = LRPImportance(bounds=(-2.5, 2.8), ignored_layers=keep).prepare(model, batches)
+    theirs = _port_totals(lambda x, y: ref.vgg_lrp_scores(model, x, y, -2.5, 2.8, linear), batches)
+    assert set(ours) == set(theirs)  # conv filters only unless prune_linear
+    _compare(ours, theirs)
+
+
+def test_input_relevance_of_the_box_rule_matches_the_reference_port():
+    """The z^B rule of the first conv reaches a compared number: the input relevance."""
+    model = _randomised("vgg11_bn")
+    x, y = _batches(1)[0]
+    got = lrp_batch(model, x, y, {}, build_composite("yeom2021", model, (-2.5, 2.8)))
+    port: dict = {}
+    ref.vgg_lrp_scores(model, x, y, -2.5, 2.8, inputs=port)
+    want = port["relevance"]
+    assert got.input_relevance.shape == want.shape
+    assert torch.allclose(got.input_relevance, want, rtol=1e-2, atol=1e-4 * float(want.abs().max()))
+    assert torch.allclose(got.input_relevance.sum((1, 2, 3)), want.sum((1, 2, 3)), rtol=1e-3)
 
 
 @pytest.mark.parametrize("method, product", [("grad", False), ("taylor", True)])

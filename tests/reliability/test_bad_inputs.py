@@ -716,6 +716,16 @@ def test_cli_pr_step_larger_than_total(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
+def test_cli_reference_schedule_without_a_step(tmp_path, capsys):
+    """The reference's step count int(int(N / int(N * 0.15)) * 0.15) is 0: refused, nothing written."""
+    path = small_checkpoint(tmp_path)
+    code, err = run_cli(["prune-filters", str(path), "--total-pr", "0.15", "--pr-step", "0.15",
+                         "--set", "prune_filters.schedule=reference", "--out", str(tmp_path / "p")],
+                        capsys)  # fmt: skip
+    assert code == 2 and "runs no step" in err and "schedule=cumulative" in err
+    assert "Traceback" not in err and not (tmp_path / "p").exists()
+
+
 def test_cli_output_under_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, err = run_cli(["train", "--out", str(tmp_path / "f" / "run")], capsys)

@@ -37,7 +37,7 @@ from ..progress import tqdm
 from .filters import markdown_table, reference_set
 from .importance import CRITERIA, build_importance
 from .measure import count_macs_params
-from .relevance import classifier_head, input_bounds, prunable_modules
+from .relevance import ignored_layers, input_bounds, prunable_modules
 from .structural import FilterPruner
 
 log = logging.getLogger(__name__)
@@ -123,28 +123,22 @@ def recalibrate_batchnorm(model: nn.Module, batches, device) -> None:
     model.eval()
 
 
-def _rebind(importance, model: nn.Module, raw: dict[str, torch.Tensor]) -> None:
-    """Point the importance's scores (from the original model) at a copy's layers."""
-    named = dict(model.named_modules())
-    importance.scores = {named[n]: s.detach().float().cpu() for n, s in raw.items()}
-
-
 def curve_block(model, importance, reference, ratios, evals, class_names, image_size, device,
-                ratio_unit="filters", round_to=1, bn_batches=None) -> list[dict]:  # fmt: skip
+                ratio_unit="filters", round_to=1, bn_batches=None, prune_linear=False) -> list[dict]:  # fmt: skip
     """One criterion x draw: score `model` once, prune a copy one-shot to each ratio, evaluate."""
     raw = importance.prepare(model, reference)
     example = torch.zeros(1, 3, image_size, image_size, device=device)
     rows = []
     for ratio in ratios:
         m = copy.deepcopy(model)
-        _rebind(importance, m, raw)
-        pruner = FilterPruner(m, importance, [ratio], example, round_to=round_to,
-                              ratio_unit=ratio_unit)  # fmt: skip
+        importance.bind(m, raw)
+        pruner = FilterPruner(m, importance, [ratio], example, round_to=round_to, ratio_unit=ratio_unit,
+                              ignored_layers=ignored_layers(m, prune_linear=prune_linear))  # fmt: skip
         pruner.step()
         if bn_batches is not None:
             recalibrate_batchnorm(m, bn_batches, device)
         macs, params = count_macs_params(m, image_size, device)
-        widths = {n: x.weight.shape[0] for n, x in prunable_modules(m, [classifier_head(m)]).items()}
+        widths = {n: x.weight.shape[0] for n, x in prunable_modules(m, pruner.ignored_layers).items()}
         row = {"ratio": ratio, "filters_removed_ratio": pruner.pruned_filter_fraction(),
                "channels_removed_ratio": pruner.pruned_channel_fraction(),
                "filters_removed": pruner.initial_filters - pruner.filters(),
@@ -211,14 +205,15 @@ def pruning_curve(
               for n in _norms(m, settings.normalizations)]  # fmt: skip
     finished = set(map(tuple, done[BLOCK].values.tolist())) if len(done) else set()
     cache: dict[tuple[str, str], list[dict]] = {}  # a data-free criterion's block, for every draw
-    initial = {n: x.weight.shape[0] for n, x in prunable_modules(model, [classifier_head(model)]).items()}
+    never = ignored_layers(model, prune_linear=cfg.prune_filters.prune_linear)
+    initial = {n: x.weight.shape[0] for n, x in prunable_modules(model, never).items()}
     widths = pd.read_csv(out / "curve_layers.csv").to_dict("records") \
         if resume and (out / "curve_layers.csv").is_file() else []  # fmt: skip
     for method, norm, seed in tqdm(blocks, desc="pruning curve", disable=not progress):
         if (method, norm, seed) in finished:
             continue
         pf = dataclasses.replace(cfg.prune_filters, normalize=norm)
-        imp = build_importance(pf, method, ignored_layers=[classifier_head(model)], seed=seed,
+        imp = build_importance(pf, method, ignored_layers=never, seed=seed,
                                bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
         deterministic = not imp.needs_data and method != "random"  # weight: same cut every draw
         if deterministic and (method, norm) not in cache:  # resumed: an earlier draw's cut serves
@@ -229,7 +224,8 @@ def pruning_curve(
             reference = reference_set(loaders.push.dataset, pf.ref_per_class, seed,
                                       cfg.data.batch_size)  # fmt: skip
             block = curve_block(model, imp, reference, settings.ratios, evals, names,
-                                cfg.data.image_size, device, pf.ratio_unit, 1, bn_batches)  # fmt: skip
+                                cfg.data.image_size, device, pf.ratio_unit, 1, bn_batches,
+                                pf.prune_linear)  # fmt: skip
             if deterministic:
                 cache[(method, norm)] = block
         zero = {"ratio": 0.0, "filters_removed_ratio": 0.0, "channels_removed_ratio": 0.0,

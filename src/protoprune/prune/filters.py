@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..config import RunConfig, save_config
+from ..config import FilterPruningConfig, RunConfig, save_config
 from ..data.base import ImageDataset
 from ..data.loaders import CappedLoader
 from ..errors import ConfigError
@@ -40,20 +40,55 @@ from ..progress import tqdm
 from .export import export_onnx, save_pruned
 from .importance import FilterImportance, build_importance
 from .measure import measure_model
-from .relevance import input_bounds
-from .structural import FilterPruner
+from .relevance import ignored_layers, input_bounds
+from .structural import FilterPruner, count_filters
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def schedule(total_pr: float, pr_step: float) -> list[float]:
-    """Cumulative fractions of the original filters after each step: 0.15, 0.30, ... total_pr."""
+SCHEDULES = ("reference", "cumulative")
+
+
+def schedule(
+    total_pr: float, pr_step: float, kind: str = "cumulative", n_filters: int | None = None
+) -> list[float]:
+    """Fractions of the original filters removed after each step.
+
+    ``cumulative`` (default): pr_step, 2 pr_step, ... up to total_pr (0.6 / 0.15: 0.15, 0.3, 0.45,
+    0.6); a last step shorter than 1 % of pr_step is float noise in total_pr and dropped (the
+    reference's default 0.9001 / 0.05 gives 18 steps to 0.9, not a 19th of 0.0001).
+    ``reference``: what the reference's `prune_resnet.py: prune` removes from `n_filters`:
+    `int(N * pr_step)` filters a step, for `int(int(N / that) * total_pr)` steps (0.6 / 0.15 on
+    4,800 filters: 3 steps of 720, 0.45; 0.9001 / 0.05: 18 steps, 0.9; 0.15 / 0.15: none).
+    """
+    if kind not in SCHEDULES:
+        raise ConfigError(
+            f"unknown pruning schedule {kind!r}",
+            f"set prune_filters.schedule to one of: {', '.join(SCHEDULES)}",
+        )
     if total_pr <= 0:
         return []
-    n = math.ceil(total_pr / pr_step - 1e-9)
-    return [round(min((k + 1) * pr_step, total_pr), 10) for k in range(n)]
+    if kind == "cumulative":
+        n = max(1, math.ceil(total_pr / pr_step - 0.01))
+        return [round(min((k + 1) * pr_step, total_pr), 10) for k in range(n)]
+    if not n_filters:
+        raise ConfigError("the reference schedule needs the model's filter count", "pass n_filters")
+    per_step = int(n_filters * pr_step)
+    if per_step < 1:
+        raise ConfigError(
+            f"pr_step {pr_step} removes no filter of {n_filters} a step",
+            "take a larger prune_filters.pr_step",
+        )
+    steps = int(int(n_filters / per_step) * total_pr)
+    if steps == 0:
+        raise ConfigError(
+            f"the reference schedule runs no step for total_pr {total_pr} and pr_step {pr_step} "
+            f"(int(int({n_filters} / {per_step}) * {total_pr}) = 0)",
+            "raise prune_filters.total_pr, or set prune_filters.schedule=cumulative",
+        )
+    return [(k + 1) * per_step / n_filters for k in range(steps)]
 
 
 def reference_set(
@@ -106,6 +141,12 @@ def write_results(run_dir: Path, df: pd.DataFrame, meta: dict) -> None:
     atomic_write_json(run_dir / "results.json", {**meta, "steps": df.to_dict(orient="records")})
 
 
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]] | None:
+    """A ProtoPNet's prototypes are a bare Parameter used by F.conv2d: torch-pruning is told their
+    channel dimension (1, the depth D, which follows the never-pruned add-on)."""
+    return [(model.prototype_vectors, 1)] if isinstance(model, ProtoPNet) else None
+
+
 def run_schedule(
     model: nn.Module,
     importance: FilterImportance,
@@ -130,9 +171,7 @@ def run_schedule(
     number of epochs it ran (recorded as `finetune_epochs`) or a mapping of such columns."""
     model.to(device).eval()
     example = torch.zeros(1, 3, image_size, image_size, device=device)
-    # a ProtoPNet's prototypes are a bare Parameter used by F.conv2d: tell torch-pruning their
-    # channel dimension (1, the depth D, which follows the never-pruned add-on)
-    unwrapped = [(model.prototype_vectors, 1)] if isinstance(model, ProtoPNet) else None
+    unwrapped = unwrapped_parameters(model)
     pruner = FilterPruner(model, importance, ratios, example, scope=scope,
                           ignored_layers=ignored_layers, unwrapped_parameters=unwrapped,
                           round_to=round_to, ratio_unit=ratio_unit)  # fmt: skip
@@ -234,6 +273,10 @@ def prune_filters(
     pf = cfg.prune_filters
     device = distributed.resolve_device(cfg.train.device)  # joins torchrun's group if launched by it
     main = distributed.is_main()  # under torchrun rank 0 writes; all ranks fine-tune together
+    model = model_from_checkpoint(ckpt).to(device)
+    ignored = ignored_layers(model, protopnet_ignored_layers(model) if proto else None, pf.prune_linear)
+    ratios = schedule(pf.total_pr, pf.pr_step, pf.schedule,  # refused here, before any folder is made
+                      schedule_units(model, ignored, pf.ratio_unit, cfg.data.image_size))  # fmt: skip
     run_dir = distributed.prepare_output_dir(
         run_dir or Path(cfg.output_dir) / f"{cfg.name}-prune-{pf.method}-{pf.scope}", force=force
     )
@@ -242,12 +285,9 @@ def prune_filters(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     loaders, splits = prepare_data(cfg, run_dir if main else None)
-    model = model_from_checkpoint(ckpt).to(device)
     reference = reference_set(loaders.push.dataset, pf.ref_per_class, cfg.seed, cfg.data.batch_size)
-    ignored = protopnet_ignored_layers(model) if proto else None
-    importance = build_importance(pf, ignored_layers=ignored or (), seed=cfg.seed,
+    importance = build_importance(pf, ignored_layers=ignored, seed=cfg.seed,
                                   bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
-    ratios = schedule(pf.total_pr, pf.pr_step)
     small = uses_small_input(cfg)
     meta = {
         "method": pf.method,
@@ -257,6 +297,7 @@ def prune_filters(
         "checkpoint": str(ckpt["path"]),
         "total_pr": pf.total_pr,
         "pr_step": pf.pr_step,
+        "schedule": pf.schedule,
         "epochs": pf.epochs,
         "repair_epochs": (pf.epochs if pf.repair_epochs is None else pf.repair_epochs) if proto else None,
         "patience": pf.patience,
@@ -337,6 +378,16 @@ def prune_filters(
     )
 
 
+def schedule_units(model: nn.Module, ignored: Sequence[nn.Module], unit: str, image_size: int) -> int:
+    """What the reference schedule counts: the model's filters (or group channels, `ratio_unit`)."""
+    if unit == "filters":
+        return count_filters(model, ignored)
+    example = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    return FilterPruner(model, build_importance(FilterPruningConfig(), "random"), [0.0], example,
+                        ignored_layers=ignored, unwrapped_parameters=unwrapped_parameters(model),
+                        ).channels()  # fmt: skip
+
+
 def criterion_settings(pf) -> dict[str, Any]:
     """The settings that decide which filters a criterion removes (for results' metadata)."""
     return {
@@ -347,6 +398,8 @@ def criterion_settings(pf) -> dict[str, Any]:
         "lrp_output": pf.lrp_output,
         "weight_fuse_batchnorm": pf.weight_fuse_batchnorm,
         "score_batchnorm": pf.score_batchnorm,
+        "lrp_batchnorm": pf.lrp_batchnorm,
+        "prune_linear": pf.prune_linear,
     }
 
 

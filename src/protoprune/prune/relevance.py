@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from zennit.composites import Composite
+from zennit.rules import Pass
 
 from ..errors import ConfigError
 from ..lrp.composites import (  # noqa: F401 (re-exported: the filter scores' rules)
@@ -48,6 +49,7 @@ from ..lrp.composites import (  # noqa: F401 (re-exported: the filter scores' ru
 from ..lrp.skip_backward import skipped_replaced_backward
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+BATCHNORM_MODES = ("eval", "train")
 
 
 def prunable_modules(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> dict[str, nn.Module]:
@@ -69,6 +71,20 @@ def classifier_head(model: nn.Module) -> nn.Linear:
             "filter pruning needs a classifier ending in nn.Linear",
         )
     return linears[-1]
+
+
+def ignored_layers(
+    model: nn.Module, keep: Sequence[nn.Module] | None = None, prune_linear: bool = False
+) -> list[nn.Module]:
+    """Layers whose outputs are never scored nor removed: `keep` (default: the classifier head)
+    and, unless `prune_linear`, every Linear layer: the reference scores and counts Conv2d filters
+    only (`prune_resnet.py: total_num_filters`), so a VGG's hidden units stay (their inputs still
+    shrink with the last conv's filters)."""
+    kept = list(keep) if keep is not None else [classifier_head(model)]
+    if not prune_linear:
+        seen = {id(m) for m in kept}
+        kept += [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in seen]
+    return kept
 
 
 def filter_output_modules(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -154,18 +170,21 @@ def lrp_batch(
     output: str = "onehot",
     input_relevance: bool = True,
     skip_replaced_backward: bool = True,
+    batchnorm: str = "eval",
 ) -> Relevance:
     """Explain the true class with LRP and read the relevance at each module's output map.
 
     `input_relevance=False` (filter scoring) stops the backward pass at the first module's output:
     the input layer's rule (z^B: three convolutions at full resolution) then never runs, and
     `Relevance.input_relevance` is None. `skip_replaced_backward` (same relevance, less time: see
-    `lrp.skip_backward`) can be turned off to compare.
+    `lrp.skip_backward`) can be turned off to compare. `batchnorm="train"` reproduces the
+    reference's LRP wrapper, which is never put in eval mode: `batch_standardised_merges`.
     """
     comp = build_composite(composite, model) if isinstance(composite, str) else composite
     x = inputs.detach().clone().requires_grad_(True)  # also when not asked: zennit hooks need it
-    with eval_mode(model), frozen_parameters(model), comp.context(model) as hooked, \
-            capture_outputs(modules) as outs:  # fmt: skip
+    with batchnorm_mode(model, "eval", option="prune_filters.lrp_batchnorm"), \
+            frozen_parameters(model), comp.context(model) as hooked, \
+            batch_standardised_merges(hooked, batchnorm), capture_outputs(modules) as outs:  # fmt: skip
         with skipped_replaced_backward(hooked) if skip_replaced_backward else nullcontext():
             logits = hooked(x)
         start = initial_relevance(logits, targets, output)
@@ -184,13 +203,15 @@ def lrp_batch(
 
 
 @contextmanager
-def batchnorm_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+def batchnorm_mode(
+    model: nn.Module, mode: str, option: str = "prune_filters.score_batchnorm"
+) -> Iterator[nn.Module]:
     """``eval``: BatchNorm with its running statistics; ``train``: with the batch's statistics, as
     the reference's scoring pass runs (it calls `model.train()`), running statistics restored on
     exit so that scoring never changes the model."""
-    if mode not in ("eval", "train"):
+    if mode not in BATCHNORM_MODES:
         raise ConfigError(
-            f"unknown BatchNorm mode {mode!r} for scoring", "set prune_filters.score_batchnorm "
+            f"unknown BatchNorm mode {mode!r} for scoring", f"set {option} "
             "to eval (running statistics) or train (batch statistics, as the reference)"
         )
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -205,6 +226,37 @@ def batchnorm_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
                 for m, buffers in zip(norms, saved):
                     for k, v in buffers.items():
                         getattr(m, k).copy_(v)
+
+
+@contextmanager
+def batch_standardised_merges(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """``train``: every BatchNorm that zennit's canonizer has turned into an identity standardises
+    its input with the batch's statistics instead, and passes relevance on unchanged.
+
+    This is the forward pass of the reference's LRP wrapper (github seulkiyeom/LRP_pruning,
+    `resnet_kuangliu.py: copyfromresnet`): each BatchNorm is fused into its conv and replaced by a
+    reset copy (`lrp_general6.resetbn`: weight 1, bias 0, its eps) wrapped with the pass-through
+    `relu_wrapper_fct`; the wrapper is never put in eval mode, so that copy re-standardises every
+    fused conv's output over the batch. The running statistics it updates are the canonizer's
+    stand-ins, restored with the model's own on exit. ``eval``: nothing changes.
+    """
+    if mode not in BATCHNORM_MODES:
+        raise ConfigError(
+            f"unknown BatchNorm mode {mode!r} for LRP", "set prune_filters.lrp_batchnorm to eval "
+            "(running statistics) or train (batch statistics, as the reference's LRP wrapper)"
+        )
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)] if mode == "train" else []
+    handles = []
+    try:
+        for m in norms:
+            m.train(True)
+            handles.append(Pass().register(m))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for m in norms:
+            m.train(False)
 
 
 def gradient_batch(

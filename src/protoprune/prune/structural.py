@@ -31,7 +31,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .importance import FilterImportance
-from .relevance import classifier_head, prunable_modules
+from .relevance import ignored_layers as default_ignored
+from .relevance import prunable_modules
 
 SCOPES = ("global", "layer")
 RATIO_UNITS = ("filters", "channels")
@@ -85,7 +86,7 @@ class FilterPruner:
         self.ratios = ratios
         self.scope = scope
         self.ignored_layers = (
-            list(ignored_layers) if ignored_layers is not None else [classifier_head(model)]
+            list(ignored_layers) if ignored_layers is not None else default_ignored(model)
         )
         self.max_layer_ratio = max_layer_ratio
         self.round_to = int(round_to)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import HEADLINE
+from ..models.backbones import family
 from .config import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,13 @@ ADDED_LATER = {
     ("protopnet", "push_amp"): False,  # the push on CPU was float32 before the setting existed
     ("protopnet", "trunk_layers"): None,
     ("prune_filters", "repair_epochs"): None,
+    ("prune_filters", "lrp_batchnorm"): "eval",
+    ("prune_filters", "schedule"): "cumulative",
+    ("prune_filters", "prune_linear"): True,
 }
+# the random control draws one score per group channel since this marker (before: one per layer,
+# summed over each group, which favoured the blocks' first convs): its units rerun
+RANDOM_CONTROL = "per-group-channel"
 
 
 def _drop_inert_settings(d: dict) -> None:
@@ -143,6 +150,9 @@ def _drop_inert_settings(d: dict) -> None:
     p = d.get("protopnet")
     if p and (p["joint_epochs"] < p["joint_lr_step"] or p["joint_lr_gamma"] == 1):
         p.pop("joint_lr_step_at", None)
+    f = d.get("prune_filters")
+    if f and family(d["model"]["arch"]) != "vgg":  # only VGG has hidden Linear layers
+        f.pop("prune_linear", None)
 
 
 def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[str, str]) -> str:
@@ -166,6 +176,8 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     }
     if unit.kind == "curve":  # its own settings and criteria (other units' hashes stay as they were)
         payload["curve"] = [study.curve, study.criteria]
+    if "random" in ((study.criteria if unit.kind == "curve" else []) + [unit.method or ""]):
+        payload["random_control"] = RANDOM_CONTROL
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
