@@ -47,6 +47,10 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     max_per_split: int | None = None  # cap each split (stratified) for quick runs
+    # lesion masks for the explanation metrics, <image_id>_segmentation.png (ISIC 2018 Task 1
+    # layout): auto = the data set's own folder if it ships one (HAM10000:
+    # HAM10000_segmentations_lesion_tschandl/ under data.root), a folder, or none (Otsu proxy)
+    masks: str | None = "auto"
 
 
 @dataclass

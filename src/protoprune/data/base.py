@@ -33,6 +33,7 @@ class ImageDataset(Dataset, abc.ABC):
     """
 
     pixels: Callable[[int], Image.Image] | None = None
+    mask_dir: Path | None = None  # lesion masks <image_id>_segmentation.png, when the data has them
 
     def __init__(
         self,
@@ -69,6 +70,12 @@ class ImageDataset(Dataset, abc.ABC):
         """The image resized to `size` x `size` as the transforms resize it; `draft`: decoded at
         reduced size first where the file format allows it (JPEG), never below `size`."""
         return resize_step(size)(self.load_image(index))
+
+    def load_mask(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """(H, W) bool lesion mask of image `index` (lesion pixels > 127, read as grey: HAM10000's
+        palette PNGs carry an inverted palette), resized to `size` (width, height) by nearest
+        neighbour, e.g. the size the image is drawn or fed at; None without a mask file."""
+        return read_mask(self.mask_dir, self.image_ids[index], size)
 
     def image_signatures(self) -> list[str]:
         """One string per image that changes when the image does (keys the disk cache); a
@@ -127,8 +134,35 @@ def integer_labels(targets: Sequence[int] | np.ndarray) -> np.ndarray:
     return raw.astype(np.int64)
 
 
+def mask_path(folder: Path, image_id: str) -> Path:
+    """Where the ISIC 2018 Task 1 layout keeps an image's lesion mask."""
+    return folder / f"{Path(image_id).stem}_segmentation.png"
+
+
+def read_mask(folder: Path | None, image_id: str, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The bool lesion mask of `image_id` in `folder` (see `ImageDataset.load_mask`), or None."""
+    if folder is None or not (path := mask_path(folder, image_id)).is_file():
+        return None
+    try:
+        with Image.open(path) as im:
+            grey = im.convert("L")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"lesion mask {path} is unreadable ({exc})", "re-export or remove this mask") from None
+    if size is not None and grey.size != tuple(size):
+        grey = grey.resize(tuple(size), Image.NEAREST)
+    return np.asarray(grey) > 127
+
+
 class SubsetImageDataset(ImageDataset):
     """A view on some rows of another ImageDataset."""
+
+    @property
+    def mask_dir(self) -> Path | None:  # the parent's, so a subset never loses its masks
+        return self.parent.mask_dir
+
+    @mask_dir.setter
+    def mask_dir(self, value: Path | None) -> None:
+        self.parent.mask_dir = value
 
     def __init__(self, parent: ImageDataset, indices: np.ndarray):
         self.parent = parent

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..config import DataConfig
@@ -48,10 +49,13 @@ class DataReport:
     n_checked: int = 0  # images we tried to open
     image_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> images, most common first
     max_per_split: int | None = None  # the cap data.max_per_split put on every split
+    # lesion masks (data.masks): folder, found, missing, unreadable ({split, image_id, problem}),
+    # and per class the lesion's share of the image (n, mean, median, q25, q75)
+    masks: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.leaked_groups)
+        return not (self.corrupt or self.leaked_groups or (self.masks and self.masks["unreadable"]))
 
     @property
     def n_images(self) -> int:
@@ -93,6 +97,8 @@ class DataReport:
                 else ""
             )
             lines += ["", f"Image sizes (WxH): {sizes}{more}"]
+        if self.masks is not None:
+            lines += _mask_lines(self.masks)
         for title, items in (
             ("Groups in more than one split", self.leaked_groups),
             ("Missing images (left out of the splits)", self.missing),
@@ -107,6 +113,53 @@ class DataReport:
                 if len(items) > _SHOWN:
                     lines.append(f"- ... and {len(items) - _SHOWN} more (see the JSON report)")
         return "\n".join(lines) + "\n"
+
+
+def _mask_lines(masks: dict[str, Any]) -> list[str]:
+    lines = ["", "## Lesion masks", "",
+             f"- folder: `{masks['folder']}`; found {masks['found']}, missing {len(masks['missing'])}, "
+             f"unreadable {len(masks['unreadable'])}", "",
+             "Lesion area as a share of the image (the chance level of an on-lesion share):", "",
+             "| class | masks | mean | median | q25 | q75 |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, a in masks["area"].items():
+        lines.append(f"| {name} | {a['n']} | {a['mean']:.3f} | {a['median']:.3f} | {a['q25']:.3f} | {a['q75']:.3f} |")
+    return lines
+
+
+def _area_stats(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, float)
+    if not len(v):
+        return {"n": 0, "mean": float("nan"), "median": float("nan"), "q25": float("nan"), "q75": float("nan")}
+    return {"n": int(len(v)), "mean": float(v.mean()), "median": float(np.median(v)),
+            "q25": float(np.quantile(v, 0.25)), "q75": float(np.quantile(v, 0.75))}  # fmt: skip
+
+
+def check_masks(parts: dict[str, Any], names: list[str], progress: bool = True) -> dict[str, Any] | None:
+    """Read every split image's lesion mask: what is found, missing, unreadable, and the lesion's
+    share of the image per class (and over all images)."""
+    folder = next(iter(parts.values())).mask_dir
+    if folder is None:
+        return None
+    found, missing, unreadable = 0, [], []
+    areas: dict[str, list[float]] = {n: [] for n in names}
+    total = sum(len(ds) for ds in parts.values())
+    with tqdm(total=total, desc="reading masks", unit="mask", disable=not progress) as bar:
+        for split, ds in parts.items():
+            for i in range(len(ds)):
+                bar.update(1)
+                try:
+                    mask = ds.load_mask(i)
+                except DataError as exc:
+                    unreadable.append({"split": split, "image_id": ds.image_ids[i], "problem": exc.problem})
+                    continue
+                if mask is None:
+                    missing.append(ds.image_ids[i])
+                    continue
+                found += 1
+                areas[names[int(ds.targets[i])]].append(float(mask.mean()))
+    every = [a for v in areas.values() for a in v]
+    return {"folder": str(folder), "found": found, "missing": missing, "unreadable": unreadable,
+            "area": {**{n: _area_stats(v) for n, v in areas.items()}, "all": _area_stats(every)}}  # fmt: skip
 
 
 def _table(class_names: list[str], counts: dict[str, dict[str, int]]) -> list[str]:
@@ -171,4 +224,5 @@ def check_data(
                         continue
                     sizes[f"{image.width}x{image.height}"] += 1
         report.image_sizes = dict(sizes.most_common())
+        report.masks = check_masks(parts, names, progress)
     return report

@@ -31,6 +31,7 @@ IMAGE_FOLDERS = (
     "ham10000_images_part_2",
 )
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+MASK_FOLDER = "HAM10000_segmentations_lesion_tschandl"  # Tschandl et al. 2020's lesion masks
 LAYOUT_HINT = "<root>/images/ or <root>/HAM10000_images_part_1/ and <root>/HAM10000_images_part_2/"
 
 
@@ -124,6 +125,12 @@ def load_ham10000(root: str | Path, missing: str = "drop") -> FileImageDataset:
     return _as_dataset(ham10000_table(root, missing)[0])
 
 
+def _mask_folder(root: Path) -> Path | None:
+    """HAM10000's lesion segmentations when they sit next to the metadata, else None."""
+    folder = _metadata_path(root).parent / MASK_FOLDER
+    return folder if folder.is_dir() else None
+
+
 def ham10000_splits(
     root: str | Path,
     ratios: Sequence[float] = (0.7, 0.15, 0.15),
@@ -147,6 +154,6 @@ def ham10000_splits(
         seed,
         split_file,
         description=description,
-        extra={"missing_images": absent},
+        extra={"missing_images": absent, "mask_dir": _mask_folder(Path(root))},
         group_name="lesion",
     )

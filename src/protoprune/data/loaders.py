@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +46,26 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
     for name in ("train", "val", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"the {name} split of {cfg.dataset!r} is empty", "check the data and data.split_ratios")
+    folder = mask_dir(cfg, splits)
+    for name in ("train", "val", "test"):
+        getattr(splits, name).mask_dir = folder
     return splits
+
+
+def mask_dir(cfg: DataConfig, splits: DataSplits) -> Path | None:
+    """The lesion-mask folder `data.masks` names: auto = the data set's own (`extra["mask_dir"]`,
+    e.g. HAM10000's segmentations next to its images), a folder, or none."""
+    if cfg.masks in (None, "none"):
+        return None
+    if cfg.masks == "auto":
+        return splits.extra.get("mask_dir")
+    folder = Path(cfg.masks).expanduser()
+    if not folder.is_dir() or not any(folder.glob("*_segmentation.png")):
+        raise DataError(
+            f"data.masks = {cfg.masks}: no <image_id>_segmentation.png files there",
+            "give the folder of lesion masks in the ISIC 2018 Task 1 layout, or auto / none",
+        )
+    return folder
 
 
 def check_class_coverage(splits: DataSplits) -> None:

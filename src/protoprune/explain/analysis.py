@@ -117,6 +117,7 @@ def analyse_checkpoint(
     out = Path(out_dir)
     dev = resolve_device(device)
     loaders, _ = prepare_data(cfg)
+    masks = masks or loaders.test.dataset.mask_dir  # the data's own lesion masks (data.masks)
     class_names = loaders.class_names
     require_same_classes(ckpt, class_names, "explain")
     require_k_images(k, len(loaders.push.dataset))
@@ -274,6 +275,7 @@ def explanation_summary(
     from .metrics import explanation_metrics, model_summary
 
     bounds = bounds or DEFAULT_BOUNDS
+    masks = masks or loaders.test.dataset.mask_dir  # the data's own lesion masks (data.masks)
     dev = torch.device(device)
     model = model.to(dev).eval()
     names = loaders.class_names

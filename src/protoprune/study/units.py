@@ -160,7 +160,8 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     the sections the unit does not read)."""
     d = {k: v for k, v in cfg.to_dict().items() if k == "seed" or k in SECTIONS[unit.kind]}
     for section, key in (("data", "split_file"), ("data", "num_workers"), ("data", "cache"),
-                         ("data", "cache_dir"), ("train", "progress"), ("train", "threads")):  # fmt: skip
+                         ("data", "cache_dir"), ("data", "masks"), ("train", "progress"),
+                         ("train", "threads")):  # fmt: skip
         d[section].pop(key, None)
     for (section, key), old_behaviour in ADDED_LATER.items():
         if section in d and d[section].get(key) == old_behaviour:
