@@ -237,3 +237,39 @@ def empirical_boxes(
         cols = seen.any(0).nonzero().flatten()
         boxes.append([int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1])
     return boxes
+
+
+def effective_receptive_field(
+    trunk: nn.Module, images: torch.Tensor, mass: float = 0.9, cell: tuple[int, int] | None = None
+) -> dict:
+    """What a latent cell effectively depends on (Luo et al. 2016): the |input gradient| of one
+    cell's features (summed over channels), summed over `images` (N, 3, H, W), and the smallest
+    box centred on the cell's centre that holds `mass` of it.
+
+    The analytic field says which pixels a cell can see (ResNet18's last stage: 435 px, more than
+    a 224 px image); the effective field says where its input gradient mass lies, which is what a
+    user asking "does a prototype see a part?" needs. `cell` defaults to the map's centre.
+    Returns the box (y0, y1, x0, x1) and its side and area as shares of the image.
+    """
+    trunk = trunk.eval()
+    x = images.detach().clone().requires_grad_(True)
+    out = trunk(x)
+    h, w = out.shape[-2:]
+    cy, cx = cell if cell is not None else (h // 2, w // 2)
+    (grad,) = torch.autograd.grad(out[:, :, cy, cx].sum(), x)
+    density = grad.abs().sum((0, 1)).double()
+    H, W = density.shape
+    # the cell's centre in input pixels: the same fraction of the image as of the map
+    py, px = (cy + 0.5) * H / h, (cx + 0.5) * W / w
+    total = float(density.sum())
+    box = [0, H, 0, W]
+    for r in range(1, max(H, W) + 1):  # grow a square around the centre until it holds `mass`
+        y0, y1 = max(0, round(py - r / 2)), min(H, round(py + r / 2))
+        x0, x1 = max(0, round(px - r / 2)), min(W, round(px + r / 2))
+        if total > 0 and float(density[y0:y1, x0:x1].sum()) >= mass * total:
+            box = [y0, y1, x0, x1]
+            break
+    side = max(box[1] - box[0], box[3] - box[2])
+    return {"box": box, "side": side, "side_share": side / max(H, W),
+            "area_share": (box[1] - box[0]) * (box[3] - box[2]) / (H * W), "mass": mass,
+            "map": (h, w)}  # fmt: skip
