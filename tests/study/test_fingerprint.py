@@ -56,3 +56,45 @@ def test_joint_lr_timing_reruns_protopnet_units_only_where_it_changes_the_schedu
     assert _fingerprint("protopnet", [*short, "run.protopnet.joint_lr_step_at=start"]) == (
         _fingerprint("protopnet", [*short, "run.protopnet.joint_lr_step_at=end"])
     )
+
+
+def _unit_fingerprint(kind: str, method: str | None, overrides: list[str] | None = None) -> str:
+    study = load_study_config(LEGACY, overrides or [])
+    unit = Unit("resnet18", 0, kind, method)
+    return fingerprint(study, unit, unit_config(study, unit, Path("/unused")), {})
+
+
+def test_pruning_departure_options_rerun_only_where_they_change_a_result() -> None:
+    weight = _unit_fingerprint("filter", "weight")
+    # the old behaviour of each new setting leaves the hash as it was
+    for old in ("run.prune_filters.lrp_batchnorm=eval", "run.prune_filters.schedule=cumulative"):
+        assert _unit_fingerprint("filter", "weight", [old]) == weight, old
+    assert _unit_fingerprint("filter", "weight", ["run.prune_filters.lrp_batchnorm=train"]) != weight
+    assert _unit_fingerprint("filter", "weight", ["run.prune_filters.schedule=reference"]) != weight
+    # a ResNet has no hidden Linear layer: prune_linear cannot change its units
+    assert _unit_fingerprint("filter", "weight", ["run.prune_filters.prune_linear=true"]) == weight
+    assert _unit_fingerprint("baseline", None) == KNOWN["baseline"]
+
+
+def test_units_of_the_random_control_carry_its_version() -> None:
+    import json
+
+    from protoprune.study import units
+
+    study = load_study_config(LEGACY, [])
+    seen = {}
+    real = units.hashlib.sha256
+
+    def spy(data: bytes):
+        seen["payload"] = json.loads(data)
+        return real(data)
+
+    units.hashlib.sha256 = spy
+    try:
+        for kind, method, expected in (("filter", "random", True), ("filter", "lrp", False),
+                                       ("curve", None, "random" in study.criteria)):  # fmt: skip
+            unit = Unit("resnet18", 0, kind, method)
+            fingerprint(study, unit, unit_config(study, unit, Path("/unused")), {})
+            assert ("random_control" in seen["payload"]) == expected, (kind, method)
+    finally:
+        units.hashlib.sha256 = real
