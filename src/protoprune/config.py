@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -233,6 +234,9 @@ _CHOICES = {
 }
 
 
+MAX_IMAGE_SIZE = 2048  # pixels a side; dermoscopy originals are 600 x 450 to 1024 x 768
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject values that would fail later or silently mean something else."""
     for key, choices in _CHOICES.items():
@@ -243,9 +247,21 @@ def validate(cfg: RunConfig) -> None:
                 f"config {key} = {value!r} is not one of {', '.join(choices)}",
                 f"set {key} to one of: {', '.join(choices)}",
             )
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(
+            f"seed = {cfg.seed} is outside 0 .. 2**32 - 1, the range every generator here takes",
+            "give a seed such as 0, 1, 2",
+        )
     d = cfg.data
     if d.image_size < 8:
         raise ConfigError(f"data.image_size = {d.image_size} is too small", "use at least 8 pixels")
+    if d.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"data.image_size = {d.image_size} is beyond any image this tool trains on "
+            f"(at most {MAX_IMAGE_SIZE} px; one 3-channel float image would take "
+            f"{3 * 4 * d.image_size**2 / 2**30:.1f} GiB)",
+            "use the size the model is trained at, e.g. 28, 224",
+        )
     if len(d.split_ratios) != 3 or any(r < 0 for r in d.split_ratios) or abs(sum(d.split_ratios) - 1) > 1e-6:
         raise ConfigError(
             f"data.split_ratios = {d.split_ratios} must be three non-negative numbers summing to 1",
@@ -379,13 +395,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config {key} must be a list, got {value!r}", f"e.g. {key}=[1,2,3]")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, key) for v in value]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "1e-4" as a string
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"config {key} must be a number, got {value!r}", None) from None
+        if not math.isfinite(number):
+            raise ConfigError(f"config {key} must be a finite number, got {value!r}", "give a real number")
+        return number
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"config {key} must be true or false, got {value!r}", None)
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -449,6 +466,47 @@ def data_root_fix(what: str) -> str:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (plain PyYAML keeps the
+    last silently, so `seed: 1` then `seed: 2` would run seed 2 with no word)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"key {key!r} is given twice in one section (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1})",
+                "keep one of them: YAML would silently use the last",
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping, refusing what is not UTF-8 text, not YAML, repeats a key
+    or is not a mapping; `what` names the file in the error ("config file", "study config")."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+            f"give a YAML text file, e.g. {example}",
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level", f"see {example}")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when path is None) and apply `a.b=value` overrides."""
     data: dict[str, Any] = {}
@@ -456,12 +514,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(not_a_file("config file", path), "give the path of a YAML file, e.g. configs/demo.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}", "fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level", None)
+        data = read_yaml_mapping(path, "config file", "configs/demo.yaml")
     for item in overrides or []:
         apply_override(data, item)
     return config_from_dict(expand_data_dir(data))

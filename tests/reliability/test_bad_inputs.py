@@ -224,6 +224,49 @@ def bad_yaml(tmp):
     return lambda: load_config(tmp / "bad.yaml")
 
 
+def yaml_key_given_twice(tmp):
+    (tmp / "twice.yaml").write_text("seed: 1\ntrain:\n  lr: 0.001\nseed: 2\n")
+    return lambda: load_config(tmp / "twice.yaml")
+
+
+def yaml_bytes_not_text(tmp):
+    (tmp / "binary.yaml").write_bytes(b"\xff\xfe\x00seed: 1")
+    return lambda: load_config(tmp / "binary.yaml")
+
+
+def study_yaml_key_given_twice(tmp):
+    from protoprune.study.config import load_study_config
+
+    (tmp / "study.yaml").write_text("seeds: [0]\nrun:\n  train:\n    epochs: 1\n    epochs: 2\n")
+    return lambda: load_study_config(tmp / "study.yaml")
+
+
+def study_negative_seed(tmp):
+    from protoprune.study.config import load_study_config
+
+    return lambda: load_study_config(None, ["seeds=[0,-3]"])
+
+
+def learning_rate_not_finite(tmp):
+    return lambda: load_config(None, ["train.lr=.nan"])
+
+
+def std_not_finite(tmp):
+    return lambda: load_config(None, ["data.std=[0.2,.inf,0.2]"])
+
+
+def negative_seed(tmp):
+    return lambda: load_config(None, ["seed=-1"])
+
+
+def seed_beyond_the_generators(tmp):
+    return lambda: load_config(None, [f"seed={2**32}"])
+
+
+def image_size_beyond_any_image(tmp):
+    return lambda: load_config(None, ["data.image_size=100000"])
+
+
 def unknown_config_key(tmp):
     (tmp / "c.yaml").write_text("train:\n  epoch: 3\n")
     return lambda: load_config(tmp / "c.yaml")
@@ -525,6 +568,15 @@ CASES = [
     (unknown_dataset, ConfigError, r"unknown dataset 'ham1000'", r"ham10000"),
     (dataset_root_not_set, ConfigError, r"data\.root is not set", r"HAM10000_metadata\.csv"),
     (bad_yaml, ConfigError, r"bad\.yaml is not valid YAML", r"YAML syntax"),
+    (yaml_key_given_twice, ConfigError, r"key 'seed' is given twice .*lines 1 and 4", r"keep one"),
+    (yaml_bytes_not_text, ConfigError, r"binary\.yaml is not UTF-8 text", r"YAML text file"),
+    (study_yaml_key_given_twice, ConfigError, r"key 'epochs' is given twice", r"keep one"),
+    (study_negative_seed, ConfigError, r"each seed must be an integer in 0 \.\. 2\*\*32 - 1", r"seeds: \[0, 1, 2\]"),
+    (learning_rate_not_finite, ConfigError, r"train\.lr must be a finite number", r"real number"),
+    (std_not_finite, ConfigError, r"data\.std must be a finite number", r"real number"),
+    (negative_seed, ConfigError, r"seed = -1 is outside 0 \.\. 2\*\*32 - 1", r"seed such as"),
+    (seed_beyond_the_generators, ConfigError, r"seed = 4294967296 is outside", r"seed such as"),
+    (image_size_beyond_any_image, ConfigError, r"image_size = 100000 is beyond any image", r"28, 224"),
     (
         unknown_config_key,
         ConfigError,

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunConfig, apply_override, config_from_dict, expand_data_dir
+from ..config import RunConfig, apply_override, config_from_dict, expand_data_dir, read_yaml_mapping
 from ..errors import ConfigError, not_a_file
 from ..models.backbones import ARCHITECTURES
 
@@ -77,6 +75,9 @@ class StudyConfig:
 
 
 def _check(cfg: StudyConfig) -> StudyConfig:
+    if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**32 for s in cfg.seeds):
+        raise ConfigError(f"seeds = {cfg.seeds}: each seed must be an integer in 0 .. 2**32 - 1",
+                          "e.g. seeds: [0, 1, 2]")  # fmt: skip
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds = {cfg.seeds} must be a non-empty list of distinct integers",
                           "e.g. seeds: [0, 1, 2]")  # fmt: skip
@@ -180,16 +181,7 @@ def load_study_config(
                 not_a_file("study config", path),
                 "give a study YAML, e.g. configs/study_quick.yaml",
             )
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"study config {path} is not valid YAML: {exc}", "fix the YAML syntax"
-            ) from None
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"study config {path} must hold a mapping", "see configs/study_quick.yaml"
-            )
+        data = read_yaml_mapping(path, "study config", "configs/study_quick.yaml")
     for item in overrides or []:
         apply_override(data, item)
     return study_from_dict(expand_data_dir(data))
