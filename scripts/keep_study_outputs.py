@@ -1,0 +1,35 @@
+"""Copy a study folder's small outputs (metrics, histories, configs, tables, logs; no checkpoints,
+no images) into a tracked folder, keeping the layout, so finished units of a study that runs over
+several sessions are committed as they finish and the results scripts run on the copy.
+
+Usage: python scripts/keep_study_outputs.py STUDY_DIR KEPT_DIR   (e.g. runs/study-ham10000 studies/ham10000)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+KEEP = {".json", ".jsonl", ".csv", ".md", ".yaml"}
+LIMIT = 1 << 20  # bytes: split.csv and the like are kept, model files never match KEEP
+SKIP = {"split.csv"}  # the split is rebuilt from the seed (and written by every run anyway)
+
+
+def main() -> None:
+    src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+    kept = 0
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if (not path.is_file() or path.suffix not in KEEP or path.name in SKIP
+                or path.stat().st_size > LIMIT or any(".old-" in p for p in rel.parts)):  # fmt: skip
+            continue
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, out)
+        kept += 1
+    print(f"{kept} files kept under {dst}")
+
+
+if __name__ == "__main__":
+    main()
