@@ -14,7 +14,7 @@ import torch
 
 from protoprune.models import build_classifier
 from protoprune.prune.importance import FilterImportance, RandomImportance
-from protoprune.prune.relevance import ignored_layers, prunable_modules
+from protoprune.prune.relevance import never_pruned, prunable_modules
 from protoprune.prune.structural import FilterPruner
 
 
@@ -29,7 +29,7 @@ def is_first_conv(name: str) -> bool:
 
 
 def widths(model) -> dict[str, int]:
-    return {n: m.weight.shape[0] for n, m in prunable_modules(model, ignored_layers(model)).items()}
+    return {n: m.weight.shape[0] for n, m in prunable_modules(model, never_pruned(model)).items()}
 
 
 def share_removed(cls, reduction: str, draws: int = 5, ratio: float = 0.3) -> dict:

@@ -252,7 +252,14 @@ def validate(cfg: RunConfig) -> None:
             f"seed = {cfg.seed} is outside 0 .. 2**32 - 1, the range every generator here takes",
             "give a seed such as 0, 1, 2",
         )
-    d = cfg.data
+    _validate_data(cfg.data)
+    _validate_train(cfg)
+    _validate_protopnet(cfg)
+    _validate_filter_pruning(cfg.prune_filters)
+    _validate_prototype_pruning(cfg.prune_prototypes)
+
+
+def _validate_data(d: DataConfig) -> None:
     if d.image_size < 8:
         raise ConfigError(f"data.image_size = {d.image_size} is too small", "use at least 8 pixels")
     if d.image_size > MAX_IMAGE_SIZE:
@@ -281,6 +288,9 @@ def validate(cfg: RunConfig) -> None:
             f"data.num_workers = {d.num_workers} must be >= 0",
             "give a number of worker processes, or null for the device's default",
         )
+
+
+def _validate_train(cfg: RunConfig) -> None:
     if cfg.train.epochs < 0 or cfg.train.lr <= 0:
         raise ConfigError("train.epochs must be >= 0 and train.lr > 0", "fix the train section")
     if cfg.model.type == "classifier" and cfg.train.epochs == 0:
@@ -293,6 +303,9 @@ def validate(cfg: RunConfig) -> None:
             f"train.device = {cfg.train.device!r} is not a device",
             f"use {DEVICE_FORMS}",
         )
+
+
+def _validate_protopnet(cfg: RunConfig) -> None:
     p = cfg.protopnet
     if p.prototypes_per_class < 1 or p.prototype_dim < 1:
         raise ConfigError(
@@ -309,7 +322,9 @@ def validate(cfg: RunConfig) -> None:
             "tested untrained",
             "set protopnet.warm_epochs or joint_epochs to 1 or more",
         )
-    f = cfg.prune_filters
+
+
+def _validate_filter_pruning(f: FilterPruningConfig) -> None:
     if f.round_to < 1:
         raise ConfigError(
             f"prune_filters.round_to = {f.round_to} must be >= 1", "use 8 (default), 16 or 1 (off)"
@@ -359,7 +374,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
-    q = cfg.prune_prototypes
+
+
+def _validate_prototype_pruning(q: PrototypePruningConfig) -> None:
     if q.finetune_iterations < 0:
         raise ConfigError(
             f"prune_prototypes.finetune_iterations = {q.finetune_iterations} must be >= 0",

@@ -16,7 +16,7 @@ from protoprune.models import build_classifier
 from protoprune.prune.curve import curve_area
 from protoprune.prune.filters import schedule
 from protoprune.prune.importance import RandomImportance, WeightImportance
-from protoprune.prune.relevance import ignored_layers, prunable_modules
+from protoprune.prune.relevance import never_pruned, prunable_modules
 from protoprune.prune.structural import FilterPruner, count_filters
 
 
@@ -55,10 +55,10 @@ def _block_first_convs(model: nn.Module) -> set[str]:
 
 
 def _removed_by_layer(model: nn.Module, imp, ratio: float) -> dict[str, int]:
-    before = {n: m.weight.shape[0] for n, m in prunable_modules(model, ignored_layers(model)).items()}
+    before = {n: m.weight.shape[0] for n, m in prunable_modules(model, never_pruned(model)).items()}
     imp.prepare(model, [])
     FilterPruner(model, imp, [ratio], torch.zeros(1, 3, 16, 16)).step()
-    after = {n: m.weight.shape[0] for n, m in prunable_modules(model, ignored_layers(model)).items()}
+    after = {n: m.weight.shape[0] for n, m in prunable_modules(model, never_pruned(model)).items()}
     return {n: before[n] - after[n] for n in before}
 
 
@@ -68,7 +68,7 @@ def test_random_control_removes_every_filter_with_equal_probability():
     torch.manual_seed(0)
     model = build_classifier("resnet18", 7, small_input=True).eval()
     first = _block_first_convs(model)
-    sizes = {n: m.weight.shape[0] for n, m in prunable_modules(model, ignored_layers(model)).items()}
+    sizes = {n: m.weight.shape[0] for n, m in prunable_modules(model, never_pruned(model)).items()}
     share = sum(v for n, v in sizes.items() if n in first) / sum(sizes.values())
     assert abs(share - 0.4) < 0.01  # 1920 of 4800
     removed_first, removed_all, per_layer = 0, 0, []
@@ -104,11 +104,11 @@ def test_vgg_counts_and_scores_conv_filters_only_by_default():
     hidden = sum(m.out_features for m in list(model.modules()) if isinstance(m, nn.Linear))
     hidden -= model.classifier[-1].out_features
     assert hidden > 0
-    assert count_filters(model, ignored_layers(model)) == convs  # total_num_filters: Conv2d only
-    assert count_filters(model, ignored_layers(model, prune_linear=True)) == convs + hidden
+    assert count_filters(model, never_pruned(model)) == convs  # total_num_filters: Conv2d only
+    assert count_filters(model, never_pruned(model, prune_linear=True)) == convs + hidden
     scores = WeightImportance().prepare(model, [])
     assert scores and all(isinstance(dict(model.named_modules())[n], nn.Conv2d) for n in scores)
-    linear = WeightImportance(ignored_layers=ignored_layers(model, prune_linear=True)).prepare(model, [])
+    linear = WeightImportance(never_pruned=never_pruned(model, prune_linear=True)).prepare(model, [])
     assert set(linear) - set(scores) == {n for n, m in model.named_modules()
                                           if isinstance(m, nn.Linear) and m is not model.classifier[-1]}  # fmt: skip
     # pruning 30 % of the conv filters leaves every hidden unit (their inputs shrink)

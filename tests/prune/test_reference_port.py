@@ -10,7 +10,7 @@ from torch import nn
 
 from protoprune.models import build_classifier
 from protoprune.prune.importance import CRITERIA, LRPImportance
-from protoprune.prune.relevance import build_composite, ignored_layers, lrp_batch
+from protoprune.prune.relevance import build_composite, lrp_batch, never_pruned
 
 from . import reference_port as ref
 
@@ -76,7 +76,7 @@ def test_resnet_lrp_scores_match_the_reference_port(batchnorm):
 def test_vgg_lrp_scores_match_the_reference_port(linear):
     model = _randomised("vgg11_bn")
     batches = _batches()
-    keep = ignored_layers(model, prune_linear=linear)
+    keep = never_pruned(model, prune_linear=linear)
     ours = LRPImportance(bounds=(-2.5, 2.8), ignored_layers=keep).prepare(model, batches)
     theirs = _port_totals(lambda x, y: ref.vgg_lrp_scores(model, x, y, -2.5, 2.8, linear), batches)
     assert set(ours) == set(theirs)  # conv filters only unless prune_linear

@@ -37,7 +37,7 @@ from ..progress import tqdm
 from .filters import markdown_table, reference_set
 from .importance import CRITERIA, build_importance
 from .measure import count_macs_params
-from .relevance import ignored_layers, input_bounds, prunable_modules
+from .relevance import input_bounds, never_pruned, prunable_modules
 from .structural import FilterPruner
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def curve_block(model, importance, reference, ratios, evals, class_names, image_
         m = copy.deepcopy(model)
         importance.bind(m, raw)
         pruner = FilterPruner(m, importance, [ratio], example, round_to=round_to, ratio_unit=ratio_unit,
-                              ignored_layers=ignored_layers(m, prune_linear=prune_linear))  # fmt: skip
+                              ignored_layers=never_pruned(m, prune_linear=prune_linear))  # fmt: skip
         pruner.step()
         if bn_batches is not None:
             recalibrate_batchnorm(m, bn_batches, device)
@@ -205,7 +205,7 @@ def pruning_curve(
               for n in _norms(m, settings.normalizations)]  # fmt: skip
     finished = set(map(tuple, done[BLOCK].values.tolist())) if len(done) else set()
     cache: dict[tuple[str, str], list[dict]] = {}  # a data-free criterion's block, for every draw
-    never = ignored_layers(model, prune_linear=cfg.prune_filters.prune_linear)
+    never = never_pruned(model, prune_linear=cfg.prune_filters.prune_linear)
     initial = {n: x.weight.shape[0] for n, x in prunable_modules(model, never).items()}
     widths = pd.read_csv(out / "curve_layers.csv").to_dict("records") \
         if resume and (out / "curve_layers.csv").is_file() else []  # fmt: skip

@@ -40,7 +40,7 @@ from ..progress import tqdm
 from .export import export_onnx, save_pruned
 from .importance import FilterImportance, build_importance
 from .measure import measure_model
-from .relevance import ignored_layers, input_bounds
+from .relevance import input_bounds, never_pruned
 from .structural import FilterPruner, count_filters
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def prune_filters(
     device = distributed.resolve_device(cfg.train.device)  # joins torchrun's group if launched by it
     main = distributed.is_main()  # under torchrun rank 0 writes; all ranks fine-tune together
     model = model_from_checkpoint(ckpt).to(device)
-    ignored = ignored_layers(model, protopnet_ignored_layers(model) if proto else None, pf.prune_linear)
+    ignored = never_pruned(model, protopnet_ignored_layers(model) if proto else None, pf.prune_linear)
     ratios = schedule(pf.total_pr, pf.pr_step, pf.schedule,  # refused here, before any folder is made
                       schedule_units(model, ignored, pf.ratio_unit, cfg.data.image_size))  # fmt: skip
     run_dir = distributed.prepare_output_dir(
@@ -289,28 +289,7 @@ def prune_filters(
     importance = build_importance(pf, ignored_layers=ignored, seed=cfg.seed,
                                   bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
     small = uses_small_input(cfg)
-    meta = {
-        "method": pf.method,
-        "model_type": cfg.model.type,
-        "scope": pf.scope,
-        "arch": cfg.model.arch,
-        "checkpoint": str(ckpt["path"]),
-        "total_pr": pf.total_pr,
-        "pr_step": pf.pr_step,
-        "schedule": pf.schedule,
-        "epochs": pf.epochs,
-        "repair_epochs": (pf.epochs if pf.repair_epochs is None else pf.repair_epochs) if proto else None,
-        "patience": pf.patience,
-        "finetune_batches": pf.finetune_batches,
-        # a ProtoPNet is repaired at its joint learning rates (protopnet.joint_lr_*)
-        "finetune_lr": None if proto else (pf.finetune_lr if pf.finetune_lr is not None else cfg.train.lr),
-        "ref_per_class": pf.ref_per_class,
-        "round_to": pf.round_to,
-        "reference_images": sum(len(y) for _, y in reference),
-        **criterion_settings(pf),
-        "image_size": cfg.data.image_size,
-        "device": str(device),
-    }
+    meta = _run_meta(cfg, ckpt, reference, device)
     log.info(
         "pruning %s by %s (%s): steps %s, %d reference images -> %s",
         cfg.model.arch,
@@ -386,6 +365,33 @@ def schedule_units(model: nn.Module, ignored: Sequence[nn.Module], unit: str, im
     return FilterPruner(model, build_importance(FilterPruningConfig(), "random"), [0.0], example,
                         ignored_layers=ignored, unwrapped_parameters=unwrapped_parameters(model),
                         ).channels()  # fmt: skip
+
+
+def _run_meta(cfg: RunConfig, ckpt: dict, reference: Sequence[Batch], device: torch.device) -> dict[str, Any]:
+    """What a prune-filters run was asked to do, for its results' metadata."""
+    pf, proto = cfg.prune_filters, cfg.model.type == "protopnet"
+    return {
+        "method": pf.method,
+        "model_type": cfg.model.type,
+        "scope": pf.scope,
+        "arch": cfg.model.arch,
+        "checkpoint": str(ckpt["path"]),
+        "total_pr": pf.total_pr,
+        "pr_step": pf.pr_step,
+        "schedule": pf.schedule,
+        "epochs": pf.epochs,
+        "repair_epochs": (pf.epochs if pf.repair_epochs is None else pf.repair_epochs) if proto else None,
+        "patience": pf.patience,
+        "finetune_batches": pf.finetune_batches,
+        # a ProtoPNet is repaired at its joint learning rates (protopnet.joint_lr_*)
+        "finetune_lr": None if proto else (pf.finetune_lr if pf.finetune_lr is not None else cfg.train.lr),
+        "ref_per_class": pf.ref_per_class,
+        "round_to": pf.round_to,
+        "reference_images": sum(len(y) for _, y in reference),
+        **criterion_settings(pf),
+        "image_size": cfg.data.image_size,
+        "device": str(device),
+    }
 
 
 def criterion_settings(pf) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from .relevance import (
     filter_output_modules,
     gradient_batch,
     lrp_batch,
+    never_pruned,
     prunable_modules,
 )
-from .relevance import ignored_layers as default_ignored
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -85,7 +85,7 @@ class FilterImportance(tp.importance.Importance):
         self.names: dict[nn.Module, str] = {}  # module -> its name in the scored model
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        return prunable_modules(model, self.ignored_layers or default_ignored(model))
+        return prunable_modules(model, self.ignored_layers or never_pruned(model))
 
     def prepare(
         self, model: nn.Module, reference: Sequence[Batch], progress: bool = False

@@ -73,7 +73,7 @@ def classifier_head(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def ignored_layers(
+def never_pruned(
     model: nn.Module, keep: Sequence[nn.Module] | None = None, prune_linear: bool = False
 ) -> list[nn.Module]:
     """Layers whose outputs are never scored nor removed: `keep` (default: the classifier head)
@@ -182,7 +182,8 @@ def lrp_batch(
     """
     comp = build_composite(composite, model) if isinstance(composite, str) else composite
     x = inputs.detach().clone().requires_grad_(True)  # also when not asked: zennit hooks need it
-    with batchnorm_mode(model, "eval", option="prune_filters.lrp_batchnorm"), \
+    # eval, with every BatchNorm buffer restored on exit: `train` LRP advances num_batches_tracked
+    with batchnorm_mode(model, "eval"), \
             frozen_parameters(model), comp.context(model) as hooked, \
             batch_standardised_merges(hooked, batchnorm), capture_outputs(modules) as outs:  # fmt: skip
         with skipped_replaced_backward(hooked) if skip_replaced_backward else nullcontext():
@@ -203,15 +204,13 @@ def lrp_batch(
 
 
 @contextmanager
-def batchnorm_mode(
-    model: nn.Module, mode: str, option: str = "prune_filters.score_batchnorm"
-) -> Iterator[nn.Module]:
+def batchnorm_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     """``eval``: BatchNorm with its running statistics; ``train``: with the batch's statistics, as
     the reference's scoring pass runs (it calls `model.train()`), running statistics restored on
     exit so that scoring never changes the model."""
     if mode not in BATCHNORM_MODES:
         raise ConfigError(
-            f"unknown BatchNorm mode {mode!r} for scoring", f"set {option} "
+            f"unknown BatchNorm mode {mode!r} for scoring", "set prune_filters.score_batchnorm "
             "to eval (running statistics) or train (batch statistics, as the reference)"
         )
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

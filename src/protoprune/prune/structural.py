@@ -31,8 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .importance import FilterImportance
-from .relevance import ignored_layers as default_ignored
-from .relevance import prunable_modules
+from .relevance import never_pruned, prunable_modules
 
 SCOPES = ("global", "layer")
 RATIO_UNITS = ("filters", "channels")
@@ -86,7 +85,7 @@ class FilterPruner:
         self.ratios = ratios
         self.scope = scope
         self.ignored_layers = (
-            list(ignored_layers) if ignored_layers is not None else default_ignored(model)
+            list(ignored_layers) if ignored_layers is not None else never_pruned(model)
         )
         self.max_layer_ratio = max_layer_ratio
         self.round_to = int(round_to)
