@@ -108,7 +108,7 @@ def test_vgg_counts_and_scores_conv_filters_only_by_default():
     assert count_filters(model, never_pruned(model, prune_linear=True)) == convs + hidden
     scores = WeightImportance().prepare(model, [])
     assert scores and all(isinstance(dict(model.named_modules())[n], nn.Conv2d) for n in scores)
-    linear = WeightImportance(never_pruned=never_pruned(model, prune_linear=True)).prepare(model, [])
+    linear = WeightImportance(ignored_layers=never_pruned(model, prune_linear=True)).prepare(model, [])
     assert set(linear) - set(scores) == {n for n, m in model.named_modules()
                                           if isinstance(m, nn.Linear) and m is not model.classifier[-1]}  # fmt: skip
     # pruning 30 % of the conv filters leaves every hidden unit (their inputs shrink)
