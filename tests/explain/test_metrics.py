@@ -14,7 +14,6 @@ from protoprune.explain.metrics import (
     deletion_auc,
     deletion_curve,
     distinct_share,
-    mass_inside,
     near_duplicates,
     stability,
 )
@@ -60,13 +59,6 @@ def test_a_real_mask_folder_takes_precedence(tmp_path) -> None:
     assert origin == "proxy" and _iou(mask, truth) > 0.9
     with pytest.raises(ConfigError, match="_segmentation.png"):
         mask_folder(tmp_path / "missing")
-
-
-def test_mass_inside_counts_positive_heat_only() -> None:
-    heat = np.array([[1.0, -5.0], [3.0, 0.0]])
-    mask = np.array([[True, True], [False, False]])
-    assert mass_inside(heat, mask) == pytest.approx(0.25)
-    assert np.isnan(mass_inside(np.zeros((2, 2)), mask))
 
 
 def test_near_duplicates_and_distinct_sources() -> None:

@@ -48,3 +48,26 @@ def test_strided_map_centre_is_mapped_to_the_input():
     nn.init.constant_(conv.weight, 1.0)
     erf = effective_receptive_field(conv, torch.ones(1, 1, 20, 20), cell=(2, 7))
     assert erf["box"] == [4, 6, 14, 16] and erf["map"] == (10, 10)
+
+
+def test_the_warning_follows_the_effective_field_not_the_analytic_one():
+    """A 15 x 15 conv whose weight is all at its centre: it can see 15 px of a 16 px image (the
+    analytic field warns) but depends on one pixel, so with the effective field it is localised;
+    a uniform 15 x 15 kernel spreads the mass and stays flagged."""
+    from protoprune.models.receptive_field import localisation, receptive_field
+
+    delta = nn.Conv2d(1, 1, 15, padding=7, bias=False)
+    with torch.no_grad():
+        delta.weight.zero_()
+        delta.weight[0, 0, 7, 7] = 1.0
+    images = torch.ones(2, 1, 16, 16)
+    analytic = localisation(receptive_field(delta), (16, 16), (16, 16), 1)
+    assert not analytic["localised"] and "receptive field 15 x 15 px" in analytic["warning"]
+    erf = effective_receptive_field(delta, images)
+    sharp = localisation(receptive_field(delta), (16, 16), (16, 16), 1, erf)
+    assert sharp["localised"] and sharp["warning"] is None
+    assert sharp["effective"]["area_share"] == 1 / 256 and sharp["max_fraction"] > 0.5
+    wide = _uniform_conv(15)
+    flagged = localisation(receptive_field(wide), (16, 16), (16, 16), 1,
+                           effective_receptive_field(wide, images))  # fmt: skip
+    assert not flagged["localised"] and "effective receptive field" in flagged["warning"]

@@ -23,12 +23,16 @@ from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..lrp.composites import input_bounds
-from ..models.receptive_field import localisation, receptive_field_or_none
+from ..models.receptive_field import (
+    latent_effective_field,
+    localisation,
+    receptive_field_or_none,
+)
 from ..seed import resolve_device
 from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
 from .nearest import k_nearest_patches, require_k_images
-from .quality import prototype_quality, top_match_counts, write_quality
+from .quality import background_base_rate, prototype_quality, top_match_counts, write_quality
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +158,7 @@ def analyse_checkpoint(
         model, {"train": (loaders.push, train_ds), "test": (loaders.test, test_ds)}, class_names,
         out / "global", k, dev, sources, {"train": nearest_train}, progress,
     )  # fmt: skip
-    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
-                       nearest_train.input_hw, model.prototype_size)  # fmt: skip
+    loc, fields = field_summary(model, nearest_train, test_ds, dev)
     counts = top_match_counts(model, loaders.test, dev)
     quality = prototype_quality(model, nearest_train, sources, counts, class_names)
     metrics = explanation_metrics(model, glob["nearest"]["test"], sources, train_ds, loaders.test,
@@ -164,8 +167,7 @@ def analyse_checkpoint(
     quality = quality.merge(metrics, on="prototype")
     quality["rf_fraction"] = sources.rf_fraction
     qfiles = write_quality(quality, class_names, out / "quality")
-    summary = {**model_summary(quality), "max_rf_fraction": loc["max_fraction"],
-               "lesion_masks": "folder" if masks else "proxy"}  # fmt: skip
+    summary = {**model_summary(quality), **fields, "lesion_masks": "folder" if masks else "proxy"}
     atomic_write_json(out / "quality" / "summary.json", summary)
     index = {
         "checkpoint": ckpt.get("path"),
@@ -192,6 +194,29 @@ def analyse_checkpoint(
         out,
     )
     return index
+
+
+ERF_IMAGES = 16  # test images whose input gradients give the effective receptive field
+
+
+def field_summary(
+    model: Any, nearest_train: Any, dataset: Any, device: torch.device | str = "cpu"
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The localisation record (analytic and effective field of a latent cell, the warning) and
+    the per-model numbers that stand beside the localisation metrics: the largest analytic and
+    the effective field share, and the background flag's base rate on this latent grid."""
+    x = torch.stack([dataset[i][0] for i in range(min(ERF_IMAGES, len(dataset)))]).to(device)
+    effective = latent_effective_field(model, x)
+    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
+                       nearest_train.input_hw, model.prototype_size, effective)  # fmt: skip
+    numbers = {
+        "max_rf_fraction": loc["max_fraction"],
+        "effective_rf_fraction": effective["area_share"],
+        "background_base_rate": background_base_rate(
+            nearest_train.map_shape, nearest_train.input_hw
+        ),
+    }
+    return loc, numbers
 
 
 def require_top(top: int) -> None:
@@ -289,8 +314,5 @@ def explanation_summary(
                             loaders.test.dataset, dev, masks, images, bounds),  # fmt: skip
         on="prototype",
     )
-    loc = localisation(receptive_field_or_none(model), nearest_train.map_shape,
-                       nearest_train.input_hw, model.prototype_size)  # fmt: skip
-    out = {f"expl_{key}": v for key, v in model_summary(quality).items()}
-    out["expl_max_rf_fraction"] = loc["max_fraction"]
-    return out
+    _, fields = field_summary(model, nearest_train, loaders.test.dataset, dev)
+    return {f"expl_{key}": v for key, v in {**model_summary(quality), **fields}.items()}

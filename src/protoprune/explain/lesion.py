@@ -3,13 +3,18 @@
 Real masks: a folder in the ISIC 2018 Task 1 layout, `<image_id>_segmentation.png` (lesion
 pixels > 127), resized to the drawing by nearest neighbour.
 
-Proxy (HAM10000 and DermaMNIST ship no masks): dermoscopic lesions are darker than the skin
+Proxy (for data without masks, e.g. DermaMNIST): dermoscopic lesions are darker than the skin
 around them, so the mask is the pixels below Otsu's threshold of the CIE L* lightness (after a
 3 x 3 median filter against hair and noise), reduced to the largest connected component that does
 not touch the image border more than the lesion does (dark vignette corners touch it most), with
 holes filled. It is a heuristic, not a segmentation: it fails on lesions lighter than the skin,
 on images that are mostly lesion, and where hair or a dark vignette joins the lesion. opencv
 (Otsu, colour conversion) and scipy.ndimage (components, hole filling) do the work.
+
+Measured against HAM10000's real masks (`scripts/lesion_proxy_dice.py`, 1,500 images): mean Dice
+0.69 at 200 x 150 px and 0.75 at 28 x 28 px, ahead of a centred ellipse of the mean lesion area
+(0.64) on nv, mel and vasc but behind it on akiec, bcc, df and bkl. So it is used only where no
+masks exist, its origin is recorded per prototype, and numbers from it are labelled as such.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
+from ..data.base import read_mask
 from ..errors import ConfigError
 
 
@@ -62,9 +67,7 @@ def lesion_mask(
     image: np.ndarray, image_id: str, folder: Path | None = None
 ) -> tuple[np.ndarray, str]:
     """(H, W) bool mask for the image at its drawing size, and its origin ('mask' or 'proxy')."""
-    if folder is not None:
-        file = folder / f"{Path(image_id).stem}_segmentation.png"
-        if file.is_file():
-            mask = Image.open(file).convert("L").resize(image.shape[1::-1], Image.NEAREST)
-            return np.asarray(mask) > 127, "mask"
+    mask = read_mask(folder, image_id, image.shape[1::-1])
+    if mask is not None:
+        return mask, "mask"
     return proxy_mask(image), "proxy"

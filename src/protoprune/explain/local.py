@@ -25,7 +25,11 @@ from ..data.transforms import build_transform
 from ..io import atomic_save_figure, atomic_write_json
 from ..lrp.composites import input_bounds
 from ..models.protopnet import ProtoPNet
-from ..models.receptive_field import localisation, receptive_field_or_none
+from ..models.receptive_field import (
+    latent_effective_field,
+    localisation,
+    receptive_field_or_none,
+)
 from .nearest import NearestPatches
 from .render import (
     RF_COLOR,
@@ -237,7 +241,8 @@ def explain_image(
         "hires": hires,
         "heatmap": heatmap,
         "localisation": localisation(
-            fields[0], tuple(outs[0].distances.shape[-2:]), input_hw, members[0].prototype_size
+            fields[0], tuple(outs[0].distances.shape[-2:]), input_hw, members[0].prototype_size,
+            latent_effective_field(members[0], x),
         ),
         "top_prototypes": listed,
     }

@@ -1,17 +1,21 @@
 """Explanation-quality metrics, per prototype and per model (the field's evaluation measures).
 
-- stability (EvalProtoPNet, Huang et al. CVPR 2023): the share of test images of a prototype's
-  class whose activation peak (the latent cell of its max similarity) stays at the same cell when
-  Gaussian noise is added to the network input (`noise`, in normalised-input units, a named
-  choice: EvalProtoPNet's noise level is not reproduced here).
+- peak-cell stability (adapted from EvalProtoPNet's stability, Huang et al. CVPR 2023, and named
+  so because it differs): the share of test images of a prototype's class whose activation peak
+  (the latent cell of its max similarity) stays at the same cell when Gaussian noise is added to
+  the network input (`noise`, in normalised-input units). EvalProtoPNet clips its noise to
+  +-0.25 and counts a region around the peak; this counts the one cell, so it is not comparable
+  across latent grids (a finer grid moves by a cell more easily).
 - deletion AUC (as ST-ProtoPNet): pixels of an image are replaced by 0 (the data set's mean after
   normalisation) in `steps` equal steps, most relevant first by a heatmap (PRP, the upsampled
   similarity map, or a random order as the control); the prototype's similarity, divided by its
   value on the intact image, is integrated over the removed fraction (trapezoids). Lower: the
   heatmap found what the similarity depends on. Measured on each prototype's `images` nearest
   test images.
-- on-lesion share: the fraction of a heatmap's positive mass inside a lesion mask, on the
-  prototype's source image (`lesion` explains the mask proxy and the real-mask folder).
+- localisation (`explain.localisation`: on-lesion mass share, pointing game, top-area IoU, each
+  with its chance level) of the PRP and the upsampled map against a lesion mask (`lesion`: real
+  masks where the data has them, else the proxy), on each prototype's source image and on its
+  nearest test images (`test_` columns); and the share of the source box on the lesion.
 - near-duplicates: prototypes equal (to 1e-6 of their norm) to an earlier one, e.g. pushed onto
   the same latent patch; distinct sources: the share of prototypes with a source image of their own.
 """
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 
 from ..lrp.composites import DEFAULT_BOUNDS
 from ..models.protopnet import ProtoPNet
+from . import localisation
 from .nearest import NearestPatches
 from .prp import prp_heatmaps
 
@@ -92,43 +97,83 @@ def deletion_auc(curve: np.ndarray) -> float:
     return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
 
 
-def deletion_aucs(
-    model: ProtoPNet, nearest_test: NearestPatches, dataset: Any,
-    device: torch.device | str = "cpu", images: int = 3, steps: int = DELETION_STEPS, seed: int = 0,
-    bounds: tuple[float, float] = DEFAULT_BOUNDS,
-) -> dict[str, np.ndarray]:  # fmt: skip
-    """(P,) mean deletion AUC per heatmap kind (prp, upsample, random) over each prototype's
-    `images` nearest test images (nan where none)."""
-    p = model.num_prototypes
-    gen = torch.Generator().manual_seed(seed)
-    sums = {kind: np.zeros(p) for kind in ("prp", "upsample", "random")}
-    counts = np.zeros(p)
+def _nearest_pairs(nearest_test: NearestPatches, images: int) -> dict[int, list[int]]:
+    """Test image index -> the prototypes that have it among their `images` nearest."""
     pairs: dict[int, list[int]] = {}
-    for j in range(p):
+    for j in range(nearest_test.image_index.shape[0]):
         for i in nearest_test.image_index[j, :images].tolist():
             if i >= 0:
                 pairs.setdefault(int(i), []).append(j)
-    for i, protos in pairs.items():
+    return pairs
+
+
+class PerPrototypeMeans:
+    """Running means of named values per prototype (nan where a prototype got none)."""
+
+    def __init__(self, prototypes: int, names: Sequence[str] = ()):
+        self.sums = {n: np.zeros(prototypes) for n in names}
+        self.counts = {n: np.zeros(prototypes) for n in names}
+        self.prototypes = prototypes
+
+    def add(self, j: int, values: dict[str, float]) -> None:
+        for name, v in values.items():
+            s = self.sums.setdefault(name, np.zeros(self.prototypes))
+            c = self.counts.setdefault(name, np.zeros(self.prototypes))
+            if not np.isnan(v):
+                s[j] += v
+                c[j] += 1
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {n: np.where(c > 0, self.sums[n] / np.maximum(c, 1), np.nan)
+                for n, c in self.counts.items()}  # fmt: skip
+
+
+def localise(heats: dict[str, np.ndarray], mask: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """`explain.localisation`'s measures of each heatmap against `mask`, with the mask's area
+    (the chance of on-lesion and pointing) and the top-area IoU's chance; empty for an empty mask."""
+    if not mask.any():
+        return {}
+    level = localisation.chance(mask)
+    out = {f"{prefix}lesion_area": level["on_lesion"], f"{prefix}top_iou_chance": level["top_iou"]}
+    for kind, heat in heats.items():
+        for measure, v in localisation.scores(heat, mask).items():
+            out[f"{prefix}{measure}_{kind}"] = v
+    return out
+
+
+def nearest_test_metrics(
+    model: ProtoPNet, nearest_test: NearestPatches, dataset: Any,
+    device: torch.device | str = "cpu", images: int = 3, steps: int = DELETION_STEPS, seed: int = 0,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS, masks: Any = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """(P,) means over each prototype's `images` nearest test images: the deletion AUC per
+    heatmap order (prp, upsample, random) and, against each image's lesion mask (real in folder
+    `masks`, else the proxy), the localisation of the PRP and the upsampled map (`test_` columns).
+    Away from the source image, where PRP's L2 rule is not at its z = p degenerate point."""
+    from .lesion import lesion_mask
+    from .render import image_array
+
+    gen = torch.Generator().manual_seed(seed)
+    kinds = ("prp", "upsample", "random")
+    acc = PerPrototypeMeans(model.num_prototypes, [f"deletion_auc_{k}" for k in kinds])
+    for i, protos in _nearest_pairs(nearest_test, images).items():
         x = dataset[i][0][None].to(device)
         heat, _ = prp_heatmaps(model, x, protos, bounds=bounds)
+        pixels = image_array(dataset.load_image(i), tuple(x.shape[-2:]))
+        mask, _ = lesion_mask(pixels, dataset.image_ids[i], masks)
         for n, j in enumerate(protos):
+            up = upsampled_map(model, x, j)
             orders = {
                 "prp": heat[n].flatten().argsort(descending=True),
-                "upsample": upsampled_map(model, x, j).flatten().argsort(descending=True),
+                "upsample": up.flatten().argsort(descending=True),
                 "random": torch.randperm(x.shape[-2] * x.shape[-1], generator=gen),
             }
-            for kind, order in orders.items():
-                sums[kind][j] += deletion_auc(deletion_curve(model, x, j, order.to(device), steps))
-            counts[j] += 1
-    with np.errstate(invalid="ignore"):
-        return {kind: np.where(counts > 0, s / np.maximum(counts, 1), np.nan) for kind, s in sums.items()}
-
-
-def mass_inside(heat: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the positive mass of `heat` inside the boolean `mask` (nan for an all-zero map)."""
-    pos = np.clip(np.asarray(heat, dtype=np.float64), 0, None)
-    total = pos.sum()
-    return float(pos[mask].sum() / total) if total > 0 else float("nan")
+            curves = {k: deletion_curve(model, x, j, o.to(device), steps) for k, o in orders.items()}
+            acc.add(j, {f"deletion_auc_{k}": deletion_auc(c) for k, c in curves.items()})
+            up = up.cpu().numpy()
+            heats = {"prp": heat[n].cpu().numpy(), "upsample": up - up.min()}
+            acc.add(j, localise(heats, mask, "test_"))
+    return acc.means()
 
 
 def near_duplicates(model: ProtoPNet, tol: float = 1e-6) -> list[int]:
@@ -150,19 +195,26 @@ def distinct_share(source_ids: Sequence[str]) -> float:
     return len(set(ids)) / len(ids) if ids else float("nan")
 
 
-def on_lesion_shares(
+def box_share(box: Sequence[int], mask: np.ndarray) -> float:
+    """Share of the box (y0, y1, x0, x1) lying on the mask."""
+    y0, y1, x0, x1 = box
+    part = mask[y0:y1, x0:x1]
+    return float(part.mean()) if part.size else float("nan")
+
+
+def source_localisation(
     model: ProtoPNet, sources: Any, dataset: Any, input_hw: tuple[int, int],
     device: torch.device | str = "cpu", masks: Any = None,
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> tuple[dict[str, np.ndarray], list[str]]:  # fmt: skip
-    """(P,) on-lesion share of the PRP and the upsampled map of each prototype on its source
-    image (at network-input size), and each mask's origin ('mask', 'proxy' or '')."""
+    """(P,) localisation of the PRP and the upsampled map of each prototype on its source image
+    (at network-input size), the share of its source box on the lesion, and each mask's origin
+    ('mask', 'proxy' or ''). On the source image the L2 PRP rule is at z = p (see docs)."""
     from .lesion import lesion_mask
     from .render import image_array
 
-    p = model.num_prototypes
-    shares = {kind: np.full(p, np.nan) for kind in ("prp", "upsample")}
-    origin = [""] * p
+    acc = PerPrototypeMeans(model.num_prototypes, ["on_lesion_prp", "on_lesion_upsample"])
+    origin = [""] * model.num_prototypes
     by_image: dict[int, list[int]] = {}
     for j, i in enumerate(sources.image_index):
         if i >= 0:
@@ -173,11 +225,14 @@ def on_lesion_shares(
         mask, how = lesion_mask(pixels, sources.image_id[protos[0]], masks)
         heat, _ = prp_heatmaps(model, x, protos, bounds=bounds)
         for n, j in enumerate(protos):
-            shares["prp"][j] = mass_inside(heat[n].cpu().numpy(), mask)
-            up = upsampled_map(model, x, j).cpu().numpy()
-            shares["upsample"][j] = mass_inside(up - up.min(), mask)  # the map as drawn (min-max)
+            up = upsampled_map(model, x, j).cpu().numpy()  # the map as drawn (min-max)
+            heats = {"prp": heat[n].cpu().numpy(), "upsample": up - up.min()}
+            acc.add(j, localise(heats, mask))
+            if sources.boxes[j] is not None and sources.plain[j] is not None:
+                drawn, _ = lesion_mask(sources.plain[j], sources.image_id[j], masks)
+                acc.add(j, {"source_box_on_lesion": box_share(sources.boxes[j], drawn)})
             origin[j] = how
-    return shares, origin
+    return acc.means(), origin
 
 
 def explanation_metrics(
@@ -185,31 +240,63 @@ def explanation_metrics(
     test_loader: Any, test_dataset: Any, device: torch.device | str = "cpu",
     masks: Any = None, images: int = 3, bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> pd.DataFrame:  # fmt: skip
-    """One row per prototype: stability, deletion AUCs, on-lesion shares, near-duplicate."""
+    """One row per prototype: stability, deletion AUCs, localisation on the source image and on
+    the nearest test images, near-duplicate."""
     table = pd.DataFrame({"prototype": range(model.num_prototypes)})
     table["stability"] = stability(model, test_loader, device)
-    aucs = deletion_aucs(model, nearest_test, test_dataset, device, images, bounds=bounds)
-    for kind, v in aucs.items():
-        table[f"deletion_auc_{kind}"] = v
-    shares, origin = on_lesion_shares(model, sources, push_dataset, nearest_test.input_hw,
-                                      device, masks, bounds)  # fmt: skip
-    for kind, v in shares.items():
-        table[f"on_lesion_{kind}"] = v
+    test = nearest_test_metrics(model, nearest_test, test_dataset, device, images, bounds=bounds,
+                                masks=masks)  # fmt: skip
+    source, origin = source_localisation(model, sources, push_dataset, nearest_test.input_hw,
+                                         device, masks, bounds)  # fmt: skip
+    for name, v in {**test, **source}.items():
+        table[name] = v
     table["lesion_mask"] = origin
     table["duplicate_of"] = near_duplicates(model)
     return table
 
 
-SUMMARY_COLUMNS = (
-    "purity", "stability", "deletion_auc_prp", "deletion_auc_upsample", "deletion_auc_random",
-    "on_lesion_prp", "on_lesion_upsample",
-)  # fmt: skip
+SUMMARY_COLUMNS = ("purity", "stability", "deletion_auc_prp", "deletion_auc_upsample",
+                   "deletion_auc_random")  # fmt: skip
+IMAGE_SETS = {"": "source image", "test_": "nearest test images"}  # localisation column prefixes
+
+
+def _mean(values: pd.Series) -> float:
+    return float(values.mean()) if values.notna().any() else float("nan")
+
+
+def localisation_summary(table: pd.DataFrame) -> dict[str, float]:
+    """For each image set, measure and heatmap: the mean, the chance level over the same rows
+    (the mean lesion area, or the top-area IoU's chance) and the chance-corrected mean; and the
+    source box's share on the lesion beside the lesion area."""
+    out: dict[str, float] = {}
+    for prefix in IMAGE_SETS:
+        if f"{prefix}lesion_area" not in table:
+            continue
+        for measure in localisation.MEASURES:
+            chance_of = "top_iou_chance" if measure == "top_iou" else "lesion_area"
+            level = table[prefix + chance_of]
+            out[f"chance_{prefix}{measure}"] = _mean(level)
+            for kind in ("prp", "upsample"):
+                value = table[f"{prefix}{measure}_{kind}"]
+                ok = value.notna() & level.notna()
+                mean = out[f"mean_{prefix}{measure}_{kind}"] = _mean(value[ok])
+                corrected = localisation.chance_corrected(mean, _mean(level[ok]))
+                out[f"corrected_{prefix}{measure}_{kind}"] = corrected
+    if "source_box_on_lesion" in table:
+        box, area = table["source_box_on_lesion"], table["lesion_area"]
+        ok = box.notna() & area.notna()
+        out["mean_source_box_on_lesion"] = _mean(box[ok])
+        out["corrected_source_box_on_lesion"] = localisation.chance_corrected(
+            _mean(box[ok]), _mean(area[ok])
+        )
+    return out
 
 
 def model_summary(table: pd.DataFrame) -> dict[str, float]:
-    """Per-model means of the per-prototype table, the background share, distinct sources and
-    the number of near-duplicate prototypes."""
-    out = {f"mean_{c}": float(np.nanmean(table[c])) for c in SUMMARY_COLUMNS if c in table}
+    """Per-model means of the per-prototype table, localisation beside its chance levels, the
+    background share, distinct sources and the number of near-duplicate prototypes."""
+    out = {f"mean_{c}": _mean(table[c]) for c in SUMMARY_COLUMNS if c in table}
+    out.update(localisation_summary(table))
     if "background" in table:
         out["background_share"] = float(table["background"].mean())
     if "source_image" in table:

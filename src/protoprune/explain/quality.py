@@ -48,6 +48,22 @@ def contrast_ratio(image: np.ndarray, box: Sequence[int]) -> float:
     return float(grey[y0:y1, x0:x1].std()) / whole if whole > 0 else 0.0
 
 
+def background_base_rate(
+    map_shape: tuple[int, int], input_hw: tuple[int, int], spread: float = 1.0
+) -> float:
+    """Share of latent cells whose box the border rule flags when the similarity map is nothing
+    but a smooth peak at that cell (a Gaussian of `spread` cells): how much of the background
+    share the grid's geometry produces alone, whatever the image. The box is the push's."""
+    from .render import similarity_boxes
+
+    h, w = map_shape
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cy, cx = yy.flatten()[:, None, None], xx.flatten()[:, None, None]
+    maps = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * spread**2))  # (h*w, h, w)
+    boxes, _ = similarity_boxes(maps.float(), input_hw)
+    return float(np.mean([border_fraction(b, input_hw) >= BORDER_LIMIT for b in boxes]))
+
+
 @torch.no_grad()
 def top_match_counts(model: ProtoPNet, loader, device: torch.device | str = "cpu") -> np.ndarray:
     """(P,) how many images of `loader` have each prototype as their most similar one."""

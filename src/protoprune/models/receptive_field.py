@@ -100,29 +100,42 @@ class ReceptiveField:
 
 
 def localisation(
-    rf: ReceptiveField | None, positions: tuple[int, int], input_hw: tuple[int, int], cells: int
-) -> dict:
+    rf: ReceptiveField | None, positions: tuple[int, int], input_hw: tuple[int, int], cells: int,
+    effective: dict | None = None,
+) -> dict:  # fmt: skip
     """What a box on this model's explanations can mean: the receptive field per latent cell, the
-    largest share of the image a patch sees, and a plain warning when that exceeds one half."""
-    if rf is None:
+    largest share of the image a patch can see, and a plain warning when a patch is not a part.
+
+    With `effective` (`effective_receptive_field`'s record) the warning and `localised` use the
+    effective field's area share: the analytic field of a deep trunk exceeds the image (ResNet18's
+    last stage: 435 px) and would flag every model, while where the gradient mass lies is what
+    says whether a prototype can be a part of a lesion. Without it, the analytic share decides."""
+    if rf is None and effective is None:
         return {"receptive_field": None, "max_fraction": None, "localised": None, "warning": None}
-    share = rf.max_fraction(positions, input_hw, cells)
-    size = (rf.y.size + (cells - 1) * rf.y.jump, rf.x.size + (cells - 1) * rf.x.jump)
-    warning = None
-    if share > LOCALISED_LIMIT:
-        warning = (
-            f"Each prototype patch of this model sees up to {100 * share:.0f} % of the "
-            f"{input_hw[0]} x {input_hw[1]} px input (receptive field {size[0]} x {size[1]} px, "
-            f"stride {rf.y.jump} px): the boxes mark where a similarity peaks, they are not "
-            "localised parts of the lesion."
-        )
-    return {
-        "receptive_field": {"size": list(size), "stride": [rf.y.jump, rf.x.jump],
-                            "start": [rf.y.start, rf.x.start]},  # fmt: skip
-        "max_fraction": round(share, 4),
-        "localised": share <= LOCALISED_LIMIT,
-        "warning": warning,
-    }
+    out: dict = {"receptive_field": None, "max_fraction": None}
+    if rf is not None:
+        size = (rf.y.size + (cells - 1) * rf.y.jump, rf.x.size + (cells - 1) * rf.x.jump)
+        out["receptive_field"] = {"size": list(size), "stride": [rf.y.jump, rf.x.jump],
+                                  "start": [rf.y.start, rf.x.start]}  # fmt: skip
+        out["max_fraction"] = round(rf.max_fraction(positions, input_hw, cells), 4)
+    if effective is not None:
+        out["effective"] = {k: effective[k] for k in ("box", "side_share", "area_share", "mass")}
+        share = effective["area_share"]
+        what = (f"puts {100 * effective['mass']:.0f} % of its input-gradient mass in a box of "
+                f"{100 * share:.0f} % of the {input_hw[0]} x {input_hw[1]} px input (its "
+                "effective receptive field)")  # fmt: skip
+    else:
+        share = out["max_fraction"]
+        f = out["receptive_field"]
+        what = (f"sees up to {100 * share:.0f} % of the {input_hw[0]} x {input_hw[1]} px input "
+                f"(receptive field {f['size'][0]} x {f['size'][1]} px, "
+                f"stride {f['stride'][0]} px)")  # fmt: skip
+    out["localised"] = share <= LOCALISED_LIMIT
+    out["warning"] = None if out["localised"] else (
+        f"Each prototype patch of this model {what}: the boxes mark where a similarity peaks, "
+        "they are not localised parts of the lesion."
+    )  # fmt: skip
+    return out
 
 
 def receptive_field_or_none(model: nn.Module) -> ReceptiveField | None:
@@ -273,3 +286,11 @@ def effective_receptive_field(
     return {"box": box, "side": side, "side_share": side / max(H, W),
             "area_share": (box[1] - box[0]) * (box[3] - box[2]) / (H * W), "mass": mass,
             "map": (h, w)}  # fmt: skip
+
+
+def latent_effective_field(model: nn.Module, images: torch.Tensor, mass: float = 0.9) -> dict:
+    """`effective_receptive_field` of a ProtoPNet's latent map (its trunk and add-on layers, what
+    the prototypes are compared with), computed with gradients on even inside torch.no_grad."""
+    with torch.enable_grad():
+        trunk = nn.Sequential(model.features, model.add_on_layers)
+        return effective_receptive_field(trunk, images, mass)

@@ -168,29 +168,72 @@ def _gallery(index: dict[str, Any], status: dict[int, dict[str, Any]], backgroun
 QUALITY_ROWS = (
     ("mean_purity", "class purity of the k nearest training patches (mean)"),
     ("background_share", "share of prototypes whose source patch is flagged as background"),
+    ("background_base_rate", "the flag's base rate: share of latent cells flagged by the grid's "
+                             "geometry alone (a smooth peak at each cell)"),
     ("distinct_sources", "distinct source images / prototypes"),
     ("near_duplicates", "near-duplicate prototypes (equal to an earlier one)"),
-    ("mean_stability", "stability: share of own-class test images whose peak cell survives "
-                       "input noise"),
+    ("mean_stability", "peak-cell stability: share of own-class test images whose peak latent "
+                       "cell stays the same under input noise"),
     ("mean_deletion_auc_prp", "deletion AUC, PRP order (lower: the map found what matters)"),
     ("mean_deletion_auc_upsample", "deletion AUC, upsampled-similarity order"),
     ("mean_deletion_auc_random", "deletion AUC, random order (the control)"),
-    ("mean_on_lesion_prp", "on-lesion share of the PRP map on the source image"),
-    ("mean_on_lesion_upsample", "on-lesion share of the upsampled map on the source image"),
-    ("max_rf_fraction", "largest share of the image one prototype patch sees"),
+    ("max_rf_fraction", "largest share of the image one prototype patch can see (analytic field)"),
+    ("effective_rf_fraction", "share of the image holding 90 % of a latent cell's input gradient "
+                              "(effective field)"),
 )  # fmt: skip
+
+LOCALISATION_ROWS = (
+    ("on_lesion", "heatmap mass on the lesion"),
+    ("pointing", "pointing game: peak on the lesion"),
+    ("top_iou", "IoU of the lesion with the map's top pixels (as many as the lesion has)"),
+)
+IMAGE_SET_LABELS = {"": "source image", "test_": "3 nearest test images"}
+
+
+def _with_corrected(summary: dict[str, Any], key: str) -> str:
+    value, corrected = summary.get(f"mean_{key}"), summary.get(f"corrected_{key}")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({corrected:+.2f})" if corrected is not None else f"{value:.3f}"
+
+
+def _localisation_table(summary: dict[str, Any]) -> str:
+    """Each localisation measure of each heatmap beside its chance level (explain.localisation)."""
+    rows = []
+    for prefix, images in IMAGE_SET_LABELS.items():
+        for measure, label in LOCALISATION_ROWS:
+            if f"chance_{prefix}{measure}" not in summary:
+                continue
+            rows.append(f"<tr><td>{_e(label)}</td><td>{_e(images)}</td>"
+                        f"<td>{_with_corrected(summary, f'{prefix}{measure}_prp')}</td>"
+                        f"<td>{_with_corrected(summary, f'{prefix}{measure}_upsample')}</td>"
+                        f"<td>{_fmt(summary[f'chance_{prefix}{measure}'])}</td></tr>")  # fmt: skip
+    if "mean_source_box_on_lesion" in summary:
+        rows.append("<tr><td>source box on the lesion</td><td>source image</td>"
+                    f"<td colspan=2>{_with_corrected(summary, 'source_box_on_lesion')}</td>"
+                    f"<td>{_fmt(summary.get('chance_on_lesion'))}</td></tr>")  # fmt: skip
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("measure", "images", "PRP", "upsampled map", "chance"))
+    head = f"<tr>{head}</tr>"
+    return f"<h3>Localisation against the lesion</h3><table>{head}{''.join(rows)}</table>"
 
 
 def _quality_summary(summary: dict[str, Any]) -> str:
-    """The per-model explanation-quality table (explain.metrics)."""
+    """The per-model explanation-quality tables (explain.metrics)."""
     if not summary:
         return ""
     rows = "".join(f"<tr><td>{_e(label)}</td><td>{_fmt(summary.get(key))}</td></tr>"
                    for key, label in QUALITY_ROWS if key in summary)  # fmt: skip
     masks = ("real lesion masks" if summary.get("lesion_masks") == "folder"
-             else "a lesion-mask proxy (Otsu threshold of the lightness, largest component)")  # fmt: skip
+             else "a lesion-mask proxy (Otsu threshold of the lightness, largest component; "
+                  "mean Dice 0.69 against real HAM10000 masks)")  # fmt: skip
     return (f"<h3>Explanation quality</h3><table>{rows}</table>"
-            f"<p class=muted>On-lesion shares use {masks}.</p>")  # fmt: skip
+            f"{_localisation_table(summary)}"
+            f"<p class=muted>Localisation uses {masks}. In brackets: chance-corrected, "
+            "(value - chance) / (1 - chance): 0 is what a map that ignores the image scores, 1 "
+            "is perfect. The chance level is the lesion's share of the image (for the IoU, "
+            "m / (2 - m)), averaged over the same images.</p>")  # fmt: skip
 
 
 def render_html(title: str, sections: list[tuple[str, str, str]]) -> str:

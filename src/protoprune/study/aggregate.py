@@ -170,17 +170,26 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 EXPLANATION_COLUMNS = (
-    ("stability", "expl_mean_stability"),
+    ("peak-cell stability", "expl_mean_stability"),
     ("deletion AUC PRP", "expl_mean_deletion_auc_prp"),
     ("deletion AUC upsampled", "expl_mean_deletion_auc_upsample"),
     ("deletion AUC random", "expl_mean_deletion_auc_random"),
-    ("on-lesion PRP", "expl_mean_on_lesion_prp"),
-    ("on-lesion upsampled", "expl_mean_on_lesion_upsample"),
+    ("on-lesion PRP (source)", "expl_mean_on_lesion_prp"),
+    ("on-lesion upsampled (source)", "expl_mean_on_lesion_upsample"),
+    ("chance (source)", "expl_chance_on_lesion"),
+    ("on-lesion PRP (test)", "expl_mean_test_on_lesion_prp"),
+    ("pointing PRP (test)", "expl_mean_test_pointing_prp"),
+    ("pointing upsampled (test)", "expl_mean_test_pointing_upsample"),
+    ("chance (test)", "expl_chance_test_on_lesion"),
+    ("top-area IoU PRP (test)", "expl_mean_test_top_iou_prp"),
+    ("IoU chance (test)", "expl_chance_test_top_iou"),
     ("background share", "expl_background_share"),
+    ("its base rate", "expl_background_base_rate"),
     ("purity", "expl_mean_purity"),
     ("distinct sources", "expl_distinct_sources"),
     ("near-duplicates", "expl_near_duplicates"),
     ("max field share", "expl_max_rf_fraction"),
+    ("effective field share", "expl_effective_rf_fraction"),
 )  # fmt: skip
 
 
@@ -191,10 +200,15 @@ def explanation_markdown(summary: pd.DataFrame) -> list[str]:
         return []
     rows = summary[summary[f"{cols[0][1]}_mean"].notna()]
     lines = ["", "## Explanation quality (ProtoPNet arms)", "",
-             "Stability: share of own-class test images whose peak latent cell survives input "
-             "noise; deletion AUC: similarity left while pixels are removed in a heatmap's order "
-             "(lower is better; random is the control); on-lesion: heatmap mass inside the lesion "
-             "(mask proxy) on each prototype's source image.", "",
+             "Peak-cell stability: share of own-class test images whose peak latent cell stays "
+             "under input noise; deletion AUC: similarity left while pixels are removed in a "
+             "heatmap's order (lower is better; random is the control); on-lesion: heatmap mass "
+             "inside the lesion mask, on each prototype's source image and its 3 nearest test "
+             "images; pointing: the map's peak on the lesion; top-area IoU: the lesion against "
+             "the map's top pixels, as many as the lesion has. Each chance column is what a map "
+             "that ignores the image scores on the same images (the lesion's area share, for "
+             "the IoU m / (2 - m)); the background flag's base rate is the share of latent "
+             "cells the border rule flags on geometry alone.", "",
              "| arch | arm | " + " | ".join(h for h, _ in cols) + " |",
              "|" + "---|" * (len(cols) + 2)]  # fmt: skip
     for _, row in rows.iterrows():
