@@ -109,3 +109,50 @@ def test_stability_counts_own_class_images_whose_peak_stays() -> None:
     same = (a == b).float()
     assert got[0] == pytest.approx(float(same[:3, 0].mean())) and got[0] == 1.0
     assert got[1] == pytest.approx(float(same[3:, 1].mean()))
+
+
+def test_insertion_on_a_substrate_equals_revealing_by_hand() -> None:
+    model = _pixel_model()
+    x = torch.full((1, 3, 4, 4), 0.5)
+    x[0, :, 1:3, 1:3] = torch.tensor([1.0, 0, 0])[:, None, None]
+    base = torch.full_like(x, 0.2)
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    curve = deletion_curve(model, x, 0, order, steps=4, substrate=base, insertion=True)
+    with torch.no_grad():
+        intact = model.similarity_vectors(x)[0, 0]
+        for s in range(5):
+            xs = base.clone().view(1, 3, 16)
+            xs[..., order[: round(s * 16 / 4)]] = x.view(1, 3, 16)[..., order[: round(s * 16 / 4)]]
+            sim = model.similarity_vectors(xs.view(1, 3, 4, 4))[0, 0]
+            assert curve[s] == pytest.approx(float(sim / intact), rel=1e-5)
+    assert curve[-1] == pytest.approx(1.0)
+    deleted = deletion_curve(model, x, 0, order, steps=4, substrate=base)
+    assert deleted[0] == pytest.approx(1.0) and deleted[-1] == pytest.approx(curve[0])
+
+
+def test_the_blurred_substrate_is_a_gaussian_filter() -> None:
+    """Interior pixels against scipy's Gaussian filter (mirror edges are torch's reflect)."""
+    from scipy.ndimage import gaussian_filter
+
+    from protoprune.explain.metrics import blurred
+
+    x = torch.rand(1, 3, 60, 60, generator=torch.Generator().manual_seed(0))
+    got = blurred(x, sigma_share=0.05)[0].numpy()  # sigma 3 px, kernel radius 9
+    for c in range(3):
+        ref = gaussian_filter(x[0, c].double().numpy(), 3.0, mode="mirror", truncate=3.0)
+        assert np.abs(got[c] - ref)[9:-9, 9:-9].max() < 1e-3
+
+
+def test_each_order_against_random_paired_by_prototype() -> None:
+    import pandas as pd
+
+    from protoprune.explain.metrics import deletion_summary
+
+    table = pd.DataFrame({"deletion_auc_prp": [0.2, 0.4, 0.3], "deletion_auc_upsample": [0.5] * 3,
+                          "deletion_auc_random": [0.5, 0.5, 0.6]})  # fmt: skip
+    out = deletion_summary(table)
+    d = np.array([-0.3, -0.1, -0.3])
+    half = 4.302653 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert out["deletion_auc_prp_minus_random"] == pytest.approx(d.mean())
+    assert out["deletion_auc_prp_minus_random_high"] == pytest.approx(d.mean() + half, rel=1e-5)
+    assert "blur_insertion_auc_prp_minus_random" not in out

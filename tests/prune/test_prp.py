@@ -91,3 +91,30 @@ def test_the_composite_puts_prp_on_the_prototype_layer_only() -> None:
         plain = model(x)
     with comp.context(model) as m, torch.no_grad():
         torch.testing.assert_close(m(x), plain, rtol=1e-4, atol=1e-5)  # forward unchanged
+
+
+def test_the_cosine_rule_on_a_planted_pattern() -> None:
+    """Cosine: a patch planted at (2, 3) in the prototype's direction on channels 0 and 2 (and
+    an unrelated channel 1 the prototype does not use). Hand calculation of the dot-product
+    z-rule: all relevance at (2, 3), split 3*1 : 1*2 between channels 0 and 2, none on 1."""
+    layer = PrototypeLayer("cosine")
+    z = torch.zeros(1, 3, 5, 5)
+    z[0, 1] = 0.01  # elsewhere only the unused channel: orthogonal to the prototype
+    z[0, :, 2, 3] = torch.tensor([3.0, 0.5, 1.0])
+    p = torch.tensor([1.0, 0.0, 2.0]).view(1, 3, 1, 1)
+    r = prototype_relevance(layer, z, p, torch.tensor([[0.8]]))
+    assert float(r.sum()) == pytest.approx(0.8)
+    assert torch.count_nonzero(r[0, :, 2, 3]) == 2 and float(r[0, 1, 2, 3]) == 0.0
+    assert float(r[0, 0, 2, 3]) == pytest.approx(0.8 * 3 / 5)
+    assert float(r[0, 2, 2, 3]) == pytest.approx(0.8 * 2 / 5)
+    assert float(r.abs().sum() - r[0, :, 2, 3].abs().sum()) == 0.0  # nothing elsewhere
+
+
+def test_the_l2_rule_is_uninformative_where_the_prototype_equals_its_patch() -> None:
+    """z = p: every channel gets 1 / D (why the localisation metrics also use test images)."""
+    layer = PrototypeLayer("log")
+    p = torch.tensor([0.3, -1.0, 2.0, 0.5]).view(1, 4, 1, 1)
+    z = torch.zeros(1, 4, 3, 3)
+    z[0, :, 1, 1] = p.flatten()
+    r = prototype_relevance(layer, z, p, torch.tensor([[1.0]]))
+    assert torch.allclose(r[0, :, 1, 1], torch.full((4,), 0.25))

@@ -33,6 +33,7 @@ from .global_ import global_analysis
 from .local import PrototypeSources, explain_image, prototype_sources, save_explanation
 from .nearest import k_nearest_patches, require_k_images
 from .quality import background_base_rate, prototype_quality, top_match_counts, write_quality
+from .sanity import choose_pairs, sanity_checks, sanity_summary
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +162,16 @@ def analyse_checkpoint(
     loc, fields = field_summary(model, nearest_train, test_ds, dev)
     counts = top_match_counts(model, loaders.test, dev)
     quality = prototype_quality(model, nearest_train, sources, counts, class_names)
+    bounds = input_bounds(cfg.data.mean, cfg.data.std)
     metrics = explanation_metrics(model, glob["nearest"]["test"], sources, train_ds, loaders.test,
-                                  test_ds, dev, masks, quality_images,
-                                  input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
+                                  test_ds, dev, masks, quality_images, bounds)  # fmt: skip
     quality = quality.merge(metrics, on="prototype")
     quality["rf_fraction"] = sources.rf_fraction
     qfiles = write_quality(quality, class_names, out / "quality")
-    summary = {**model_summary(quality), **fields, "lesion_masks": "folder" if masks else "proxy"}
+    sanity = sanity_checks(model, test_ds, choose_pairs(glob["nearest"]["test"]), dev, bounds)
+    atomic_write_text(out / "quality" / "sanity.csv", sanity.to_csv(index=False))
+    summary = {**model_summary(quality), **fields, **sanity_summary(sanity),
+               "lesion_masks": "folder" if masks else "proxy"}  # fmt: skip
     atomic_write_json(out / "quality" / "summary.json", summary)
     index = {
         "checkpoint": ckpt.get("path"),
@@ -315,4 +319,6 @@ def explanation_summary(
         on="prototype",
     )
     _, fields = field_summary(model, nearest_train, loaders.test.dataset, dev)
-    return {f"expl_{key}": v for key, v in {**model_summary(quality), **fields}.items()}
+    sanity = sanity_checks(model, loaders.test.dataset, choose_pairs(nearest_test), dev, bounds)
+    summary = {**model_summary(quality), **fields, **sanity_summary(sanity)}
+    return {f"expl_{key}": v for key, v in summary.items()}

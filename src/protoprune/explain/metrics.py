@@ -11,7 +11,10 @@
   similarity map, or a random order as the control); the prototype's similarity, divided by its
   value on the intact image, is integrated over the removed fraction (trapezoids). Lower: the
   heatmap found what the similarity depends on. Measured on each prototype's `images` nearest
-  test images.
+  test images. Mean-coloured pixels are themselves far from any training image, so the same
+  curves are also drawn on a blurred copy of the image as the substrate (`blur_deletion_auc`) and
+  in insertion order from it (`blur_insertion_auc`, higher is better), and every order is
+  compared with random order by a paired test over prototypes (`deletion_summary`).
 - localisation (`explain.localisation`: on-lesion mass share, pointing game, top-area IoU, each
   with its chance level) of the PRP and the upsampled map against a lesion mask (`lesion`: real
   masks where the data has them, else the proxy), on each prototype's source image and on its
@@ -37,6 +40,7 @@ from .nearest import NearestPatches
 from .prp import prp_heatmaps
 
 DELETION_STEPS = 10  # removal steps of the deletion curve (10 % of the pixels each)
+BLUR_SIGMA = 1 / 20  # the blurred substrate's std, as a share of the image side (11 px at 224)
 STABILITY_NOISE = 0.2  # std of the Gaussian noise, in normalised-input units (~0.05 of [0, 1] pixels)
 
 
@@ -78,23 +82,59 @@ def upsampled_map(model: ProtoPNet, x: torch.Tensor, j: int) -> torch.Tensor:
 
 @torch.no_grad()
 def deletion_curve(
-    model: ProtoPNet, x: torch.Tensor, j: int, order: torch.Tensor, steps: int = DELETION_STEPS
-) -> np.ndarray:
-    """(steps + 1,) similarity of prototype j / its intact value while the pixels in `order`
-    (flat indices, first removed first) are set to 0, in equal steps."""
+    model: ProtoPNet, x: torch.Tensor, j: int, order: torch.Tensor, steps: int = DELETION_STEPS,
+    substrate: torch.Tensor | None = None, insertion: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """(steps + 1,) similarity of prototype j / its value on the intact image while the pixels in
+    `order` (flat indices, first first) are replaced by `substrate` (default 0, the data's mean),
+    in equal steps; with `insertion`, the curve starts from the substrate and the pixels in
+    `order` are put back instead (RISE's insertion: higher is better)."""
     h, w = x.shape[-2:]
     n = h * w
     keep = torch.ones(steps + 1, n, device=x.device)
     for s in range(1, steps + 1):
         keep[s, order[: round(s * n / steps)]] = 0
-    xs = x * keep.view(steps + 1, 1, h, w)
+    keep = keep.view(steps + 1, 1, h, w)
+    if insertion:
+        keep = 1 - keep
+    base = torch.zeros_like(x) if substrate is None else substrate
+    xs = torch.cat([x, x * keep + base * (1 - keep)])
     sims = model.similarity_vectors(xs)[:, j].float().cpu().numpy()
-    return sims / sims[0] if sims[0] != 0 else sims
+    intact, sims = sims[0], sims[1:]
+    return sims / intact if intact != 0 else sims
+
+
+def blurred(x: torch.Tensor, sigma_share: float = BLUR_SIGMA) -> torch.Tensor:
+    """x under a Gaussian blur of std `sigma_share` of its side: the substrate that keeps the
+    image's colours, so removing pixels does not add out-of-distribution mean-coloured dots."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    sigma = max(sigma_share * max(x.shape[-2:]), 0.5)
+    kernel = 2 * int(np.ceil(3 * sigma)) + 1
+    return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
 
 
 def deletion_auc(curve: np.ndarray) -> float:
     """Area under a deletion curve over the removed fraction 0..1 (trapezoids)."""
     return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
+
+
+DELETION_VARIANTS = {  # column prefix: (substrate, insertion)
+    "deletion_auc": ("mean", False),  # ST-ProtoPNet's: pixels set to the data's mean
+    "blur_deletion_auc": ("blur", False),
+    "blur_insertion_auc": ("blur", True),
+}
+
+
+def _deletion_aucs(model, x, j, orders, steps, blur) -> dict[str, float]:
+    """The AUC of every deletion variant for every order of one (image, prototype) pair."""
+    out = {}
+    for prefix, (substrate, insertion) in DELETION_VARIANTS.items():
+        base = blur if substrate == "blur" else None
+        for kind, order in orders.items():
+            curve = deletion_curve(model, x, j, order.to(x.device), steps, base, insertion)
+            out[f"{prefix}_{kind}"] = deletion_auc(curve)
+    return out
 
 
 def _nearest_pairs(nearest_test: NearestPatches, images: int) -> dict[int, list[int]]:
@@ -130,7 +170,7 @@ class PerPrototypeMeans:
 
 def localise(heats: dict[str, np.ndarray], mask: np.ndarray, prefix: str = "") -> dict[str, float]:
     """`explain.localisation`'s measures of each heatmap against `mask`, with the mask's area
-    (the chance of on-lesion and pointing) and the top-area IoU's chance; empty for an empty mask."""
+    (the chance of on-lesion and pointing) and the top-area IoU's chance; {} for an empty mask."""
     if not mask.any():
         return {}
     level = localisation.chance(mask)
@@ -155,9 +195,11 @@ def nearest_test_metrics(
 
     gen = torch.Generator().manual_seed(seed)
     kinds = ("prp", "upsample", "random")
-    acc = PerPrototypeMeans(model.num_prototypes, [f"deletion_auc_{k}" for k in kinds])
+    names = [f"{prefix}_{k}" for prefix in DELETION_VARIANTS for k in kinds]
+    acc = PerPrototypeMeans(model.num_prototypes, names)
     for i, protos in _nearest_pairs(nearest_test, images).items():
         x = dataset[i][0][None].to(device)
+        blur = blurred(x)
         heat, _ = prp_heatmaps(model, x, protos, bounds=bounds)
         pixels = image_array(dataset.load_image(i), tuple(x.shape[-2:]))
         mask, _ = lesion_mask(pixels, dataset.image_ids[i], masks)
@@ -168,8 +210,7 @@ def nearest_test_metrics(
                 "upsample": up.flatten().argsort(descending=True),
                 "random": torch.randperm(x.shape[-2] * x.shape[-1], generator=gen),
             }
-            curves = {k: deletion_curve(model, x, j, o.to(device), steps) for k, o in orders.items()}
-            acc.add(j, {f"deletion_auc_{k}": deletion_auc(c) for k, c in curves.items()})
+            acc.add(j, _deletion_aucs(model, x, j, orders, steps, blur))
             up = up.cpu().numpy()
             heats = {"prp": heat[n].cpu().numpy(), "upsample": up - up.min()}
             acc.add(j, localise(heats, mask, "test_"))
@@ -255,8 +296,8 @@ def explanation_metrics(
     return table
 
 
-SUMMARY_COLUMNS = ("purity", "stability", "deletion_auc_prp", "deletion_auc_upsample",
-                   "deletion_auc_random")  # fmt: skip
+ORDERS = ("prp", "upsample", "random")  # heatmap orders of the deletion curves
+SUMMARY_COLUMNS = ("purity", "stability", *(f"{v}_{k}" for v in DELETION_VARIANTS for k in ORDERS))
 IMAGE_SETS = {"": "source image", "test_": "nearest test images"}  # localisation column prefixes
 
 
@@ -292,10 +333,27 @@ def localisation_summary(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def deletion_summary(table: pd.DataFrame) -> dict[str, float]:
+    """Each heatmap order against random order, paired by prototype: mean difference of the
+    AUCs with its 95 % t interval (deletion: below 0 is better than random; insertion: above)."""
+    from ..metrics import paired_t_interval
+
+    out: dict[str, float] = {}
+    for variant in DELETION_VARIANTS:
+        if f"{variant}_random" not in table:
+            continue
+        for kind in ("prp", "upsample"):
+            t = paired_t_interval(table[f"{variant}_{kind}"] - table[f"{variant}_random"])
+            key = f"{variant}_{kind}_minus_random"
+            out[key], out[f"{key}_low"], out[f"{key}_high"] = t["mean"], t["ci_low"], t["ci_high"]
+    return out
+
+
 def model_summary(table: pd.DataFrame) -> dict[str, float]:
     """Per-model means of the per-prototype table, localisation beside its chance levels, the
     background share, distinct sources and the number of near-duplicate prototypes."""
     out = {f"mean_{c}": _mean(table[c]) for c in SUMMARY_COLUMNS if c in table}
+    out.update(deletion_summary(table))
     out.update(localisation_summary(table))
     if "background" in table:
         out["background_share"] = float(table["background"].mean())

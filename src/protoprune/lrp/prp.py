@@ -8,8 +8,15 @@ CaBRNet's (aiser-team/cabrnet, `core/visualization/prp_utils.py: SimilarityLRPWr
 - within that patch (channels c and, for k x k prototypes, offsets), R_j is split in proportion to
   gamma = 1 / ((z - p_j)^2 + eps): the coordinates where the patch is closest to the prototype
   receive most; the shares sum to one, so sum R_z = sum_j R_j.
-For cosine similarity (not in CaBRNet) the split is the z-rule of the dot product z.p_j: shares
-z_c p_jc / (z . p_j), the closest analogue for an angle (a protoprune choice).
+For cosine similarity (not in CaBRNet, nor in Gautam et al.) the split is protoprune's own rule,
+named for what it is, the **dot-product z-rule**: shares z_c p_jc / (z . p_j), the LRP-0 rule of
+the dot product the cosine normalises (the patch norm is treated as a constant). It has no
+reference implementation to match; `tests/prune/test_prp.py` checks it against a brute-force port
+and on a planted pattern.
+
+Where a prototype equals its patch (z = p, exactly so on a prototype's own source image after the
+push) the L2 rule's shares are all 1 / D: it says nothing about which channel mattered, so
+protoprune's localisation metrics are also computed on each prototype's nearest test images.
 
 Written by hand because zennit has rules for linear layers and activations only; the hook follows
 zennit's `Hook` protocol (the gradient arriving at a tensor is its relevance), so it composes with
@@ -25,6 +32,10 @@ from zennit.core import Composite, Hook
 from ..models.protopnet import PrototypeLayer
 
 GAMMA_EPSILON = 1e-12  # CaBRNet's lrp_stability_factor of the similarity layer
+RULE_NAMES = {  # the prototype layer's PRP rule per similarity, as the report names it
+    "log": "CaBRNet's L2 gamma rule",
+    "cosine": "protoprune's dot-product z-rule (no reference implementation)",
+}
 
 
 def prototype_relevance(

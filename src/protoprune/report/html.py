@@ -219,6 +219,67 @@ def _localisation_table(summary: dict[str, Any]) -> str:
     return f"<h3>Localisation against the lesion</h3><table>{head}{''.join(rows)}</table>"
 
 
+DELETION_ROWS = (
+    ("deletion_auc", "deletion, mean-colour pixels (ST-ProtoPNet's)", "below 0"),
+    ("blur_deletion_auc", "deletion, blurred substrate", "below 0"),
+    ("blur_insertion_auc", "insertion from the blurred substrate", "above 0"),
+)
+
+
+def _interval(summary: dict[str, Any], key: str) -> str:
+    if key not in summary:
+        return "n/a"
+    return f"{summary[key]:+.3f} [{summary[key + '_low']:+.3f}, {summary[key + '_high']:+.3f}]"
+
+
+def _order_table(summary: dict[str, Any]) -> str:
+    """Each heatmap's deletion / insertion AUC minus random order's, paired by prototype."""
+    rows = "".join(
+        f"<tr><td>{_e(label)}</td><td>{_interval(summary, f'{v}_prp_minus_random')}</td>"
+        f"<td>{_interval(summary, f'{v}_upsample_minus_random')}</td><td>{better}</td></tr>"
+        for v, label, better in DELETION_ROWS if f"{v}_prp_minus_random" in summary
+    )  # fmt: skip
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("curve", "PRP − random", "upsampled − random",
+                                             "better than random"))  # fmt: skip
+    return (f"<h3>Heatmap order against random order</h3><table><tr>{head}</tr>{rows}</table>"
+            "<p class=muted>Area under the prototype's similarity (relative to the intact "
+            "image) while pixels are removed, or put back, in the map's order, minus the same "
+            "with a random order: mean over prototypes (each on its 3 nearest test images) "
+            "with a 95 % t interval. An interval that covers 0 does not rank the map above "
+            "chance.</p>")  # fmt: skip
+
+
+def prp_rule(cfg: dict[str, Any]) -> str:
+    """The prototype layer's PRP rule of a run's config (lrp.prp.RULE_NAMES)."""
+    from ..lrp.prp import RULE_NAMES
+
+    return RULE_NAMES[cfg.get("protopnet", {}).get("similarity", "log")]
+
+
+def _sanity_table(summary: dict[str, Any]) -> str:
+    """The sanity checks (explain.sanity): does each map change when the model is destroyed?"""
+    if "sanity_cascade_prp" not in summary:
+        return ""
+    rows = []
+    for kind, label in (("prp", "PRP"), ("upsample", "upsampled similarity")):
+        passes = summary[f"sanity_passes_{kind}"]
+        verdict = ("changes (passes)" if passes
+                   else '<b class="wrong">stays the same (fails)</b>')  # fmt: skip
+        cascade, protos = summary[f"sanity_cascade_{kind}"], summary[f"sanity_prototypes_{kind}"]
+        rows.append(f"<tr><td>{label}</td><td>{_fmt(cascade)}</td><td>{_fmt(protos)}</td>"
+                    f"<td>{verdict}</td></tr>")  # fmt: skip
+    head = "".join(f"<th>{h}</th>" for h in ("map", "trunk and add-on randomised",
+                                             "prototypes randomised", "verdict"))  # fmt: skip
+    return (f"<h3>Sanity checks</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
+            "<p class=muted>Mean Spearman rank correlation of each map with the trained model's "
+            "on the same test images, after re-initialising every layer from the add-on down "
+            "to the first conv (cascading randomisation, Adebayo et al. 2018), and after "
+            "replacing the prototypes by random vectors. A map still correlated above 0.5 with "
+            "the model destroyed shows the image, not the model.</p>")  # fmt: skip
+
+
 def _quality_summary(summary: dict[str, Any]) -> str:
     """The per-model explanation-quality tables (explain.metrics)."""
     if not summary:
@@ -229,7 +290,7 @@ def _quality_summary(summary: dict[str, Any]) -> str:
              else "a lesion-mask proxy (Otsu threshold of the lightness, largest component; "
                   "mean Dice 0.69 against real HAM10000 masks)")  # fmt: skip
     return (f"<h3>Explanation quality</h3><table>{rows}</table>"
-            f"{_localisation_table(summary)}"
+            f"{_order_table(summary)}{_localisation_table(summary)}{_sanity_table(summary)}"
             f"<p class=muted>Localisation uses {masks}. In brackets: chance-corrected, "
             "(value - chance) / (1 - chance): 0 is what a map that ignores the image scores, 1 "
             "is perfect. The chance level is the lesion's share of the image (for the IoU, "
@@ -343,7 +404,8 @@ def build_report(
                          warning + "<p class=muted>Per image the most similar prototypes: where "
                          "each matched (upsampled similarity map with its 95th-percentile box in "
                          "yellow and the matched patch's receptive field in cyan; beside it the PRP "
-                         "map, the pixels whose relevance made the prototype similar), similarity "
+                         "map, the pixels whose relevance made the prototype similar, with "
+                         f"{_e(prp_rule(cfg))} at the prototype layer), similarity "
                          "x last-layer weight = contribution to the predicted class, and the "
                          "prototype's source patch.</p>" + cases))  # fmt: skip
         glob = "".join(

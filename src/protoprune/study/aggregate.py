@@ -190,6 +190,8 @@ EXPLANATION_COLUMNS = (
     ("near-duplicates", "expl_near_duplicates"),
     ("max field share", "expl_max_rf_fraction"),
     ("effective field share", "expl_effective_rf_fraction"),
+    ("sanity: PRP after randomisation", "expl_sanity_cascade_prp"),
+    ("sanity: upsampled after randomisation", "expl_sanity_cascade_upsample"),
 )  # fmt: skip
 
 
