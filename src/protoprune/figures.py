@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .io import atomic_save_figure  # noqa: E402
 
@@ -64,6 +65,8 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path) -> Path:
     axes[1].set_ylabel("validation")
     axes[1].set_ylim(0, 1)
     axes[1].legend()
+    for ax in axes:  # epochs are whole numbers: no 1.5 ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     out = atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)

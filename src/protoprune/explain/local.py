@@ -264,6 +264,9 @@ def _prp_maps(members, x, member_of, proto_of, order, size, bounds) -> torch.Ten
     return maps
 
 
+DPI, CAPTION = 100, 11  # the local explanation figure's resolution and caption size (pt)
+
+
 def render_explanation(
     expl: Explanation,
     sources: PrototypeSources | Sequence[PrototypeSources] | None,
@@ -279,37 +282,45 @@ def render_explanation(
     rows = expl.record["top_prototypes"]
     r = expl.record
     cols = 3 if expl.prp is None else 4
+    # drawn at DPI for the report's one-explanation-per-row layout: CAPTION pt at DPI is about
+    # 15 px, the size of body text at 100 % zoom, and 4 panels fit a 1,100 px column
     fig, axes = plt.subplots(
-        len(rows) + 1, cols, figsize=(3 * cols, 2.3 * (len(rows) + 1)), squeeze=False
+        len(rows) + 1, cols, figsize=(2.7 * cols, 2.8 * (len(rows) + 1)), squeeze=False
     )
     for ax in axes.flat:
         ax.axis("off")
     probs = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
     head = f"predicted: {r['predicted_class']}" + (f"   (true: {r['label']})" if r["label"] else "")
     head += "\n" + ", ".join(f"{k} {v:.2f}" for k, v in probs)
-    head += "\nyellow box: top 5 % of the similarity\ncyan box: what that latent patch sees"
+    head += ("\nsim × w: similarity × last-layer weight\n= contribution to the logit"
+             "\nyellow box: top 5 % of the similarity\ncyan box: what that latent patch sees")
     axes[0, 0].imshow(expl.drawing, interpolation="nearest")
-    axes[0, 0].set_title(r["image_id"] or "image", fontsize=8)
+    axes[0, 0].set_title(r["image_id"] or "image", fontsize=CAPTION)
     warning = r.get("localisation", {}).get("warning")
-    axes[0, 1].text(0, 0.5, head, fontsize=10, va="center")
+    grid = axes[0, 1].get_gridspec()
+    for ax in axes[0, 1:]:
+        ax.remove()
+    text = fig.add_subplot(grid[0, 1:])  # the first row's text spans the three right columns
+    text.axis("off")
+    text.text(0, 0.5, head, fontsize=CAPTION, va="center")
     if warning:
-        axes[0, cols - 1].text(0, 0.5, _wrap(warning), fontsize=6, va="center", color="darkred")
+        text.text(0.52, 0.5, _wrap(warning, 44), fontsize=CAPTION - 1, va="center", color="darkred")
     for k, p in enumerate(rows, start=1):
         overlay = heat_overlay(expl.drawing, expl.maps[k - 1])
         if p.get("rf_box") is not None:
             overlay = draw_box(overlay, p["rf_box"], RF_COLOR)
         overlay = draw_box(overlay, p["box"])
         axes[k, 0].imshow(overlay, interpolation="nearest")
-        seen = f", field {100 * p['rf_fraction']:.0f}% of image" if p.get("rf_fraction") else ""
+        seen = f" (field {100 * p['rf_fraction']:.0f} %)" if p.get("rf_fraction") else ""
         axes[k, 0].set_title(
-            f"#{p['rank']} sim {p['similarity']:.2f} x w {p['weight']:.2f} = "
-            f"{p['contribution']:.2f}\nupsampled similarity{seen}",
-            fontsize=7,
+            f"#{p['rank']} sim {p['similarity']:.2f} × w {p['weight']:.2f} = {p['contribution']:.2f}"
+            f"\nsimilarity map{seen}",
+            fontsize=CAPTION,
         )
         if expl.prp is not None:
             axes[k, 1].imshow(heat_overlay(expl.drawing, expl.prp[k - 1].clamp_min(0)),
                               interpolation="nearest")  # fmt: skip
-            axes[k, 1].set_title("PRP: pixels that made it similar", fontsize=7)
+            axes[k, 1].set_title("PRP: pixels that\nmade it similar", fontsize=CAPTION)
         member = f"m{p['member']} " if r["members"] > 1 else ""
         src = srcs[p["member"]] if p["member"] < len(srcs) else None
         c = cols - 2  # the source columns
@@ -317,14 +328,14 @@ def render_explanation(
             j = p["prototype"]
             axes[k, c].imshow(src.framed[j], interpolation="nearest")
             axes[k, c].set_title(
-                f"looks like {member}prototype {j} ({p['prototype_class']})", fontsize=7
+                f"looks like {member}prototype {j}\n({p['prototype_class']})", fontsize=CAPTION
             )
             axes[k, c + 1].imshow(src.crops[j], interpolation="nearest")
-            axes[k, c + 1].set_title(f"from {src.image_id[j]}", fontsize=7)
+            axes[k, c + 1].set_title(f"its patch, from\n{src.image_id[j]}", fontsize=CAPTION)
         else:
-            axes[k, c].set_title(f"{member}prototype {p['prototype']} (no source)", fontsize=7)
+            axes[k, c].set_title(f"{member}prototype {p['prototype']}\n(no source)", fontsize=CAPTION)
     fig.tight_layout()
-    out = atomic_save_figure(fig, path, dpi=80)
+    out = atomic_save_figure(fig, path, dpi=DPI)
     plt.close(fig)
     return out
 

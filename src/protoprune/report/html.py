@@ -43,7 +43,7 @@ nav a { margin-right: 1em; } .muted { color: #777; } img { max-width: 100%; }
 .card.pruned { border-color: #d44; background: #fee; } .card.merged { border-color: #d90; background: #ffe; }
 .card.background { outline: 2px dashed #888; }
 .badge { font-weight: bold; } .pruned .badge { color: #c00; } .merged .badge { color: #b70; }
-.sample { display: inline-block; vertical-align: top; width: 560px; margin: 4px; }
+.sample { margin: 1em 0 2em; } .sample img { width: auto; max-width: 100%; }
 .ok { color: #080; } .wrong { color: #c00; }
 """
 
