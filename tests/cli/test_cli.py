@@ -112,6 +112,7 @@ def test_ctrl_c_advice_names_only_what_exists(tmp_path, monkeypatch, capsys):
 
     run = tmp_path / "run"
     assert "no checkpoint was written" in interrupt_advice(run)
+    assert "rerun the same command" in interrupt_advice(run, cleared=True)
     assert "--resume" not in interrupt_advice(run)
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"x")
@@ -136,4 +137,25 @@ def test_ctrl_c_during_training_before_the_first_epoch(tmp_path, monkeypatch, ca
     out = tmp_path / "run"
     assert main(["train", *_sets(**{"train.epochs": 1}), "--out", str(out)]) == 130
     err = capsys.readouterr().err
-    assert "no epoch had finished, so no checkpoint was written" in err and "--resume" not in err
+    assert "no epoch had finished, so nothing was kept" in err and "--resume" not in err
+    assert "rerun the same command" in err and not out.exists()  # nothing blocks the rerun
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_in_the_way(tmp_path, monkeypatch):
+    """A failure inside the first epoch (here a data error) removes the start-up files and the
+    folder, so the same command reruns without --force; a folder holding a user's file stays."""
+    import protoprune.train.run as run_mod
+    from protoprune.errors import DataError
+
+    def broken(*args, **kwargs):
+        raise DataError("image 7 is corrupt", "restore it")
+
+    monkeypatch.setattr(run_mod, "fit", broken)
+    out = tmp_path / "run"
+    assert main(["train", *_sets(**{"train.epochs": 1}), "--out", str(out)]) == 2
+    assert not out.exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["train", *_sets(**{"train.epochs": 1}), "--out", str(tmp_path / "mine"),
+                 "--force"]) == 2  # fmt: skip
+    assert (tmp_path / "mine.old-1" / "notes.txt").read_text() == "keep me"

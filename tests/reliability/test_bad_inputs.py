@@ -389,6 +389,34 @@ def five_channel_images(tmp):
     return lambda: build_splits(cfg.data, 0)
 
 
+def npz_images_that_differ_in_size(tmp):
+    import numpy as np
+
+    images = list(bundled_arrays()["train_images"])
+    images[3] = np.zeros((32, 32, 3), np.uint8)  # one image of another size: a ragged object array
+    ragged = np.empty(len(images), dtype=object)
+    ragged[:] = images
+    cfg = medmnist_cfg(write_npz(tmp / "dermamnist_ragged.npz", train_images=ragged))
+    return lambda: build_splits(cfg.data, 0)
+
+
+def check_data_on_npz_images_that_differ_in_size(tmp):
+    from protoprune.data.checks import check_data
+
+    npz_images_that_differ_in_size(tmp)  # writes the ragged npz
+    cfg = medmnist_cfg(tmp / "dermamnist_ragged.npz")
+    return lambda: check_data(cfg.data, progress=False)
+
+
+def array_images_that_differ_in_size(tmp):
+    import numpy as np
+
+    from protoprune.data.base import ArrayImageDataset
+
+    images = [np.zeros((28, 28, 3), np.uint8)] * 3 + [np.zeros((30, 28, 3), np.uint8)]
+    return lambda: ArrayImageDataset(images, [0, 1, 0, 1], ["a", "b"])
+
+
 def medmnist_root_is_a_folder(tmp):
     (tmp / "dermamnist.npz").mkdir()
     cfg = medmnist_cfg(tmp / "dermamnist.npz")
@@ -629,6 +657,12 @@ CASES = [
     ),
     (truncated_npz, DataError, r"dermamnist_half\.npz is not a readable npz", r"re-download"),
     (five_channel_images, DataError, r"train_images: image array has 5 channels", r"RGB"),
+    (npz_images_that_differ_in_size, DataError, r"train_images is an object array, e\.g\. images "
+     r"that differ in size", r"one uint8 array \(N, H, W, 3\)"),  # fmt: skip
+    (check_data_on_npz_images_that_differ_in_size, DataError, r"train_images is an object array",
+     r"equal-sized images"),  # fmt: skip
+    (array_images_that_differ_in_size, DataError, r"differ in size within one split: image 0 is "
+     r"\(28, 28, 3\), image 3 is \(30, 28, 3\)", r"resize them to one size"),  # fmt: skip
     (medmnist_root_is_a_folder, DataError, r"dermamnist\.npz is a folder, not a file", r"data\.root"),
     (data_env_points_nowhere, DataError, r"nowhere/dermamnist/dermamnist\.npz does not exist",
      r"PROTOPRUNE_DATA to the folder holding your data sets"),  # fmt: skip
@@ -783,3 +817,16 @@ def test_cli_output_under_a_file(tmp_path, capsys):
     code, err = run_cli(["train", "--out", str(tmp_path / "f" / "run")], capsys)
     assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
     assert (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "explain", "report", "prune-prototypes", "push",
+                                     "export-onnx", "study", "prune-filters", "prune-curve"])  # fmt: skip
+def test_cli_command_without_the_file_it_needs(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, err = run_cli([command], capsys)
+    except SystemExit as exc:  # argparse's missing positional argument, in protoprune's format
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2 and "error:" in err and "fix:" in err and "Traceback" not in err
+    assert f"protoprune {command} " in err.split("fix:")[1]  # an example call of this command
+    assert not any(tmp_path.iterdir()), "nothing is written"

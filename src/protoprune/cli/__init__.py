@@ -39,8 +39,20 @@ SUBCOMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with protoprune's error format: `error:` and a `fix:` naming an example call
+    (the subcommand's EXAMPLE), exit 2, no traceback."""
+
+    example: str | None = None
+
+    def error(self, message: str):  # type: ignore[override]
+        example = f"e.g. {self.example}; " if self.example else ""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n  fix: {example}{self.prog} --help lists every argument\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="protoprune",
         description="Interpretable (ProtoPNet) and efficient (explanation-guided filter pruning) "
         "image classification for dermoscopy.",
@@ -55,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # subcommand not part of this build
             raise
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        p.example = getattr(module, "EXAMPLE", None)
         module.add_arguments(p)
         p.add_argument("--no-progress", action="store_true",
                        help="no progress bars (they are shown only on a terminal anyway)")  # fmt: skip

@@ -10,6 +10,7 @@ from .common import check_device_option
 
 NAME = "evaluate"
 HELP = "evaluate a checkpoint (or run folder) on the test split, or on another data set via --config/--set"
+EXAMPLE = "protoprune evaluate runs/<name>/checkpoints/best.pt"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ HELP = (
     "explain predictions of a ProtoPNet: local explanations of IMAGE files, or (without images) "
     "of sample test images plus the prototype gallery, global analysis and prototype quality"
 )
+EXAMPLE = "protoprune explain runs/<name>/checkpoints/best.pt lesion.jpg"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import json
 
 NAME = "export-onnx"
 HELP = "export a saved model (checkpoint, run folder or pruned step_XX.pt) to ONNX, checked by onnxruntime"
+EXAMPLE = "protoprune export-onnx runs/<name>/checkpoints/best.pt"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

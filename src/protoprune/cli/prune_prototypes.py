@@ -12,6 +12,7 @@ HELP = (
     "prune prototypes whose k nearest training patches are mostly of other classes, merge "
     "duplicates, fine-tune the last layer; writes RUN/prototype_pruning/"
 )
+EXAMPLE = "protoprune prune-prototypes runs/<name>"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from .common import check_device_option, require_at_least
 
 NAME = "push"
 HELP = "re-push a saved ProtoPNet (prototypes -> nearest training patches); writes a new checkpoint and prototype images"
+EXAMPLE = "protoprune push runs/<name>/checkpoints/best.pt"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from .common import check_device_option, require_at_least
 
 NAME = "report"
 HELP = "write an HTML report of a run: config, metrics, curves; for a ProtoPNet prototypes and explanations"
+EXAMPLE = "protoprune report runs/<name>"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

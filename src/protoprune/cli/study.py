@@ -10,6 +10,7 @@ HELP = (
     "run the comparison study (baseline, filter pruning per criterion, ProtoPNet + prototype "
     "pruning) over several seeds; resumes where it stopped and writes tables, plots and index.html"
 )
+EXAMPLE = "protoprune study configs/study_quick.yaml"  # shown in the fix when a required argument is missing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,10 +188,29 @@ class SubsetImageDataset(ImageDataset):
         return [signatures[i] for i in self.indices]
 
 
+def stacked_images(images: Any) -> np.ndarray:
+    """One array of a sequence of equal-sized images; a clear error where their sizes differ
+    (a batch needs one size, and resizing arrays silently would hide a mix-up of sources)."""
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        return images
+    arrays = [np.asarray(a) for a in images]
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        first = next(i for i, a in enumerate(arrays) if a.shape != arrays[0].shape)
+        raise DataError(
+            f"the images differ in size within one split: image 0 is {arrays[0].shape}, image "
+            f"{first} is {arrays[first].shape} ({len(shapes)} sizes in all)",
+            "resize them to one size first, or save them as image files in class folders "
+            "(data.dataset: folder), which protoprune resizes to data.image_size",
+        )
+    return np.stack(arrays) if arrays else np.zeros((0, 1, 1), np.uint8)
+
+
 class ArrayImageDataset(ImageDataset):
     """Images held in memory as a uint8 array (N, H, W[, C]), e.g. a MedMNIST npz."""
 
     def __init__(self, images: np.ndarray, targets, class_names, image_ids=None, **kwargs):
+        images = stacked_images(images)
         if images.ndim not in (3, 4) or images.dtype != np.uint8:
             raise DataError(
                 f"image array has shape {images.shape} and dtype {images.dtype}",

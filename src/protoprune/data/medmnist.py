@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,18 @@ def _labels(path: Path, split: str, raw: np.ndarray) -> np.ndarray:
         raise DataError(f"{path} {split}_labels: {exc.problem}", exc.fix) from None
 
 
+def _array(path: Path, npz: Any, key: str) -> np.ndarray:
+    """npz[key], or a clear error for an object array (ragged images: sizes that differ)."""
+    try:
+        return npz[key]
+    except ValueError:  # numpy refuses object arrays without pickle, which is never allowed
+        raise DataError(
+            f"{path} {key} is an object array, e.g. images that differ in size within the split",
+            "store each split as one uint8 array (N, H, W, 3) of equal-sized images, or use "
+            "image files in class folders (data.dataset: folder)",
+        ) from None
+
+
 def _read_npz(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     with np.load(path, allow_pickle=False) as npz:
         missing = [f"{s}_{k}" for s in _SPLITS for k in ("images", "labels") if f"{s}_{k}" not in npz.files]
@@ -99,7 +112,8 @@ def _read_npz(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], lis
                 f"{path} lacks the MedMNIST arrays {', '.join(missing)} (has {', '.join(npz.files)})",
                 "use a MedMNIST-format npz with train_/val_/test_ images and labels",
             )
-        arrays = {s: (npz[f"{s}_images"], npz[f"{s}_labels"]) for s in _SPLITS}
+        arrays = {s: (_array(path, npz, f"{s}_images"), _array(path, npz, f"{s}_labels"))
+                  for s in _SPLITS}  # fmt: skip
         columns = {a[1].reshape(len(a[1]), -1).shape[1] for a in arrays.values()}
         if columns != {1}:
             raise DataError(

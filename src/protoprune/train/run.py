@@ -96,8 +96,11 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     t0 = time.perf_counter()
     try:
         results = _train(model, loaders, cfg, run_dir, device, resume)
-    except KeyboardInterrupt:
-        raise Interrupted(interrupt_advice(run_dir)) from None
+    except BaseException as exc:
+        cleared = distributed.is_main() and remove_unstarted(run_dir)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(interrupt_advice(run_dir, cleared)) from None
+        raise
     results["train_seconds"] = time.perf_counter() - t0
     history = run_dir / "history.csv"
     if distributed.is_main():
@@ -112,8 +115,30 @@ def run_training(cfg: RunConfig, run_dir: str | Path | None = None, force: bool 
     return results
 
 
-def interrupt_advice(run_dir: Path) -> str:
+STARTUP_FILES = ("config.yaml", "split.csv")  # what a run writes before its first epoch
+
+
+def remove_unstarted(run_dir: Path) -> bool:
+    """After a failure before any checkpoint: remove the start-up files this run wrote, and the
+    folder once empty, so the same command can simply be rerun (no --force, nothing moved
+    aside). A folder with anything else in it is left as it is. True if it was removed."""
+    ckpts = run_dir / "checkpoints"
+    if not run_dir.is_dir() or (ckpts.is_dir() and any(ckpts.iterdir())):
+        return False
+    for name in STARTUP_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if ckpts.is_dir():
+        ckpts.rmdir()
+    if any(run_dir.iterdir()):
+        return False
+    run_dir.rmdir()
+    return True
+
+
+def interrupt_advice(run_dir: Path, cleared: bool = False) -> str:
     """What to do after Ctrl-C in training: resume from last.pt, or start over when none exists."""
+    if cleared:
+        return f"no epoch had finished, so nothing was kept ({run_dir} removed); rerun the same command"
     last = run_dir / "checkpoints" / "last.pt"
     if last.is_file():
         return (
