@@ -1,3 +1,38 @@
-"""protoprune: interpretable (ProtoPNet) and efficient (explanation-guided pruning) image classifiers."""
+"""protoprune: interpretable (ProtoPNet) and efficient (explanation-guided pruning) image classifiers.
+
+The library's public names, for models protoprune did not build (see `examples/`):
+
+- filter-pruning criteria as torch-pruning `Importance`s: `LRPImportance`, `WeightImportance`,
+  `GradImportance`, `TaylorImportance`, `RandomImportance` (call `prepare(model, batches)` before
+  each pruning step), and `CRITERIA`, the registry of their names;
+- `FilterPruner` (iterative pruning to cumulative ratios over torch-pruning's dependency graph)
+  and `oneshot_curve` (score once, prune copies to each ratio, evaluate);
+- `lrp_batch` (the LRP relevance of a batch at any layers' outputs) and `require_explainable`.
+
+They are imported on first use, so `import protoprune` and the command line stay fast.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "LRPImportance": "prune.importance",
+    "WeightImportance": "prune.importance",
+    "GradImportance": "prune.importance",
+    "TaylorImportance": "prune.importance",
+    "RandomImportance": "prune.importance",
+    "FilterImportance": "prune.importance",
+    "CRITERIA": "prune.importance",
+    "FilterPruner": "prune.structural",
+    "oneshot_curve": "prune.oneshot",
+    "lrp_batch": "prune.relevance",
+    "require_explainable": "lrp.composites",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module 'protoprune' has no attribute {name!r}")

@@ -153,12 +153,33 @@ def check_composite(name: str) -> None:
         )
 
 
+# layers whose output multiplies two branches of the same input (squeeze-excitation's gating):
+# zennit has no LRP rule for the product, and measured on torchvision's MobileNetV3 and
+# EfficientNet-B0 no relevance reaches the input through them (sum 0.0 of 1.0). Matched by class
+# name, so timm's SqueezeExcite and SEModule are caught as well as torchvision's.
+UNEXPLAINED_LAYERS = ("SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule")
+
+
+def require_explainable(model: nn.Module) -> None:
+    """Refuse, before any work, a model with a layer LRP cannot explain yet, naming it."""
+    for name, module in model.named_modules():
+        if type(module).__name__ in UNEXPLAINED_LAYERS:
+            raise ConfigError(
+                f"LRP cannot explain layer {name} ({type(module).__name__}) yet: its gating "
+                "multiplies two branches, for which zennit has no rule, and no relevance reaches "
+                "the input through it",
+                "score this model with a criterion without LRP (weight, grad, taylor), or use a "
+                "network without squeeze-excitation (ResNet, VGG, DenseNet)",
+            )
+
+
 def build_composite(
     name: str, model: nn.Module, bounds: tuple[float, float] = DEFAULT_BOUNDS
 ) -> Composite:
     """A zennit composite by name (`yeom2021` or zennit's registry, e.g. epsilon_plus_flat),
     canonized for `model`; `bounds` are the input range for box rules."""
     check_composite(name)
+    require_explainable(model)
     if name == DEFAULT_COMPOSITE:
         composite = yeom2021_composite(*bounds, canonizers=canonizers_for(model))
     elif name == "epsilon_gamma_box":

@@ -1,0 +1,61 @@
+"""A one-shot pruning curve of your own model: LRP against the weight norm and the random control.
+
+Each criterion scores the trained model once on a few reference batches; copies are pruned to each
+ratio without fine-tuning and evaluated, so the curve shows what each criterion keeps by itself.
+A criterion is worth its cost only where it stays above the random control.
+
+    python examples/pruning_curve.py --data path/to/imagefolder --arch resnet18 --checkpoint model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from protoprune import LRPImportance, RandomImportance, WeightImportance, oneshot_curve
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="ImageFolder of labelled images")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--checkpoint", help="a state_dict of your trained model (else random weights)")
+    ap.add_argument("--ratios", default="0,0.1,0.2,0.3")
+    ap.add_argument("--size", type=int, default=224)
+    args = ap.parse_args()
+
+    tf = transforms.Compose([transforms.Resize((args.size, args.size)), transforms.ToTensor(),
+                             transforms.Normalize(MEAN, STD)])  # fmt: skip
+    data = torchvision.datasets.ImageFolder(args.data, tf)
+    model = torchvision.models.get_model(args.arch, num_classes=len(data.classes))
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+    reference = list(DataLoader(data, batch_size=16))[:4]  # scoring batches (use held-out data)
+
+    def balanced_accuracy(pruned: torch.nn.Module) -> float:
+        y, p = [], []
+        for x, t in DataLoader(data, batch_size=64):
+            y.append(t)
+            p.append(pruned(x).argmax(1))
+        y, p = torch.cat(y), torch.cat(p)
+        return float(torch.stack([(p[y == c] == c).float().mean() for c in y.unique()]).mean())
+
+    bounds = (min(-m / s for m, s in zip(MEAN, STD)), max((1 - m) / s for m, s in zip(MEAN, STD)))
+    criteria = {"lrp": LRPImportance(bounds=bounds), "weight": WeightImportance(),
+                "random": RandomImportance(seed=0)}  # fmt: skip
+    curve = oneshot_curve(model, criteria, reference, balanced_accuracy,
+                          [float(r) for r in args.ratios.split(",")],
+                          torch.zeros(1, 3, args.size, args.size))  # fmt: skip
+    curve["MMACs"] = curve["macs"] / 1e6
+    print(curve.pivot(index="ratio", columns="criterion", values="metric").round(3).to_string())
+    print(curve[["criterion", "ratio", "filters_removed_ratio", "MMACs"]].round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

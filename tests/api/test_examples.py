@@ -1,0 +1,47 @@
+"""The scripts in examples/ run as a user runs them, on a tiny ImageFolder of bundled images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protoprune.data.registry import bundled_path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    with np.load(bundled_path("dermamnist_subset.npz")) as npz:
+        images, labels = npz["test_images"][:24], npz["test_labels"][:24].ravel()
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / ("nevus" if label == 5 else "other")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return root
+
+
+def _run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_prune_a_torchvision_model_by_lrp_with_torch_prunings_pruner(image_folder) -> None:
+    out = _run("prune_torchvision_lrp.py", "--data", str(image_folder), "--arch", "resnet18",
+               "--weights", "none", "--size", "32", "--steps", "2")  # fmt: skip
+    assert "accuracy" in out and "LRP (protoprune)" in out and "magnitude (torch-pruning)" in out
+    macs = [float(line.split("MMACs ")[1].split()[0]) for line in out.splitlines() if "MMACs" in line]
+    assert len(macs) == 2 and all(m < 37.2 for m in macs)  # both pruned below the 37.18 MMACs
+
+
+def test_a_pruning_curve_of_a_user_model(image_folder) -> None:
+    out = _run("pruning_curve.py", "--data", str(image_folder), "--size", "32", "--ratios", "0,0.2")
+    assert "lrp" in out and "random" in out and "weight" in out and "MMACs" in out
