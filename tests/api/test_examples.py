@@ -45,3 +45,15 @@ def test_prune_a_torchvision_model_by_lrp_with_torch_prunings_pruner(image_folde
 def test_a_pruning_curve_of_a_user_model(image_folder) -> None:
     out = _run("pruning_curve.py", "--data", str(image_folder), "--size", "32", "--ratios", "0,0.2")
     assert "lrp" in out and "random" in out and "weight" in out and "MMACs" in out
+
+
+def test_a_protopnet_trained_explained_and_reported_from_python(image_folder, tmp_path) -> None:
+    out = _run("protopnet_from_python.py", "--data", str(image_folder), "--out", str(tmp_path / "run"),
+               "--size", "32", "--set", "protopnet.prototypes_per_class=2",
+               "--set", "protopnet.prototype_dim=16", "--set", "protopnet.warm_epochs=1",
+               "--set", "protopnet.joint_epochs=1", "--set", "protopnet.push_start=0",
+               "--set", "protopnet.last_layer_iterations=2", "--set", "train.progress=false",
+               "--set", "data.batch_size=8", "--set", "model.small_input=true")  # fmt: skip
+    assert "test balanced accuracy" in out and "predicted" in out
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
+    assert any((tmp_path / "run" / "mine").glob("*.png"))

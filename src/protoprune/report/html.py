@@ -320,8 +320,10 @@ def build_report(
     hires: bool = True,
     device: str = "auto",
     progress: bool | None = None,
+    quality_images: int = 3,
 ) -> Path:
-    """Write the report of run folder `run` into `out` (default RUN/report); returns index.html."""
+    """Write the report of run folder `run` into `out` (default RUN/report); returns index.html.
+    `quality_images`: nearest test images per prototype for the explanation metrics."""
     from .. import __version__
     from ..train.checkpoint import load_checkpoint
 
@@ -370,6 +372,7 @@ def build_report(
         from ..explain.analysis import analyse_checkpoint
 
         index = analyse_checkpoint(ckpt, out_dir / "explain", k=k, samples=samples, hires=hires,
+                                   quality_images=quality_images,
                                    device=device, progress=progress)  # fmt: skip
         pruning_file = run_dir / "prototype_pruning" / "prototype_pruning.json"
         pruning = json.loads(pruning_file.read_text()) if pruning_file.is_file() else None
