@@ -53,7 +53,7 @@ def test_a_protopnet_trained_explained_and_reported_from_python(image_folder, tm
                "--set", "protopnet.prototype_dim=16", "--set", "protopnet.warm_epochs=1",
                "--set", "protopnet.joint_epochs=1", "--set", "protopnet.push_start=0",
                "--set", "protopnet.last_layer_iterations=2", "--set", "train.progress=false",
-               "--set", "data.batch_size=8", "--set", "model.small_input=true")  # fmt: skip
+               "--set", "data.batch_size=8", "--set", "model.small_input=false")  # fmt: skip
     assert "test balanced accuracy" in out and "predicted" in out
     assert (tmp_path / "run" / "report" / "index.html").is_file()
     assert any((tmp_path / "run" / "mine").glob("*.png"))
