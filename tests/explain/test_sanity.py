@@ -58,6 +58,7 @@ def test_maps_that_do_not_depend_on_the_trunk_stay_and_prototype_maps_change() -
     summary = sanity_summary(table)
     assert not summary["sanity_passes_upsample"]  # nothing changed: it "fails", as it should
     assert summary["sanity_prototypes_upsample"] < 0.9
+    assert summary["sanity_prototypes_passes_upsample"] == (summary["sanity_prototypes_upsample"] <= 0.5)
 
 
 def test_randomising_a_real_trunk_changes_the_maps_and_leaves_the_model_alone() -> None:

@@ -12,7 +12,9 @@ prototype models Xu-Darme et al., 2023, who found PRP-like maps of ProtoPNets fa
   vectors of the prototypes' own per-channel mean and std.
 
 A map whose mean rank correlation stays above `SANITY_LIMIT` once the whole latent path is
-random fails: the report and the study say so.
+random fails the cascade; one that stays above it with random prototypes fails the prototype
+check (it shows the image's latent structure more than the prototype it is said to explain).
+The report and the study say which.
 """
 
 from __future__ import annotations
@@ -120,4 +122,5 @@ def sanity_summary(table: pd.DataFrame) -> dict[str, float | bool]:
         out[f"sanity_cascade_{kind}"] = float(last[kind])
         out[f"sanity_prototypes_{kind}"] = float(protos[kind])
         out[f"sanity_passes_{kind}"] = bool(last[kind] <= SANITY_LIMIT)
+        out[f"sanity_prototypes_passes_{kind}"] = bool(protos[kind] <= SANITY_LIMIT)
     return out

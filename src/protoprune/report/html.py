@@ -264,9 +264,12 @@ def _sanity_table(summary: dict[str, Any]) -> str:
         return ""
     rows = []
     for kind, label in (("prp", "PRP"), ("upsample", "upsampled similarity")):
-        passes = summary[f"sanity_passes_{kind}"]
-        verdict = ("changes (passes)" if passes
-                   else '<b class="wrong">stays the same (fails)</b>')  # fmt: skip
+        verdict = "; ".join(
+            f"{check}: changes (passes)" if summary.get(key, True)
+            else f'<b class="wrong">{check}: stays (fails)</b>'
+            for check, key in (("trunk", f"sanity_passes_{kind}"),
+                               ("prototypes", f"sanity_prototypes_passes_{kind}"))
+        )  # fmt: skip
         cascade, protos = summary[f"sanity_cascade_{kind}"], summary[f"sanity_prototypes_{kind}"]
         rows.append(f"<tr><td>{label}</td><td>{_fmt(cascade)}</td><td>{_fmt(protos)}</td>"
                     f"<td>{verdict}</td></tr>")  # fmt: skip
@@ -276,8 +279,10 @@ def _sanity_table(summary: dict[str, Any]) -> str:
             "<p class=muted>Mean Spearman rank correlation of each map with the trained model's "
             "on the same test images, after re-initialising every layer from the add-on down "
             "to the first conv (cascading randomisation, Adebayo et al. 2018), and after "
-            "replacing the prototypes by random vectors. A map still correlated above 0.5 with "
-            "the model destroyed shows the image, not the model.</p>")  # fmt: skip
+            "replacing the prototypes by random vectors (Gaussian, the prototypes' per-channel "
+            "mean and std). A map still correlated above 0.5 with the trunk destroyed shows the "
+            "image, not the model; one above 0.5 with random prototypes shows the image's "
+            "latent structure more than the prototype it is said to explain.</p>")  # fmt: skip
 
 
 def _quality_summary(summary: dict[str, Any]) -> str:

@@ -192,6 +192,8 @@ EXPLANATION_COLUMNS = (
     ("effective field share", "expl_effective_rf_fraction"),
     ("sanity: PRP after randomisation", "expl_sanity_cascade_prp"),
     ("sanity: upsampled after randomisation", "expl_sanity_cascade_upsample"),
+    ("sanity: PRP, random prototypes", "expl_sanity_prototypes_prp"),
+    ("sanity: upsampled, random prototypes", "expl_sanity_prototypes_upsample"),
 )  # fmt: skip
 
 
