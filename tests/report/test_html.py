@@ -25,7 +25,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def protopnet_report(module_tmp) -> Path:
     out = module_tmp / "report"
-    return build_report(trained_run(), out, samples=2, device="cpu", progress=False)
+    return build_report(trained_run(), out, samples=2, device="cpu", progress=False,
+                        quality_images=1)  # the metrics on 1 nearest test image: the same paths
 
 
 @pytest.fixture(scope="module")

@@ -194,8 +194,7 @@ def nearest_test_metrics(
     from .render import image_array
 
     gen = torch.Generator().manual_seed(seed)
-    kinds = ("prp", "upsample", "random")
-    names = [f"{prefix}_{k}" for prefix in DELETION_VARIANTS for k in kinds]
+    names = [f"{prefix}_{k}" for prefix in DELETION_VARIANTS for k in ORDERS]
     acc = PerPrototypeMeans(model.num_prototypes, names)
     for i, protos in _nearest_pairs(nearest_test, images).items():
         x = dataset[i][0][None].to(device)
