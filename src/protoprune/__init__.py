@@ -5,11 +5,21 @@ The library's public names, for models protoprune did not build (see `examples/`
 - filter-pruning criteria as torch-pruning `Importance`s: `LRPImportance`, `WeightImportance`,
   `GradImportance`, `TaylorImportance`, `RandomImportance` (call `prepare(model, batches)` before
   each pruning step), and `CRITERIA`, the registry of their names;
-- `FilterPruner` (iterative pruning to cumulative ratios over torch-pruning's dependency graph)
-  and `oneshot_curve` (score once, prune copies to each ratio, evaluate);
+- `FilterPruner` (iterative pruning to cumulative ratios over torch-pruning's dependency graph),
+  `oneshot_curve` (score once, prune copies to each ratio, evaluate) and `paired_comparison`
+  (a criterion minus the random control per ratio, with a 95 % interval over seeds or draws);
 - `lrp_batch` (the LRP relevance of a batch at any layers' outputs) and `require_explainable`.
 
 They are imported on first use, so `import protoprune` and the command line stay fast.
+
+The pipeline the command line runs is a set of functions too: `protoprune.config.load_config`
+(a run's settings from YAML and overrides), `protoprune.train.run.run_training` (a baseline or a
+ProtoPNet with its push and last-layer stage), `protoprune.explain.analysis.explain_files` (an
+explanation of any image), `protoprune.report.html.build_report` (the HTML report, with the
+explanation metrics of `protoprune.explain.localisation` and `protoprune.explain.sanity`),
+`protoprune.prune.filters.prune_filters` (the iterative schedule with fine-tuning),
+`protoprune.prune.curve.pruning_curve`, `protoprune.prune.compare` (tables over runs),
+`protoprune.prune.prototypes.prune_prototypes` and `protoprune.demo.run_demo`.
 """
 
 from importlib import import_module
@@ -26,6 +36,7 @@ _PUBLIC = {
     "CRITERIA": "prune.importance",
     "FilterPruner": "prune.structural",
     "oneshot_curve": "prune.oneshot",
+    "paired_comparison": "prune.oneshot",
     "lrp_batch": "prune.relevance",
     "require_explainable": "lrp.composites",
 }

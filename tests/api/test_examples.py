@@ -45,6 +45,7 @@ def test_prune_a_torchvision_model_by_lrp_with_torch_prunings_pruner(image_folde
 def test_a_pruning_curve_of_a_user_model(image_folder) -> None:
     out = _run("pruning_curve.py", "--data", str(image_folder), "--size", "32", "--ratios", "0,0.2")
     assert "lrp" in out and "random" in out and "weight" in out and "MMACs" in out
+    assert "LRP - random" in out and "ci_low" in out  # the paired comparison over 3 draws
 
 
 def test_a_protopnet_trained_explained_and_reported_from_python(image_folder, tmp_path) -> None:

@@ -104,3 +104,24 @@ def test_lrp_conserves_relevance_through_torchvision_architectures_or_names_the_
     share = (r.input_relevance.sum((1, 2, 3)) / start).numpy()
     low, high = expected
     assert np.isfinite(share).all() and (low <= share).all() and (share <= high).all(), share
+
+
+def test_paired_comparison_matches_scipy_on_a_hand_built_curve() -> None:
+    import pandas as pd
+    from scipy import stats
+
+    from protoprune import paired_comparison
+
+    lrp = {0: [0.50, 0.40], 1: [0.52, 0.43], 2: [0.49, 0.38]}  # run -> metric at ratios 0.1, 0.2
+    rnd = {0: [0.45, 0.30], 1: [0.50, 0.35], 2: [0.41, 0.33]}
+    rows = [{"run": r, "criterion": c, "ratio": ratio, "metric": v[r][i]}
+            for c, v in (("lrp", lrp), ("random", rnd)) for r in v
+            for i, ratio in enumerate((0.1, 0.2))]  # fmt: skip
+    table = paired_comparison(pd.DataFrame(rows), "lrp", "random").set_index("ratio")
+    for i, ratio in enumerate((0.1, 0.2)):
+        d = [lrp[r][i] - rnd[r][i] for r in lrp]
+        low, high = stats.t.interval(0.95, len(d) - 1, loc=sum(d) / 3, scale=stats.sem(d))
+        assert table.loc[ratio, "mean"] == pytest.approx(sum(d) / 3)
+        assert (table.loc[ratio, "ci_low"], table.loc[ratio, "ci_high"]) == pytest.approx((low, high))
+    with pytest.raises(ValueError, match="no 'run' column"):
+        paired_comparison(pd.DataFrame(rows).drop(columns="run"))

@@ -304,6 +304,8 @@ class RandomImportance(FilterImportance):
 
 
 CRITERIA: Registry[type[FilterImportance]] = Registry("pruning criterion")
+"""The criteria by the names configs and the command line use (`lrp`, `weight`, `grad`,
+`taylor`, `random`): `CRITERIA.get("lrp")` is `LRPImportance`."""
 CRITERIA.register("lrp", LRPImportance)
 CRITERIA.register("weight", WeightImportance)
 CRITERIA.register("grad", GradImportance)

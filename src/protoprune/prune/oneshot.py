@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..metrics import paired_t_interval
 from .importance import FilterImportance
 from .relevance import never_pruned
 from .structural import FilterPruner
@@ -56,6 +57,29 @@ def oneshot_curve(
             rows.append({"criterion": name, "ratio": ratio,
                          "filters_removed_ratio": pruner.pruned_filter_fraction(),
                          "macs": int(macs), "params": int(params), **scores})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def paired_comparison(
+    curve: pd.DataFrame, a: str = "lrp", b: str = "random", unit: str = "run", metric: str = "metric"
+) -> pd.DataFrame:
+    """Per ratio, the mean of `metric`(a) - `metric`(b) over paired units with its 95 % t interval.
+
+    `curve`: rows of `oneshot_curve` for several units (models trained with different seeds, or
+    draws of the random control), told apart by the column `unit`; a unit pairs a's row with b's
+    at the same ratio. The interval is over units, so it says how much the difference varies from
+    one unit to the next: over seeds of the model, the result holds for the recipe; over random
+    draws of one model, for that model only. Below 2 units the interval is NaN."""
+    if unit not in curve.columns:
+        raise ValueError(f"the curve has no {unit!r} column: add one per model or draw "
+                         "(e.g. pd.concat([c.assign(run=i) for i, c in enumerate(curves)]))")  # fmt: skip
+    table = curve.pivot_table(index=[unit, "ratio"], columns="criterion", values=metric)
+    missing = {a, b} - set(table.columns)
+    if missing:
+        raise ValueError(f"no rows for criterion {sorted(missing)}; have {sorted(table.columns)}")
+    diff = (table[a] - table[b]).rename("difference").reset_index()
+    rows = [{"ratio": ratio, **paired_t_interval(group["difference"].to_numpy())}
+            for ratio, group in diff.groupby("ratio")]  # fmt: skip
     return pd.DataFrame(rows)
 
 
