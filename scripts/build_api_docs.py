@@ -14,6 +14,7 @@ from pathlib import Path
 PUBLIC_MODULES = [
     "protoprune",  # the criteria, FilterPruner, oneshot_curve, lrp_batch, require_explainable
     "protoprune.config",  # load_config, RunConfig: every run's settings
+    "protoprune.data.export",  # write_image_folder: a user's torch Dataset as files
     "protoprune.train.run",  # run_training, evaluate_checkpoint, push_checkpoint
     "protoprune.explain.analysis",  # explain_files, analyse_checkpoint
     "protoprune.explain.localisation",  # heatmap against a lesion mask, with chance levels

@@ -13,7 +13,8 @@ The library's public names, for models protoprune did not build (see `examples/`
 They are imported on first use, so `import protoprune` and the command line stay fast.
 
 The pipeline the command line runs is a set of functions too: `protoprune.config.load_config`
-(a run's settings from YAML and overrides), `protoprune.train.run.run_training` (a baseline or a
+(a run's settings from YAML and overrides), `protoprune.data.export.write_image_folder` (your
+torch Datasets written once as the image folder a run reads), `protoprune.train.run.run_training` (a baseline or a
 ProtoPNet with its push and last-layer stage), `protoprune.explain.analysis.explain_files` (an
 explanation of any image), `protoprune.report.html.build_report` (the HTML report, with the
 explanation metrics of `protoprune.explain.localisation` and `protoprune.explain.sanity`),

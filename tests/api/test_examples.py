@@ -58,3 +58,16 @@ def test_a_protopnet_trained_explained_and_reported_from_python(image_folder, tm
     assert "test balanced accuracy" in out and "predicted" in out
     assert (tmp_path / "run" / "report" / "index.html").is_file()
     assert any((tmp_path / "run" / "mine").glob("*.png"))
+
+
+def test_a_protopnet_from_a_torch_dataset(tmp_path) -> None:
+    out = _run("protopnet_from_python.py", "--limit", "140", "--out", str(tmp_path / "run"),
+               "--size", "32", "--set", "protopnet.prototypes_per_class=1",
+               "--set", "protopnet.prototype_dim=16", "--set", "protopnet.warm_epochs=1",
+               "--set", "protopnet.joint_epochs=0", "--set", "protopnet.push_start=0",
+               "--set", "protopnet.last_layer_iterations=2", "--set", "train.progress=false",
+               "--set", "data.batch_size=16", "--set", "model.small_input=false")  # fmt: skip
+    images = tmp_path / "run-images"
+    assert sorted(p.name for p in (images / "train").iterdir()) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert len(list(images.rglob("*.png"))) == 3 * 140  # every item of the three Datasets, once
+    assert "test balanced accuracy" in out and (tmp_path / "run" / "report" / "index.html").is_file()
