@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "protoprune.explain.analysis",  # explain_files, analyse_checkpoint
     "protoprune.explain.localisation",  # heatmap against a lesion mask, with chance levels
     "protoprune.explain.sanity",  # randomisation checks of the explanations
+    "protoprune.explain.retention",  # how much of its explanations a pruned ProtoPNet keeps
     "protoprune.report.html",  # build_report
     "protoprune.prune.filters",  # prune_filters: the iterative schedule with fine-tuning
     "protoprune.prune.curve",  # pruning_curve: one-shot cuts of a checkpoint

@@ -181,6 +181,12 @@ class FilterPruningConfig:
     score_batchnorm: str = "eval"  # grad/taylor BatchNorm statistics while scoring: eval | train
     lrp_batchnorm: str = "eval"  # LRP's forward: running statistics | train (the reference's wrapper)
     prune_linear: bool = False  # also score and remove hidden Linear units (the reference: convs only)
+    # a ProtoPNet's explanation retention after each step's repair (explain.retention), on this
+    # many fixed test images (0: not measured); with min_retention, pruning stops before the first
+    # step whose retention_measure falls below it (the step before is the one to keep)
+    retention_images: int = 32
+    min_retention: float | None = None
+    retention_measure: str = "topk_jaccard"
 
 
 @dataclass
@@ -231,6 +237,8 @@ _CHOICES = {
     "prune_filters.score_batchnorm": ("eval", "train"),
     "prune_filters.lrp_batchnorm": ("eval", "train"),
     "prune_filters.schedule": ("reference", "cumulative"),
+    "prune_filters.retention_measure": ("same_source_image", "same_source_cell", "topk_jaccard",
+                                        "same_strongest", "prp_spearman"),  # explain.retention
 }
 
 
@@ -374,6 +382,15 @@ def _validate_filter_pruning(f: FilterPruningConfig) -> None:
         )
     if f.ref_per_class < 1 or f.epochs < 0:
         raise ConfigError("prune_filters.ref_per_class must be >= 1, epochs >= 0", "fix prune_filters")
+    if f.retention_images < 0:
+        raise ConfigError(f"prune_filters.retention_images = {f.retention_images} must be >= 0",
+                          "give a number of test images such as 32, or 0 to skip retention")  # fmt: skip
+    if f.min_retention is not None and not (0 < f.min_retention <= 1 and f.retention_images > 0):
+        raise ConfigError(
+            f"prune_filters.min_retention = {f.min_retention} needs a value in (0, 1] and "
+            f"retention_images > 0 (it is {f.retention_images})",
+            "e.g. --min-retention 0.9, or leave it null to prune every step",
+        )
 
 
 def _validate_prototype_pruning(q: PrototypePruningConfig) -> None:

@@ -94,3 +94,34 @@ def test_repair_epochs_sets_the_protopnets_joint_epochs_a_step(protopnet, tmp_pa
     assert main(["prune-filters", str(protopnet), "--out", str(tmp_path / "bad"),
                  "--set", "prune_filters.repair_epochs=-1"]) == 2  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_unpruned_protopnet_retains_its_own_explanations(protopnet) -> None:
+    from protoprune.explain.retention import RETENTION_MEASURES
+    from protoprune.prune.protopnet_filters import RetentionTracker
+    from protoprune.train.checkpoint import checkpoint_config
+    from protoprune.train.push import push_prototypes
+    from protoprune.train.run import prepare_data
+
+    ckpt = load_checkpoint(protopnet)
+    model = model_from_checkpoint(ckpt).eval()
+    loaders, _ = prepare_data(checkpoint_config(ckpt))
+    tracker = RetentionTracker(model, loaders, 8, 0, torch.device("cpu"), (-3.0, 3.0))
+    again = push_prototypes(model, loaders.push, "cpu", loaders.class_names, progress=False)
+    kept = tracker.measure(model, again.prototypes)
+    assert kept == pytest.approx({f"retention_{m}": 1.0 for m in RETENTION_MEASURES})
+
+
+def test_min_retention_stops_before_the_step_that_falls_below(protopnet, tmp_path) -> None:
+    out = tmp_path / "pf"
+    rc = main(["prune-filters", str(protopnet), "--total-pr", "0.3", "--pr-step", "0.15", "--epochs", "0",
+               "--ref-per-class", "2", "--no-export", "--out", str(out), "--min-retention", "1.0",
+               "--set", "prune_filters.retention_measure=prp_spearman",
+               "--set", "prune_filters.retention_images=4"])  # fmt: skip
+    df = pd.read_csv(out / "results.csv")
+    assert rc == 0 and df["step"].tolist() == [0, 1]  # step 2 never ran
+    assert df["retention_prp_spearman"].iloc[1] < 1.0
+    assert "keep step 0" in df["stopped"].iloc[1]
+    classifier = tmp_path / "no"
+    assert main(["prune-filters", str(protopnet), "--out", str(classifier), "--min-retention", "1.5"]) == 2
+    assert not classifier.exists()

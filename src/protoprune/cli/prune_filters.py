@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of the original filters removed per step (default 0.15)",
     )
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs after each step (default 1)")
+    parser.add_argument("--min-retention", type=float,
+                        help="a ProtoPNet: stop before the first step whose explanation retention "
+                             "(prune_filters.retention_measure, default topk_jaccard) is below this")  # fmt: skip
     parser.add_argument("--finetune-batches", type=int,
                         help="cap each fine-tuning epoch at this many batches (default: whole epochs)")  # fmt: skip
     parser.add_argument(
@@ -143,6 +146,7 @@ def execute(args: argparse.Namespace) -> int:
         "scope": args.scope,
         "ref_per_class": args.ref_per_class,
         "round_to": args.round_to,
+        "min_retention": args.min_retention,
     }
     chosen = [f"prune_filters.{key}={value}" for key, value in options.items() if value is not None]
     cfg = checkpoint_config(ckpt, chosen + args.overrides)
@@ -162,10 +166,15 @@ def execute(args: argparse.Namespace) -> int:
         "macs",
         "params",
         "latency_ms_b1",
+        "retention_topk_jaccard",
+        "retention_same_source_image",
+        "retention_prp_spearman",
     ]
     print(
         df[[c for c in cols if c in df.columns]].to_string(
             index=False, float_format=lambda v: f"{v:.4g}"
         )
     )
+    if "stopped" in df.columns and df["stopped"].notna().any():
+        print(f"stopped: {df['stopped'].dropna().iloc[-1]}")
     return 0

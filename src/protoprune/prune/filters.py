@@ -164,11 +164,14 @@ def run_schedule(
     ignored_layers: Sequence[nn.Module] | None = None,
     round_to: int = 1,
     ratio_unit: str = "filters",
+    stop: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> pd.DataFrame:
     """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step.
 
     `ignored_layers` (default: the classifier head) keep their outputs. `finetune` may return the
-    number of epochs it ran (recorded as `finetune_epochs`) or a mapping of such columns."""
+    number of epochs it ran (recorded as `finetune_epochs`) or a mapping of such columns. `stop`
+    sees each finished step's row; a reason it returns ends the schedule after that step (the
+    row records it as `stopped`: the step before is the model to keep)."""
     model.to(device).eval()
     example = torch.zeros(1, 3, image_size, image_size, device=device)
     unwrapped = unwrapped_parameters(model)
@@ -217,6 +220,9 @@ def run_schedule(
             )
         row.update(measure_model(model, image_size, latency=latency))
         row.update({"score_seconds": score_seconds, "finetune_seconds": time.perf_counter() - t0})
+        reason = stop(row) if stop is not None else None
+        if reason:
+            row["stopped"] = reason
         rows.append(row)
         df = pd.DataFrame(rows)
         log.info(
@@ -229,6 +235,9 @@ def run_schedule(
         )
         if on_step:
             on_step(k, model, df)
+        if reason:
+            log.info("stopped after step %d: %s", k, reason)
+            break
     return df
 
 
@@ -259,7 +268,7 @@ def prune_filters(
     from ..train.evaluate import evaluate_model
     from ..train.loop import fit
     from ..train.run import prepare_data
-    from .protopnet_filters import protopnet_ignored_layers, protopnet_repair
+    from .protopnet_filters import RetentionTracker, protopnet_ignored_layers, protopnet_repair
 
     ckpt = load_checkpoint(checkpoint_path)
     cfg = cfg or checkpoint_config(ckpt)
@@ -271,6 +280,10 @@ def prune_filters(
         )
     proto = cfg.model.type == "protopnet"
     pf = cfg.prune_filters
+    if pf.min_retention is not None and not proto:
+        raise ConfigError("prune_filters.min_retention needs a ProtoPNet checkpoint: a classifier "
+                          "has no prototypes whose explanations could be retained",
+                          "leave min_retention unset for a classifier")  # fmt: skip
     device = distributed.resolve_device(cfg.train.device)  # joins torchrun's group if launched by it
     main = distributed.is_main()  # under torchrun rank 0 writes; all ranks fine-tune together
     model = model_from_checkpoint(ckpt).to(device)
@@ -309,11 +322,16 @@ def prune_filters(
         tune_cfg.train.lr = pf.finetune_lr
 
     repair_epochs = pf.epochs if pf.repair_epochs is None else pf.repair_epochs
+    tracker = None  # the unpruned ProtoPNet's explanations, to measure each step's retention
+    if proto and pf.retention_images > 0:
+        tracker = RetentionTracker(model, loaders, pf.retention_images, cfg.seed, device,
+                                   input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
 
     def finetune(m: nn.Module) -> int | dict[str, Any]:
         if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
-            protopnet_repair(m, tune, cfg, repair_epochs, device)
-            return repair_epochs
+            pushed = protopnet_repair(m, tune, cfg, repair_epochs, device)
+            kept = tracker.measure(m, pushed["prototypes"]) if tracker is not None else {}
+            return {"finetune_epochs": repair_epochs, **kept}
         out = fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device,
                   patience=pf.patience)  # fmt: skip
         end = plateau([h.get(f"val_{tune_cfg.train.select_metric}") for h in out["history"]])
@@ -354,7 +372,24 @@ def prune_filters(
         ignored,
         pf.round_to,
         pf.ratio_unit,
+        retention_stop(pf.min_retention, pf.retention_measure) if proto else None,
     )
+
+
+def retention_stop(minimum: float | None, measure: str) -> Callable[[dict[str, Any]], str | None] | None:
+    """The stopping rule of `prune_filters.min_retention`: a reason once a step's retention
+    falls below `minimum` (None: never)."""
+    if minimum is None:
+        return None
+
+    def stop(row: dict[str, Any]) -> str | None:
+        value = row.get(f"retention_{measure}")
+        if value is not None and value < minimum:
+            return (f"retention {measure} {value:.3f} < {minimum}: keep step {row['step'] - 1} "
+                    f"(models/step_{row['step'] - 1:02d}.pt; step 0 is the input checkpoint)")  # fmt: skip
+        return None
+
+    return stop
 
 
 def schedule_units(model: nn.Module, ignored: Sequence[nn.Module], unit: str, image_size: int) -> int:

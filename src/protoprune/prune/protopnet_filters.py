@@ -34,10 +34,37 @@ def protopnet_ignored_layers(model: ProtoPNet) -> list[nn.Module]:
     return [*model.add_on_layers.modules(), model.last_layer]
 
 
+class RetentionTracker:
+    """The unpruned ProtoPNet's explanations on fixed test images, and each repaired step's
+    retention of them (`explain.retention`): the sources come from the pushes, so the unpruned
+    model is re-pushed once (on a copy: its prototypes are already patches, so it stays as it is)."""
+
+    def __init__(self, model: ProtoPNet, loaders: Any, images: int, seed: int, device: torch.device,
+                 bounds: tuple[float, float]):  # fmt: skip
+        import copy
+
+        from ..explain.retention import fixed_images, snapshot
+        from ..train.push import push_prototypes
+
+        self.x = fixed_images(loaders.test.dataset, images, seed).to(device)
+        self.bounds = bounds
+        pushed = push_prototypes(copy.deepcopy(model), loaders.push, device, loaders.class_names,
+                                 progress=False)  # fmt: skip
+        self.base = snapshot(model, pushed.prototypes, self.x, bounds=bounds)
+
+    def measure(self, model: ProtoPNet, records: list[dict[str, Any]]) -> dict[str, float]:
+        """`retention_<measure>` columns of a repaired step."""
+        from ..explain.retention import retention, snapshot
+
+        now = snapshot(model, records, self.x, self.base.heat_prototype, bounds=self.bounds)
+        return {f"retention_{k}": v for k, v in retention(self.base, now).items()}
+
+
 def protopnet_repair(
     model: ProtoPNet, loaders: Any, cfg: RunConfig, epochs: int, device: torch.device
 ) -> dict[str, Any]:
-    """Joint epochs, push and last-layer stage on a (pruned) ProtoPNet; returns the push summary.
+    """Joint epochs, push and last-layer stage on a (pruned) ProtoPNet; returns the push summary
+    with its per-prototype records (`prototypes`: each source image and latent cell).
 
     Fresh optimisers each call: the pruned parameters are new tensors.
     """
@@ -66,4 +93,4 @@ def protopnet_repair(
                      p.last_layer_iterations, progress)  # fmt: skip
     model.eval()
     log.info("repair push: push-set accuracy %.4f -> %.4f", result.accuracy_before, result.accuracy_after)
-    return result.summary()
+    return {**result.summary(), "prototypes": result.prototypes}

@@ -138,6 +138,8 @@ ADDED_LATER = {
     ("prune_filters", "lrp_batchnorm"): "eval",
     ("prune_filters", "schedule"): "cumulative",
     ("prune_filters", "prune_linear"): True,
+    ("prune_filters", "min_retention"): None,
+    ("prune_filters", "retention_measure"): "topk_jaccard",
 }
 # the random control draws one score per group channel since this marker (before: one per layer,
 # summed over each group, which favoured the blocks' first convs): its units rerun
@@ -161,8 +163,9 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
     d = {k: v for k, v in cfg.to_dict().items() if k == "seed" or k in SECTIONS[unit.kind]}
     for section, key in (("data", "split_file"), ("data", "num_workers"), ("data", "cache"),
                          ("data", "cache_dir"), ("data", "masks"), ("train", "progress"),
-                         ("train", "threads")):  # fmt: skip
-        d[section].pop(key, None)
+                         ("train", "threads"),
+                         ("prune_filters", "retention_images")):  # fmt: skip  (measured, not trained)
+        d.get(section, {}).pop(key, None)
     for (section, key), old_behaviour in ADDED_LATER.items():
         if section in d and d[section].get(key) == old_behaviour:
             del d[section][key]
