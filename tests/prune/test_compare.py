@@ -105,3 +105,23 @@ def test_rounds_flat_at_the_end_are_counted_where_recorded(tmp_path):
     table = (tmp_path / "out" / "schedules.md").read_text().split("## Paired")[0]
     assert "| 4 of 6 |" in table.split("| lrp |")[1].split("\n")[0]  # 1 + 2 + 1 flat rounds
     assert "n/a" in table.split("| weight |")[1].split("\n")[0]
+
+
+def test_retention_is_compared_at_equal_macs_from_the_unpruned_models_one(tmp_path):
+    """ProtoPNet runs: step 0's retention is 1 (the model itself); the summary of the retention
+    column interpolates it at equal MACs like accuracy (hand count), and the plot gets its panel."""
+    retained = {"lrp": [np.nan, 0.9, 0.7], "weight": [np.nan, 0.6, 0.4]}
+    dirs = []
+    for (method, seed), v in RUNS.items():
+        rd = _write(tmp_path, method, seed, *v)
+        df = pd.read_csv(rd / "results.csv").assign(retention_topk_jaccard=retained[method])
+        df.to_csv(rd / "results.csv", index=False)
+        dirs.append(rd)
+    finals = summarize_schedules(dirs, tmp_path / "out", "retention_topk_jaccard").set_index("run")
+    assert finals.loc["s0-lrp", "at_common_macs"] == pytest.approx(0.8)  # halfway 80 -> 60 MACs
+    # weight seed 1 at 70 MACs: between 85 (0.6) and 66 (0.4)
+    assert finals.loc["s1-weight", "at_common_macs"] == pytest.approx(0.6 - 0.2 * 15 / 19)
+    steps = pd.read_csv(tmp_path / "out" / "schedules.csv")
+    assert (steps.loc[steps["step"] == 0, "retention_topk_jaccard"] == 1.0).all()
+    summarize_schedules(dirs, tmp_path / "acc")  # accuracy, with the retention panel beside it
+    assert (tmp_path / "acc" / "schedules.png").stat().st_size > 0

@@ -25,6 +25,7 @@ from ..metrics import mean_std, paired_t_interval
 from ..train.convergence import RULE
 
 METRIC = "test_balanced_accuracy"
+RETENTION_PANEL = "retention_topk_jaccard"  # a ProtoPNet's runs: the third panel (explain.retention)
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +59,8 @@ def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     for col in ("finetune_epochs", "finetune_seconds", "finetune_flat"):
         if col not in df.columns:
             df[col] = np.nan
+    for col in (c for c in df.columns if c.startswith("retention_")):  # a ProtoPNet's retention:
+        df.loc[df["step"] == 0, col] = 1.0  # step 0 is the unpruned model itself (1 by definition)
     dup = df[df["step"] == 0].duplicated(["method", "normalize", "checkpoint"])
     if dup.any():
         raise ConfigError("two runs have the same criterion and baseline checkpoint",
@@ -141,7 +144,8 @@ def plot_schedules(df: pd.DataFrame, path: Path, metric: str = METRIC) -> Path:
     from ..figures import CRITERION_COLOURS
     from ..io import atomic_save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    kept = RETENTION_PANEL if RETENTION_PANEL in df.columns and metric != RETENTION_PANEL else None
+    fig, axes = plt.subplots(1, 3 if kept else 2, figsize=(16 if kept else 11, 4))
     for (m, n), g in df.groupby(["method", "normalize"], sort=False):
         g = g.assign(yp=g[f"{metric}_pruned"] if f"{metric}_pruned" in g else np.nan)
         s = g.groupby("step").agg(x=("pruned_ratio", "mean"), macs=("macs", "mean"), y=(metric, "mean"),
@@ -153,12 +157,21 @@ def plot_schedules(df: pd.DataFrame, path: Path, metric: str = METRIC) -> Path:
             ax.fill_between(x, s["y"] - s["sd"].fillna(0), s["y"] + s["sd"].fillna(0), color=colour, alpha=0.15)
             if s["yp"].notna().any():
                 ax.plot(x, s["yp"], ls="--", marker="x", ms=3, color=colour, alpha=0.6)
+        if kept:  # the explanations kept, against the compute left
+            r = g.groupby("step").agg(macs=("macs", "mean"), y=(kept, "mean"), sd=(kept, "std"))
+            axes[2].plot(r["macs"] / 1e6, r["y"], marker="o", ms=3, color=colour, label=label)
+            axes[2].fill_between(r["macs"] / 1e6, r["y"] - r["sd"].fillna(0), r["y"] + r["sd"].fillna(0),
+                                 color=colour, alpha=0.15)  # fmt: skip
     axes[0].set_xlabel("fraction of filters removed")
-    axes[1].set_xlabel("MMACs per image")
-    axes[1].invert_xaxis()
+    for ax in axes[1:]:
+        ax.set_xlabel("MMACs per image")
+        ax.invert_xaxis()
     for ax in axes:
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
+    if kept:
+        axes[2].set_ylabel("explanation retention: top-3 evidence Jaccard")
+        axes[2].set_ylim(0, 1.02)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Iterative filter pruning over {df['checkpoint'].nunique()} seeds: after each step's "
                  "fine-tuning (solid, band = std) and right after the cut (dashed)", fontsize=9)  # fmt: skip
