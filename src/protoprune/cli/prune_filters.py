@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import _CHOICES  # the one list of each setting's values
 from ..errors import ConfigError
 from .common import require_at_least
 
@@ -21,14 +22,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         help="baseline checkpoint .pt (or its run folder) from `protoprune train`",
     )
+    _add_schedule_arguments(parser)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the checkpoint's config, e.g. --set data.root=PATH (repeatable)",
+    )
+    parser.add_argument(
+        "--out", help="run folder (default: <output_dir>/<name>-prune-<method>-<scope>)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in an existing --out (the old one is kept as .old-N)",
+    )
+    parser.add_argument(
+        "--no-export", action="store_true", help="do not save each step's model (.pt + .onnx)"
+    )
+    _add_comparison_arguments(parser)
+
+
+def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prune_filters settings the command line sets directly (the rest: --set)."""
     parser.add_argument(
         "--method",
-        choices=["lrp", "weight", "grad", "taylor", "random"],
+        choices=_CHOICES["prune_filters.method"],
         help="pruning criterion (default: lrp; random: the control)",
     )
     parser.add_argument(
         "--normalize",
-        choices=["none", "sum", "l2", "reference"],
+        choices=_CHOICES["prune_filters.normalize"],
         help="per-layer score normalisation (default none, as the reference; reference = its --norm)",
     )
     parser.add_argument(
@@ -55,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap each fine-tuning epoch at this many batches (default: whole epochs)")  # fmt: skip
     parser.add_argument(
         "--scope",
-        choices=["global", "layer"],
+        choices=_CHOICES["prune_filters.scope"],
         help="one ranking over all layers (default) or per layer",
     )
     parser.add_argument(
@@ -66,25 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ref-per-class", type=int, help="reference images per class for the scores (default 10)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the checkpoint's config, e.g. --set data.root=PATH (repeatable)",
-    )
-    parser.add_argument(
-        "--out", help="run folder (default: <output_dir>/<name>-prune-<method>-<scope>)"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start over in an existing --out (the old one is kept as .old-N)",
-    )
-    parser.add_argument(
-        "--no-export", action="store_true", help="do not save each step's model (.pt + .onnx)"
-    )
+
+
+def _add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
+    """Instead of pruning: plot or compare finished runs."""
     parser.add_argument(
         "--plot",
         nargs="+",

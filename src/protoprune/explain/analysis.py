@@ -108,10 +108,8 @@ def analyse_checkpoint(
         require_protopnet,
         require_same_classes,
     )
-    from ..train.evaluate import predict
     from ..train.run import prepare_data
     from .lesion import mask_folder
-    from .metrics import explanation_metrics, model_summary
 
     masks = mask_folder(masks)  # checked before any long work
     require_top(top)
@@ -133,71 +131,65 @@ def analyse_checkpoint(
     proto_classes = [class_names[int(c)] for c in model.prototype_classes.cpu()]
     gallery = _save_gallery(sources, proto_classes, out / "gallery")
 
-    y, probs = predict(model, loaders.test, dev)
-    pred = probs.argmax(1)
-    local = []
-    for n, i in enumerate(choose_samples(y, pred, class_names, samples)):
-        expl = explain_image(
-            model, test_ds.load_image(i), class_names, image_size=cfg.data.image_size,
-            mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
-            label=int(y[i]), image_id=test_ds.image_ids[i], heatmap=heatmap,
-        )  # fmt: skip
-        files = save_explanation(
-            expl, sources, out / "local", f"sample_{n:02d}_{test_ds.image_ids[i]}"
-        )
-        local.append(
-            {
-                **files,
-                **{
-                    k_: expl.record[k_]
-                    for k_ in ("image_id", "label", "predicted_class", "correct")
-                },
-            }
-        )
-
+    local = _local_samples(model, loaders, cfg, sources, out / "local", samples, top, hires, dev, heatmap)
     glob = global_analysis(
         model, {"train": (loaders.push, train_ds), "test": (loaders.test, test_ds)}, class_names,
         out / "global", k, dev, sources, {"train": nearest_train}, progress,
     )  # fmt: skip
     loc, fields = field_summary(model, nearest_train, test_ds, dev)
+    quality, qfiles, summary = _quality(model, loaders, cfg, nearest_train, glob["nearest"]["test"],
+                                        sources, out / "quality", dev, masks, quality_images, fields)  # fmt: skip
+    atomic_write_json(out / "quality" / "summary.json", summary)
+    index = {"checkpoint": ckpt.get("path"), "k": k, "hires": hires, "heatmap": heatmap,
+             "localisation": loc, "prototypes": model.num_prototypes,
+             "gallery": gallery.to_dict(orient="records"), "local": local, "global": glob["files"],
+             "quality": {**qfiles,
+                         "background_prototypes": quality.loc[quality["background"], "prototype"].tolist(),
+                         "mean_purity": float(quality["purity"].mean()), "summary": summary}}  # fmt: skip
+    atomic_write_json(out / "explanations.json", index)
+    log.info("explanations of %d prototypes and %d test images -> %s", model.num_prototypes, len(local), out)
+    return index
+
+
+def _local_samples(model, loaders, cfg: RunConfig, sources, out: Path, samples: int, top: int,
+                   hires: bool, dev, heatmap: str) -> list[dict[str, Any]]:  # fmt: skip
+    """Local explanations of `samples` test images (`choose_samples`), saved under `out`."""
+    from ..train.evaluate import predict
+
+    test_ds, class_names = loaders.test.dataset, loaders.class_names
+    y, probs = predict(model, loaders.test, dev)
+    local = []
+    for n, i in enumerate(choose_samples(y, probs.argmax(1), class_names, samples)):
+        expl = explain_image(
+            model, test_ds.load_image(i), class_names, image_size=cfg.data.image_size,
+            mean=cfg.data.mean, std=cfg.data.std, top=top, hires=hires, device=dev,
+            label=int(y[i]), image_id=test_ds.image_ids[i], heatmap=heatmap,
+        )  # fmt: skip
+        files = save_explanation(expl, sources, out, f"sample_{n:02d}_{test_ds.image_ids[i]}")
+        local.append({**files, **{k_: expl.record[k_] for k_ in ("image_id", "label", "predicted_class", "correct")}})
+    return local
+
+
+def _quality(model, loaders, cfg: RunConfig, nearest_train, nearest_test, sources, out: Path, dev,
+             masks, quality_images: int, fields: dict[str, Any]):  # fmt: skip
+    """The per-prototype quality table with the explanation metrics and the sanity checks
+    (written under `out`); returns (table, files, per-model summary with the `fields`)."""
+    from .metrics import explanation_metrics, model_summary
+
+    train_ds, test_ds, class_names = loaders.push.dataset, loaders.test.dataset, loaders.class_names
     counts = top_match_counts(model, loaders.test, dev)
     quality = prototype_quality(model, nearest_train, sources, counts, class_names)
     bounds = input_bounds(cfg.data.mean, cfg.data.std)
-    metrics = explanation_metrics(model, glob["nearest"]["test"], sources, train_ds, loaders.test,
+    metrics = explanation_metrics(model, nearest_test, sources, train_ds, loaders.test,
                                   test_ds, dev, masks, quality_images, bounds)  # fmt: skip
     quality = quality.merge(metrics, on="prototype")
     quality["rf_fraction"] = sources.rf_fraction
-    qfiles = write_quality(quality, class_names, out / "quality")
-    sanity = sanity_checks(model, test_ds, choose_pairs(glob["nearest"]["test"]), dev, bounds)
-    atomic_write_text(out / "quality" / "sanity.csv", sanity.to_csv(index=False))
+    qfiles = write_quality(quality, class_names, out)
+    sanity = sanity_checks(model, test_ds, choose_pairs(nearest_test), dev, bounds)
+    atomic_write_text(out / "sanity.csv", sanity.to_csv(index=False))
     summary = {**model_summary(quality), **fields, **sanity_summary(sanity),
                "lesion_masks": "folder" if masks else "proxy"}  # fmt: skip
-    atomic_write_json(out / "quality" / "summary.json", summary)
-    index = {
-        "checkpoint": ckpt.get("path"),
-        "k": k,
-        "hires": hires,
-        "heatmap": heatmap,
-        "localisation": loc,
-        "prototypes": model.num_prototypes,
-        "gallery": gallery.to_dict(orient="records"),
-        "local": local,
-        "global": glob["files"],
-        "quality": {
-            **qfiles,
-            "background_prototypes": quality.loc[quality["background"], "prototype"].tolist(),
-            "mean_purity": float(quality["purity"].mean()),
-            "summary": summary,
-        },
-    }
-    atomic_write_json(out / "explanations.json", index)
-    log.info(
-        "explanations of %d prototypes and %d test images -> %s",
-        model.num_prototypes,
-        len(local),
-        out,
-    )
-    return index
+    return quality, qfiles, summary
 
 
 ERF_IMAGES = 16  # test images whose input gradients give the effective receptive field

@@ -156,7 +156,6 @@ def explain_image(
 
     if heatmap not in HEATMAPS:
         raise ConfigError(f"unknown heatmap {heatmap!r}", f"use one of {', '.join(HEATMAPS)}")
-
     if isinstance(image, (str, Path)):
         image_id = image_id or Path(image).name
         image = open_rgb(image)
@@ -164,12 +163,8 @@ def explain_image(
     members = [model] if isinstance(model, ProtoPNet) else list(model)
     device = torch.device(device)
     x = build_transform(image_size, mean, std, train=False)(image)[None].to(device)
-    outs, sims = [], []
-    for m in members:
-        m.eval()
-        out = m.forward_details(x)
-        outs.append(out)
-        sims.append(m.distance_to_similarity(out.min_distances)[0])
+    outs = [m.eval().forward_details(x) for m in members]
+    sims = [m.distance_to_similarity(out.min_distances)[0] for m, out in zip(members, outs)]
     logits = torch.stack([o.logits[0].float() for o in outs]).sum(0)
     probs = torch.softmax(logits, 0)
     pred = int(logits.argmax())
@@ -182,50 +177,15 @@ def explain_image(
 
     drawing = image_array(image, None if hires else (image_size, image_size))
     size = drawing.shape[:2]
-    maps = torch.stack(
-        [
-            members[int(member_of[r])].distance_to_similarity(
-                outs[int(member_of[r])].distances[0, int(proto_of[r])]
-            )
-            for r in order
-        ]
-    ).cpu()
+    maps = torch.stack([members[int(member_of[r])].distance_to_similarity(
+        outs[int(member_of[r])].distances[0, int(proto_of[r])]) for r in order]).cpu()  # fmt: skip
     boxes, up = similarity_boxes(maps, size)
     input_hw = (image_size, image_size)
-    fields = [receptive_field_or_none(m) for m in members]
     prp = None
     if heatmap != "upsample":
         prp = _prp_maps(members, x, member_of, proto_of, order, size, input_bounds(mean, std))
-    listed = []
-    for rank, r in enumerate(order):
-        mi, j = int(member_of[r]), int(proto_of[r])
-        cls = int(members[mi].prototype_classes[j])
-        field_ = {"rf_box": None, "rf_box_input": None, "rf_fraction": None}
-        if fields[mi] is not None:
-            h, w = divmod(int(outs[mi].distances[0, j].flatten().argmin()), maps.shape[-1])
-            box = fields[mi].box(h, w, input_hw, members[mi].prototype_size)
-            field_ = {"rf_box": scaled_box(box, input_hw, size), "rf_box_input": box,
-                      "rf_fraction": fields[mi].fraction(h, w, input_hw, members[mi].prototype_size)}  # fmt: skip
-        listed.append(
-            {
-                **field_,
-                "rank": rank + 1,
-                "member": mi,
-                "prototype": j,
-                "prototype_class": class_names[cls],
-                "similarity": float(sim_all[r]),
-                "weight": float(weights[r]),
-                "contribution": float(contrib[r]),
-                "box": boxes[rank].tolist(),
-                "box_input": scaled_box(boxes[rank], size, (image_size, image_size)),
-            }
-        )
-    per_class = {
-        name: float(
-            (sim_all * torch.cat([m.last_layer.weight[c].float().cpu() for m in members])).sum()
-        )
-        for c, name in enumerate(class_names)
-    }
+    listed = _listed(order, members, outs, member_of, proto_of, sim_all, weights, boxes, size,
+                     input_hw, class_names)  # fmt: skip
     record = {
         "image_id": image_id,
         "label": None if label is None else class_names[label],
@@ -235,18 +195,64 @@ def explain_image(
         "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
         "logits": {name: float(v) for name, v in zip(class_names, logits)},
         "contributions_sum": float(contrib.sum()),
-        "class_evidence": per_class,
+        "class_evidence": _class_evidence(members, sim_all, class_names),
         "members": len(members),
         "drawing_size": list(size),
         "hires": hires,
         "heatmap": heatmap,
         "localisation": localisation(
-            fields[0], tuple(outs[0].distances.shape[-2:]), input_hw, members[0].prototype_size,
+            receptive_field_or_none(members[0]), tuple(outs[0].distances.shape[-2:]), input_hw, members[0].prototype_size,
             latent_effective_field(members[0], x),
         ),
         "top_prototypes": listed,
     }
     return Explanation(record, drawing, up, prp)
+
+
+def _listed(order, members, outs, member_of, proto_of, sim_all, weights, boxes, size, input_hw,
+            class_names) -> list[dict[str, Any]]:  # fmt: skip
+    """One record per listed prototype (`order`: indices into the members' flattened prototypes):
+    its similarity, weight, contribution, boxes and the receptive field of its best match."""
+    fields = [receptive_field_or_none(m) for m in members]
+    listed = []
+    for rank, r in enumerate(order):
+        mi, j = int(member_of[r]), int(proto_of[r])
+        cls = int(members[mi].prototype_classes[j])
+        field_ = _matched_field(fields[mi], outs[mi].distances[0, j], members[mi].prototype_size,
+                                input_hw, size)  # fmt: skip
+        listed.append(
+            {
+                **field_,
+                "rank": rank + 1,
+                "member": mi,
+                "prototype": j,
+                "prototype_class": class_names[cls],
+                "similarity": float(sim_all[r]),
+                "weight": float(weights[r]),
+                "contribution": float(sim_all[r] * weights[r]),
+                "box": boxes[rank].tolist(),
+                "box_input": scaled_box(boxes[rank], size, input_hw),
+            }
+        )
+    return listed
+
+
+def _class_evidence(members, sim_all: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
+    """Per class, the sum of similarity x last-layer weight over every prototype (its logit)."""
+    return {
+        name: float((sim_all * torch.cat([m.last_layer.weight[c].float().cpu() for m in members])).sum())
+        for c, name in enumerate(class_names)
+    }
+
+
+def _matched_field(field, distances: torch.Tensor, prototype_size, input_hw, size) -> dict[str, Any]:
+    """The receptive field of a prototype's best-matching latent patch (None without one)."""
+    if field is None:
+        return {"rf_box": None, "rf_box_input": None, "rf_fraction": None}
+    h, w = divmod(int(distances.flatten().argmin()), distances.shape[-1])
+    box = field.box(h, w, input_hw, prototype_size)
+    return {"rf_box": scaled_box(box, input_hw, size), "rf_box_input": box,
+            "rf_fraction": field.fraction(h, w, input_hw, prototype_size)}  # fmt: skip
 
 
 def _prp_maps(members, x, member_of, proto_of, order, size, bounds) -> torch.Tensor:

@@ -147,6 +147,29 @@ def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]] | N
     return [(model.prototype_vectors, 1)] if isinstance(model, ProtoPNet) else None
 
 
+def _removed(pruner: FilterPruner) -> dict[str, Any]:
+    """How much of the network `pruner` has removed so far."""
+    return {
+        "pruned_ratio": pruner.pruned_fraction(),
+        "filters_removed_ratio": pruner.pruned_filter_fraction(),
+        "channels_removed_ratio": pruner.pruned_channel_fraction(),
+        "filters": pruner.filters(),
+        "channels": pruner.channels(),
+    }
+
+
+def _finetuned(finetune: Callable | None, model: nn.Module, row: dict[str, Any],
+               evaluate: Callable[[], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """A step's columns after its repair: what `finetune` reports (an epoch count, or columns such
+    as how its validation curve ended) and the metrics after it; without `finetune`, the metrics
+    right after the cut are the step's."""
+    if finetune is None:
+        return {key.replace("_pruned", ""): v for key, v in row.items() if key.endswith("_pruned")}
+    ran = finetune(model)
+    out = dict(ran) if isinstance(ran, dict) else {"finetune_epochs": ran} if isinstance(ran, int) else {}
+    return {**out, **evaluate()}
+
+
 def run_schedule(
     model: nn.Module,
     importance: FilterImportance,
@@ -179,16 +202,7 @@ def run_schedule(
                           ignored_layers=ignored_layers, unwrapped_parameters=unwrapped,
                           round_to=round_to, ratio_unit=ratio_unit)  # fmt: skip
 
-    def removed() -> dict[str, Any]:
-        return {
-            "pruned_ratio": pruner.pruned_fraction(),
-            "filters_removed_ratio": pruner.pruned_filter_fraction(),
-            "channels_removed_ratio": pruner.pruned_channel_fraction(),
-            "filters": pruner.filters(),
-            "channels": pruner.channels(),
-        }
-
-    base = {"step": 0, "target_ratio": 0.0, **removed()}
+    base = {"step": 0, "target_ratio": 0.0, **_removed(pruner)}
     base.update(_metrics(evaluate, model, loaders, device, "_pruned"))
     base.update({k.replace("_pruned", ""): v for k, v in base.items() if k.endswith("_pruned")})
     base.update(measure_model(model, image_size, latency=latency))
@@ -204,20 +218,10 @@ def run_schedule(
         importance.prepare(model, reference, progress=progress)  # on the CURRENT model
         score_seconds = time.perf_counter() - t0
         pruner.step()
-        row: dict[str, Any] = {"step": k, "target_ratio": ratio, **removed()}
+        row: dict[str, Any] = {"step": k, "target_ratio": ratio, **_removed(pruner)}
         row.update(_metrics(evaluate, model, loaders, device, "_pruned"))
         t0 = time.perf_counter()
-        if finetune is not None:
-            ran = finetune(model)
-            if isinstance(ran, dict):  # how its validation curve ended (train.convergence)
-                row.update(ran)
-            elif isinstance(ran, int):
-                row["finetune_epochs"] = ran
-            row.update(_metrics(evaluate, model, loaders, device, ""))
-        else:
-            row.update(
-                {key.replace("_pruned", ""): v for key, v in row.items() if key.endswith("_pruned")}
-            )
+        row.update(_finetuned(finetune, model, row, lambda: _metrics(evaluate, model, loaders, device, "")))
         row.update(measure_model(model, image_size, latency=latency))
         row.update({"score_seconds": score_seconds, "finetune_seconds": time.perf_counter() - t0})
         reason = stop(row) if stop is not None else None
@@ -225,14 +229,9 @@ def run_schedule(
             row["stopped"] = reason
         rows.append(row)
         df = pd.DataFrame(rows)
-        log.info(
-            "step %d: %.0f%% of filters removed, test acc %.4f -> %.4f after fine-tuning, MACs %.3g",
-            k,
-            100 * row["pruned_ratio"],
-            row["test_accuracy_pruned"],
-            row["test_accuracy"],
-            row["macs"],
-        )
+        log.info("step %d: %.0f%% of filters removed, test acc %.4f -> %.4f after fine-tuning, MACs %.3g",
+                 k, 100 * row["pruned_ratio"], row["test_accuracy_pruned"], row["test_accuracy"],
+                 row["macs"])  # fmt: skip
         if on_step:
             on_step(k, model, df)
         if reason:
@@ -258,32 +257,15 @@ def prune_filters(
     trunk is pruned by the relevance of its own decision and repaired after each step by `epochs`
     joint epochs, a push and the last-layer stage (`prune.protopnet_filters`).
     """
-    from ..train.checkpoint import (
-        checkpoint_config,
-        load_checkpoint,
-        model_from_checkpoint,
-        save_checkpoint,
-    )
-    from ..train.convergence import plateau
+    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from ..train.evaluate import evaluate_model
-    from ..train.loop import fit
     from ..train.run import prepare_data
-    from .protopnet_filters import RetentionTracker, protopnet_ignored_layers, protopnet_repair
+    from .protopnet_filters import protopnet_ignored_layers
 
     ckpt = load_checkpoint(checkpoint_path)
     cfg = cfg or checkpoint_config(ckpt)
-    if cfg.model.type not in ("classifier", "protopnet") or ckpt.get("model_type") != cfg.model.type:
-        raise ConfigError(
-            f"prune-filters needs a classifier or ProtoPNet checkpoint, got model type "
-            f"{ckpt.get('model_type')!r} with config model type {cfg.model.type!r}",
-            "give a checkpoint written by `protoprune train` and leave model.type as stored",
-        )
-    proto = cfg.model.type == "protopnet"
-    pf = cfg.prune_filters
-    if pf.min_retention is not None and not proto:
-        raise ConfigError("prune_filters.min_retention needs a ProtoPNet checkpoint: a classifier "
-                          "has no prototypes whose explanations could be retained",
-                          "leave min_retention unset for a classifier")  # fmt: skip
+    _check_prunable(ckpt, cfg)
+    proto, pf = cfg.model.type == "protopnet", cfg.prune_filters
     device = distributed.resolve_device(cfg.train.device)  # joins torchrun's group if launched by it
     main = distributed.is_main()  # under torchrun rank 0 writes; all ranks fine-tune together
     model = model_from_checkpoint(ckpt).to(device)
@@ -301,60 +283,11 @@ def prune_filters(
     reference = reference_set(loaders.push.dataset, pf.ref_per_class, cfg.seed, cfg.data.batch_size)
     importance = build_importance(pf, ignored_layers=ignored, seed=cfg.seed,
                                   bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
-    small = uses_small_input(cfg)
     meta = _run_meta(cfg, ckpt, reference, device)
-    log.info(
-        "pruning %s by %s (%s): steps %s, %d reference images -> %s",
-        cfg.model.arch,
-        pf.method,
-        pf.scope,
-        ratios,
-        meta["reference_images"],
-        run_dir,
-    )
-
-    tune = loaders  # fine-tuning epochs of `finetune_batches` batches each, when set
-    if pf.finetune_batches:
-        tune = dataclasses.replace(loaders, train=CappedLoader(loaders.train, pf.finetune_batches))
-    tune_cfg = cfg  # the classifier's fine-tuning: train.* with prune_filters.finetune_lr, if set
-    if pf.finetune_lr is not None:
-        tune_cfg = copy.deepcopy(cfg)
-        tune_cfg.train.lr = pf.finetune_lr
-
-    repair_epochs = pf.epochs if pf.repair_epochs is None else pf.repair_epochs
-    tracker = None  # the unpruned ProtoPNet's explanations, to measure each step's retention
-    if proto and pf.retention_images > 0:
-        tracker = RetentionTracker(model, loaders, pf.retention_images, cfg.seed, device,
-                                   input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
-
-    def finetune(m: nn.Module) -> int | dict[str, Any]:
-        if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
-            pushed = protopnet_repair(m, tune, cfg, repair_epochs, device)
-            kept = tracker.measure(m, pushed["prototypes"]) if tracker is not None else {}
-            return {"finetune_epochs": repair_epochs, **kept}
-        out = fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device,
-                  patience=pf.patience)  # fmt: skip
-        end = plateau([h.get(f"val_{tune_cfg.train.select_metric}") for h in out["history"]])
-        return {"finetune_epochs": len(out["history"]), "finetune_best_epoch": out["best_epoch"],
-                "finetune_gain_last": end["gain_last"], "finetune_flat": end["flat"]}  # fmt: skip
-
-    def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
-        if not main:
-            distributed.barrier()
-            return
-        if export and k > 0:  # step 0 is the unpruned input: its checkpoint is meta["checkpoint"]
-            stem = run_dir / "models" / f"step_{k:02d}"
-            ratio = float(df.iloc[-1]["pruned_ratio"])
-            if proto:  # a regular checkpoint: every ProtoPNet command reads it
-                save_checkpoint(stem.with_suffix(".pt"), m, cfg, loaders.class_names, stage="prune_filters",
-                                pruned_filters=True, step=k, pruned_ratio=ratio)  # fmt: skip
-            else:  # weights-only, rebuilt by load_pruned without the training code path
-                save_pruned(stem.with_suffix(".pt"), m, cfg.model.arch, len(loaders.class_names), small,
-                            loaders.class_names, step=k, pruned_ratio=ratio, config=cfg.to_dict())  # fmt: skip
-            export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
-        write_results(run_dir, df, meta)
-        distributed.barrier()
-
+    log.info("pruning %s by %s (%s): steps %s, %d reference images -> %s", cfg.model.arch, pf.method,
+             pf.scope, ratios, meta["reference_images"], run_dir)  # fmt: skip
+    finetune = _step_finetuner(model, loaders, cfg, device)
+    on_step = _step_writer(run_dir, cfg, loaders.class_names, meta, export and main, main)
     return run_schedule(
         model,
         importance,
@@ -374,6 +307,83 @@ def prune_filters(
         pf.ratio_unit,
         retention_stop(pf.min_retention, pf.retention_measure) if proto else None,
     )
+
+
+def _check_prunable(ckpt: dict, cfg: RunConfig) -> None:
+    """Refuse, before any work, a checkpoint prune-filters cannot prune as configured."""
+    if cfg.model.type not in ("classifier", "protopnet") or ckpt.get("model_type") != cfg.model.type:
+        raise ConfigError(
+            f"prune-filters needs a classifier or ProtoPNet checkpoint, got model type "
+            f"{ckpt.get('model_type')!r} with config model type {cfg.model.type!r}",
+            "give a checkpoint written by `protoprune train` and leave model.type as stored",
+        )
+    if cfg.prune_filters.min_retention is not None and cfg.model.type != "protopnet":
+        raise ConfigError("prune_filters.min_retention needs a ProtoPNet checkpoint: a classifier "
+                          "has no prototypes whose explanations could be retained",
+                          "leave min_retention unset for a classifier")  # fmt: skip
+
+
+def _step_finetuner(model: nn.Module, loaders: Any, cfg: RunConfig, device: torch.device) -> Callable:
+    """What repairs each step: a classifier's fine-tuning (`fit` under patience, at
+    prune_filters.finetune_lr) or a ProtoPNet's joint epochs, push and last-layer stage, then
+    its explanation retention (measured against `model` as it is now, unpruned)."""
+    from ..train.convergence import plateau
+    from ..train.loop import fit
+    from .protopnet_filters import RetentionTracker, protopnet_repair
+
+    pf, proto = cfg.prune_filters, cfg.model.type == "protopnet"
+    tune = loaders  # fine-tuning epochs of `finetune_batches` batches each, when set
+    if pf.finetune_batches:
+        tune = dataclasses.replace(loaders, train=CappedLoader(loaders.train, pf.finetune_batches))
+    tune_cfg = cfg  # the classifier's fine-tuning: train.* with prune_filters.finetune_lr, if set
+    if pf.finetune_lr is not None:
+        tune_cfg = copy.deepcopy(cfg)
+        tune_cfg.train.lr = pf.finetune_lr
+    repair_epochs = pf.epochs if pf.repair_epochs is None else pf.repair_epochs
+    tracker = None  # the unpruned ProtoPNet's explanations, to measure each step's retention
+    if proto and pf.retention_images > 0:
+        tracker = RetentionTracker(model, loaders, pf.retention_images, cfg.seed, device,
+                                   input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip
+
+    def finetune(m: nn.Module) -> dict[str, Any]:
+        if proto:  # joint epochs, re-push (on the whole push set), last-layer stage
+            pushed = protopnet_repair(m, tune, cfg, repair_epochs, device)
+            kept = tracker.measure(m, pushed["prototypes"]) if tracker is not None else {}
+            return {"finetune_epochs": repair_epochs, **kept}
+        out = fit(m, tune, tune_cfg, run_dir=None, epochs=pf.epochs, device=device,
+                  patience=pf.patience)  # fmt: skip
+        end = plateau([h.get(f"val_{tune_cfg.train.select_metric}") for h in out["history"]])
+        return {"finetune_epochs": len(out["history"]), "finetune_best_epoch": out["best_epoch"],
+                "finetune_gain_last": end["gain_last"], "finetune_flat": end["flat"]}  # fmt: skip
+
+    return finetune
+
+
+def _step_writer(run_dir: Path, cfg: RunConfig, class_names: list[str], meta: dict, export: bool,
+                 main: bool) -> Callable[[int, nn.Module, pd.DataFrame], None]:  # fmt: skip
+    """After each step: its model files (with `export`) and the results so far, on rank 0."""
+    from ..train.checkpoint import save_checkpoint
+
+    small = uses_small_input(cfg)
+
+    def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
+        if not main:
+            distributed.barrier()
+            return
+        if export and k > 0:  # step 0 is the unpruned input: its checkpoint is meta["checkpoint"]
+            stem = run_dir / "models" / f"step_{k:02d}"
+            ratio = float(df.iloc[-1]["pruned_ratio"])
+            if cfg.model.type == "protopnet":  # a regular checkpoint: every ProtoPNet command reads it
+                save_checkpoint(stem.with_suffix(".pt"), m, cfg, class_names, stage="prune_filters",
+                                pruned_filters=True, step=k, pruned_ratio=ratio)  # fmt: skip
+            else:  # weights-only, rebuilt by load_pruned without the training code path
+                save_pruned(stem.with_suffix(".pt"), m, cfg.model.arch, len(class_names), small,
+                            class_names, step=k, pruned_ratio=ratio, config=cfg.to_dict())  # fmt: skip
+            export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
+        write_results(run_dir, df, meta)
+        distributed.barrier()
+
+    return on_step
 
 
 def retention_stop(minimum: float | None, measure: str) -> Callable[[dict[str, Any]], str | None] | None:

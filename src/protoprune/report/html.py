@@ -329,7 +329,6 @@ def build_report(
 ) -> Path:
     """Write the report of run folder `run` into `out` (default RUN/report); returns index.html.
     `quality_images`: nearest test images per prototype for the explanation metrics."""
-    from .. import __version__
     from ..train.checkpoint import load_checkpoint
 
     run_dir = Path(run)
@@ -339,18 +338,40 @@ def build_report(
         )
     ckpt = load_checkpoint(run_dir)
     out_dir = prepare_run_dir(Path(out) if out else run_dir / "report", force=force)
+    cfg = ckpt["config"]
+    title = f"{cfg.get('name', run_dir.name)}: {ckpt.get('model_type')} {ckpt.get('arch')}"
+    sections = _run_sections(run_dir, ckpt, out_dir)
+    if ckpt.get("model_type") == "protopnet":
+        from ..explain.analysis import analyse_checkpoint
+
+        index = analyse_checkpoint(ckpt, out_dir / "explain", k=k, samples=samples, hires=hires,
+                                   quality_images=quality_images,
+                                   device=device, progress=progress)  # fmt: skip
+        sections += _protopnet_sections(index, run_dir, cfg)
+    else:
+        sections.append(("interpretability", "Prototypes",
+                         "<p class=muted>A baseline classifier has no prototypes; train with "
+                         "model.type: protopnet for explanations.</p>"))  # fmt: skip
+    page = out_dir / "index.html"
+    atomic_write_text(page, render_html(title, sections))
+    return page
+
+
+def _run_sections(run_dir: Path, ckpt: dict, out_dir: Path) -> list[tuple[str, str, str]]:
+    """Configuration, metrics (with the confusion matrix) and training curves of any run."""
+    from .. import __version__
+
+    cfg = ckpt["config"]
     cfg_text = (
         (run_dir / "config.yaml").read_text()
         if (run_dir / "config.yaml").is_file()
-        else yaml.safe_dump(ckpt["config"], sort_keys=False)
+        else yaml.safe_dump(cfg, sort_keys=False)
     )
     results = (
         json.loads((run_dir / "metrics.json").read_text())
         if (run_dir / "metrics.json").is_file()
         else {}
     )
-    cfg = ckpt["config"]
-    title = f"{cfg.get('name', run_dir.name)}: {ckpt.get('model_type')} {ckpt.get('arch')}"
     summary = (
         f"<p>Data set: {_e(cfg['data']['dataset'])} ({cfg['data']['image_size']} px), "
         f"{len(ckpt['class_names'])} classes: {_e(', '.join(ckpt['class_names']))}. Checkpoint: "
@@ -372,73 +393,73 @@ def build_report(
     curves = _copy(run_dir / "training_curves.png", out_dir)
     if curves:
         sections.append(("curves", "Training curves", _img(curves, "training curves")))
+    return sections
 
-    if ckpt.get("model_type") == "protopnet":
-        from ..explain.analysis import analyse_checkpoint
 
-        index = analyse_checkpoint(ckpt, out_dir / "explain", k=k, samples=samples, hires=hires,
-                                   quality_images=quality_images,
-                                   device=device, progress=progress)  # fmt: skip
-        pruning_file = run_dir / "prototype_pruning" / "prototype_pruning.json"
-        pruning = json.loads(pruning_file.read_text()) if pruning_file.is_file() else None
-        status = {r["prototype"]: r for r in pruning["prototypes"]} if pruning else {}
-        background = set(index["quality"]["background_prototypes"])
-        loc = index.get("localisation") or {}
-        warning = (f'<p class="wrong"><b>Not localised:</b> {_e(loc["warning"])}</p>'
-                   if loc.get("warning") else "")  # fmt: skip
-        legend = warning + (
-            "<p class=muted>Each card: the prototype's patch and its source training image (yellow "
-            "box: the 95th-percentile region of its similarity map; cyan box: the receptive field "
-            "of the latent patch, all the pixels it can see). Red: pruned; orange: merged "
-            "duplicate; dashed outline: source patch flagged as background.</p>"
-        )
-        if not pruning:
-            legend += "<p class=muted>No prototype pruning in this run (protoprune prune-prototypes RUN).</p>"
-        sections.append(
-            ("gallery", "Prototypes by class", legend + _gallery(index, status, background))
-        )
-        if pruning:
-            sections.append(("pruning", "Prototype pruning", _pruning_section(pruning)))
-        cases = "".join(
-            f'<div class=sample><p class="{"ok" if s["correct"] else "wrong"}">{_e(s["image_id"])}: '
-            f"true {_e(s['label'])}, predicted {_e(s['predicted_class'])} "
-            f"({'correct' if s['correct'] else 'wrong'})</p>"
-            f'<a href="explain/local/{_e(s["figure"])}">'
-            f"{_img('explain/local/' + s['figure'], 'explanation of ' + s['image_id'])}</a>"
-            f'<br><a href="explain/local/{_e(s["json"])}">data (JSON)</a></div>'
-            for s in index["local"]
-        )
-        sections.append(("local", "Local explanations (test images)",
-                         warning + "<p class=muted>Per image the most similar prototypes: where "
-                         "each matched (upsampled similarity map with its 95th-percentile box in "
-                         "yellow and the matched patch's receptive field in cyan; beside it the PRP "
-                         "map, the pixels whose relevance made the prototype similar, with "
-                         f"{_e(prp_rule(cfg))} at the prototype layer), similarity "
-                         "x last-layer weight = contribution to the predicted class, and the "
-                         "prototype's source patch.</p>" + cases))  # fmt: skip
-        glob = "".join(
-            f"<h3>{_e(f['class'])}: nearest {_e(f['split'])} patches</h3>"
-            + _img("explain/global/" + f["figure"], f"{f['class']} {f['split']} neighbours")
-            for f in index["global"]
-        )
-        sections.append(("global", "Global analysis",
-                         warning + '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
-                         '<a href="explain/global/nearest_test.csv">test</a>. Boxes: yellow the '
-                         "95th-percentile region, cyan the receptive field of the matched patch."
-                         "</p>" + glob))  # fmt: skip
-        q = index["quality"]
-        sections.append(("quality", "Prototype quality",
-                         f"<p>Mean class purity of the {index['k']} nearest training patches: "
-                         f"{q['mean_purity']:.3f}. Source patches flagged as background "
-                         "(box mostly in the outer 1/8 border ring, or grey-level contrast below half "
-                         f"the image's): {_e(q['background_prototypes'] or 'none')}.</p>"
-                         + _quality_summary(q.get("summary") or {})
-                         + _img("explain/quality/" + q["figure"], "prototype quality")
-                         + '<p><a href="explain/quality/prototype_quality.csv">table</a></p>'))  # fmt: skip
-    else:
-        sections.append(("interpretability", "Prototypes",
-                         "<p class=muted>A baseline classifier has no prototypes; train with "
-                         "model.type: protopnet for explanations.</p>"))  # fmt: skip
-    page = out_dir / "index.html"
-    atomic_write_text(page, render_html(title, sections))
-    return page
+def _protopnet_sections(index: dict, run_dir: Path, cfg: dict) -> list[tuple[str, str, str]]:
+    """The prototype gallery, prototype pruning, local and global explanations and quality."""
+    pruning_file = run_dir / "prototype_pruning" / "prototype_pruning.json"
+    pruning = json.loads(pruning_file.read_text()) if pruning_file.is_file() else None
+    status = {r["prototype"]: r for r in pruning["prototypes"]} if pruning else {}
+    background = set(index["quality"]["background_prototypes"])
+    loc = index.get("localisation") or {}
+    warning = (f'<p class="wrong"><b>Not localised:</b> {_e(loc["warning"])}</p>'
+               if loc.get("warning") else "")  # fmt: skip
+    legend = warning + (
+        "<p class=muted>Each card: the prototype's patch and its source training image (yellow "
+        "box: the 95th-percentile region of its similarity map; cyan box: the receptive field "
+        "of the latent patch, all the pixels it can see). Red: pruned; orange: merged "
+        "duplicate; dashed outline: source patch flagged as background.</p>"
+    )
+    if not pruning:
+        legend += "<p class=muted>No prototype pruning in this run (protoprune prune-prototypes RUN).</p>"
+    sections = [("gallery", "Prototypes by class", legend + _gallery(index, status, background))]
+    if pruning:
+        sections.append(("pruning", "Prototype pruning", _pruning_section(pruning)))
+    return sections + [_local_section(index, warning, cfg), _global_section(index, warning),
+                       _quality_section(index)]  # fmt: skip
+
+
+def _local_section(index: dict, warning: str, cfg: dict) -> tuple[str, str, str]:
+    cases = "".join(
+        f'<div class=sample><p class="{"ok" if s["correct"] else "wrong"}">{_e(s["image_id"])}: '
+        f"true {_e(s['label'])}, predicted {_e(s['predicted_class'])} "
+        f"({'correct' if s['correct'] else 'wrong'})</p>"
+        f'<a href="explain/local/{_e(s["figure"])}">'
+        f"{_img('explain/local/' + s['figure'], 'explanation of ' + s['image_id'])}</a>"
+        f'<br><a href="explain/local/{_e(s["json"])}">data (JSON)</a></div>'
+        for s in index["local"]
+    )
+    return ("local", "Local explanations (test images)",
+            warning + "<p class=muted>Per image the most similar prototypes: where "
+            "each matched (upsampled similarity map with its 95th-percentile box in "
+            "yellow and the matched patch's receptive field in cyan; beside it the PRP "
+            "map, the pixels whose relevance made the prototype similar, with "
+            f"{_e(prp_rule(cfg))} at the prototype layer), similarity "
+            "x last-layer weight = contribution to the predicted class, and the "
+            "prototype's source patch.</p>" + cases)  # fmt: skip
+
+
+def _global_section(index: dict, warning: str) -> tuple[str, str, str]:
+    glob = "".join(
+        f"<h3>{_e(f['class'])}: nearest {_e(f['split'])} patches</h3>"
+        + _img("explain/global/" + f["figure"], f"{f['class']} {f['split']} neighbours")
+        for f in index["global"]
+    )
+    return ("global", "Global analysis",
+            warning + '<p>Tables: <a href="explain/global/nearest_train.csv">train</a>, '
+            '<a href="explain/global/nearest_test.csv">test</a>. Boxes: yellow the '
+            "95th-percentile region, cyan the receptive field of the matched patch."
+            "</p>" + glob)  # fmt: skip
+
+
+def _quality_section(index: dict) -> tuple[str, str, str]:
+    q = index["quality"]
+    return ("quality", "Prototype quality",
+            f"<p>Mean class purity of the {index['k']} nearest training patches: "
+            f"{q['mean_purity']:.3f}. Source patches flagged as background "
+            "(box mostly in the outer 1/8 border ring, or grey-level contrast below half "
+            f"the image's): {_e(q['background_prototypes'] or 'none')}.</p>"
+            + _quality_summary(q.get("summary") or {})
+            + _img("explain/quality/" + q["figure"], "prototype quality")
+            + '<p><a href="explain/quality/prototype_quality.csv">table</a></p>')  # fmt: skip
