@@ -543,8 +543,35 @@ def cli_absent_device(tmp):
     return cli(["push", str(tmp / "none.pt"), "--device", "cuda:99"])
 
 
+def min_retention_on_a_classifier(tmp):
+    return cli(["prune-filters", str(small_checkpoint(tmp)), "--min-retention", "0.9", "--no-export",
+                "--out", str(tmp / "p")])  # fmt: skip
+
+
+def export_normalised_tensors(tmp):
+    import torch
+
+    from protoprune.data.export import write_image_folder
+
+    return lambda: write_image_folder({"train": [(torch.full((3, 4, 4), -1.5), 0)]}, tmp / "out", ["a"])
+
+
+def export_into_a_used_folder(tmp):
+    import numpy as np
+
+    from protoprune.data.export import write_image_folder
+
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("a user's file")
+    return lambda: write_image_folder({"train": [(np.zeros((4, 4, 3), np.uint8), 0)]}, tmp / "mine", ["a"])
+
+
 CASES = [
     # (setup, error type, problem pattern, fix pattern)
+    (min_retention_on_a_classifier, ConfigError, r"min_retention needs a ProtoPNet checkpoint",
+     r"leave min_retention unset"),  # fmt: skip
+    (export_normalised_tensors, DataError, r"looks normalised", r"without its Normalize"),
+    (export_into_a_used_folder, DataError, r"exists and is not empty", r"choose a new folder"),
     (corrupt_jpeg, DataError, r"bad\.jpg is corrupt or truncated", r"re-download|re-export"),
     (truncated_jpeg, DataError, r"half\.jpg is corrupt or truncated", r"re-download|re-export"),
     (missing_image, DataError, r"ISIC_0000000\.jpg is missing", r"restore the file"),
