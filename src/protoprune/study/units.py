@@ -325,13 +325,9 @@ def run_unit(
     checkpoint instead of starting over; its `train_seconds` then count this invocation only."""
     from ..models.pretrained import resolve_pretrained
     from ..seed import resolve_device
-    from ..train.checkpoint import model_from_checkpoint
-    from ..train.run import prepare_data
 
     cfg = resolve_pretrained(cfg)  # every evaluation below normalises as the training did
     folder = unit_dir(out, unit)
-    base_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "checkpoints" / "best.pt"
-    proto_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "protopnet")) / "checkpoints" / "best.pt"
     device = resolve_device(cfg.train.device)
     row = _label(unit)
     result: dict[str, Any] = {"unit": unit.key, "kind": unit.kind}
@@ -339,63 +335,14 @@ def run_unit(
     if unit.kind == "curve":  # a table of cuts, not a final model: no row, a folder to pool
         from ..prune.curve import pruning_curve
 
+        base_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "checkpoints" / "best.pt"
         pruning_curve(base_ckpt, folder, study.curve_settings(), cfg, force=not resume,
                       resume=resume, progress=False)  # fmt: skip
         return {**result, "status": "ok", "rows": []}
-
-    if unit.kind in ("baseline", "protopnet"):
-        trained = _train_unit(cfg, folder, resume)
-        loaders, _ = prepare_data(cfg)
-        model = model_from_checkpoint(folder / "checkpoints" / "best.pt")
-        row.update({"pruned": "", "pruned_ratio": 0.0})
-        row.update(final_row(model, cfg, loaders, external, study, device))
-        if "stages" in trained:  # ProtoPNet: before push / after push / after last layer
-            result["stages"] = {
-                s: headline(v["test"], "test_")
-                for s, v in trained["stages"].items()
-                if isinstance(v, dict) and "test" in v
-            }
-        result["train_seconds"] = trained.get("train_seconds")
-        result["convergence"] = training_convergence(unit, folder, cfg.train.select_metric)
-
-    elif unit.kind == "protopnet_pruned":
-        from ..prune.prototypes import prune_prototypes
-
-        summary = prune_prototypes(
-            proto_ckpt, cfg, folder, min_per_class=study.min_prototypes_per_class,
-            device=cfg.train.device, force=True,
-        )  # fmt: skip
-        loaders, _ = prepare_data(cfg)
-        model = model_from_checkpoint(summary["checkpoint"])
-        n0, n1 = summary["prototypes_before"], summary["prototypes_after"]
-        row.update({"pruned": "prototypes", "pruned_ratio": 1 - n1 / n0})
-        row.update(headline(summary["metrics"]["after_pruning"]["test"], "test_", "_pruned"))
-        row.update(final_row(model, cfg, loaders, external, study, device))
-        result["prototypes"] = {"before": n0, "after": n1, "per_class": summary["per_class"]}
-
-    else:  # filter pruning of the baseline, or of the ProtoPNet backbone
-        from ..prune.export import load_pruned
-        from ..prune.filters import prune_filters
-
-        source = base_ckpt if unit.kind == "filter" else proto_ckpt
-        df = prune_filters(source, cfg, folder, force=True, export=True, latency=False)
-        last = df.iloc[-1]
-        row.update({"pruned": "filters", "pruned_ratio": float(last["pruned_ratio"])})
-        row.update({f"test_{k}_pruned": last.get(f"test_{k}_pruned") for k in HEADLINE})
-        loaders, _ = prepare_data(cfg)
-        k = int(last["step"])  # step 0 (nothing pruned) is not exported: it is the source
-        step = folder / "models" / f"step_{k:02d}.pt" if k else Path(source)
-        # a pruned classifier is a weights-only export; a pruned ProtoPNet a regular checkpoint
-        model = load_pruned(step) if unit.kind == "filter" and k else model_from_checkpoint(step)
-        row.update(final_row(model, cfg, loaders, external, study, device))
-        keep = ["step", "pruned_ratio", "params", "macs"] + [
-            c for c in df.columns if c.startswith("test_")
-        ]
-        curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
-        result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
-        if unit.kind == "filter":  # a ProtoPNet's repair runs fixed epochs: no curve to read
-            pf = cfg.prune_filters
-            result["convergence"] = schedule_convergence(unit, df, pf.epochs, pf.patience)
+    run = {"baseline": _trained_unit, "protopnet": _trained_unit,
+           "protopnet_pruned": _prototype_pruning_unit}.get(unit.kind, _filter_pruning_unit)  # fmt: skip
+    model, loaders = run(unit, cfg, study, out, folder, row, result, resume)
+    row.update(final_row(model, cfg, loaders, external, study, device))
     if unit.kind.startswith("protopnet"):  # explanation quality of every ProtoPNet arm
         from ..explain.analysis import explanation_summary
         from ..prune.relevance import input_bounds
@@ -405,3 +352,76 @@ def run_unit(
     result["status"] = row["status"]
     result["rows"] = [row]
     return result
+
+
+def _trained_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, folder: Path, row: dict,
+                  result: dict, resume: bool):  # fmt: skip
+    """A baseline or a ProtoPNet trained in `folder`; returns (its best model, loaders)."""
+    from ..train.checkpoint import model_from_checkpoint
+    from ..train.run import prepare_data
+
+    trained = _train_unit(cfg, folder, resume)
+    loaders, _ = prepare_data(cfg)
+    model = model_from_checkpoint(folder / "checkpoints" / "best.pt")
+    row.update({"pruned": "", "pruned_ratio": 0.0})
+    if "stages" in trained:  # ProtoPNet: before push / after push / after last layer
+        result["stages"] = {
+            s: headline(v["test"], "test_")
+            for s, v in trained["stages"].items()
+            if isinstance(v, dict) and "test" in v
+        }
+    result["train_seconds"] = trained.get("train_seconds")
+    result["convergence"] = training_convergence(unit, folder, cfg.train.select_metric)
+    return model, loaders
+
+
+def _prototype_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, folder: Path,
+                            row: dict, result: dict, resume: bool):  # fmt: skip
+    """Prototype pruning of the seed's ProtoPNet; returns (the pruned model, loaders)."""
+    from ..prune.prototypes import prune_prototypes
+    from ..train.checkpoint import model_from_checkpoint
+    from ..train.run import prepare_data
+
+    proto_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "protopnet")) / "checkpoints" / "best.pt"
+    summary = prune_prototypes(
+        proto_ckpt, cfg, folder, min_per_class=study.min_prototypes_per_class,
+        device=cfg.train.device, force=True,
+    )  # fmt: skip
+    loaders, _ = prepare_data(cfg)
+    model = model_from_checkpoint(summary["checkpoint"])
+    n0, n1 = summary["prototypes_before"], summary["prototypes_after"]
+    row.update({"pruned": "prototypes", "pruned_ratio": 1 - n1 / n0})
+    row.update(headline(summary["metrics"]["after_pruning"]["test"], "test_", "_pruned"))
+    result["prototypes"] = {"before": n0, "after": n1, "per_class": summary["per_class"]}
+    return model, loaders
+
+
+def _filter_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, folder: Path,
+                         row: dict, result: dict, resume: bool):  # fmt: skip
+    """Filter pruning of the baseline (`filter`) or of the ProtoPNet's trunk; returns (the last
+    step's model, loaders) and keeps the per-step curve (with a ProtoPNet's retention columns)."""
+    from ..prune.export import load_pruned
+    from ..prune.filters import prune_filters
+    from ..train.checkpoint import model_from_checkpoint
+    from ..train.run import prepare_data
+
+    source_kind = "baseline" if unit.kind == "filter" else "protopnet"
+    source = unit_dir(out, Unit(unit.arch, unit.seed, source_kind)) / "checkpoints" / "best.pt"
+    df = prune_filters(source, cfg, folder, force=True, export=True, latency=False)
+    last = df.iloc[-1]
+    row.update({"pruned": "filters", "pruned_ratio": float(last["pruned_ratio"])})
+    row.update({f"test_{k}_pruned": last.get(f"test_{k}_pruned") for k in HEADLINE})
+    loaders, _ = prepare_data(cfg)
+    k = int(last["step"])  # step 0 (nothing pruned) is not exported: it is the source
+    step = folder / "models" / f"step_{k:02d}.pt" if k else Path(source)
+    # a pruned classifier is a weights-only export; a pruned ProtoPNet a regular checkpoint
+    model = load_pruned(step) if unit.kind == "filter" and k else model_from_checkpoint(step)
+    keep = ["step", "pruned_ratio", "params", "macs"] + [
+        c for c in df.columns if c.startswith(("test_", "retention_"))
+    ]
+    curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
+    result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
+    if unit.kind == "filter":  # a ProtoPNet's repair runs fixed epochs: no curve to read
+        pf = cfg.prune_filters
+        result["convergence"] = schedule_convergence(unit, df, pf.epochs, pf.patience)
+    return model, loaders
