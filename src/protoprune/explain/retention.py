@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from ..lrp.composites import DEFAULT_BOUNDS
 from ..models.protopnet import ProtoPNet
 
 RETENTION_MEASURES = ("same_source_image", "same_source_cell", "topk_jaccard", "same_strongest",
@@ -63,7 +64,7 @@ def evidence_ranking(model: ProtoPNet, x: torch.Tensor, k: int = TOP_K) -> np.nd
 def snapshot(
     model: ProtoPNet, records: Sequence[dict[str, Any]], x: torch.Tensor,
     heat_prototype: np.ndarray | None = None, k: int = TOP_K,
-    bounds: tuple[float, float] = (-3.0, 3.0),
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> ExplanationSnapshot:  # fmt: skip
     """`model`'s explanations of the images `x` (N, 3, H, W), with its push `records`.
 
