@@ -5,25 +5,19 @@ The test split is never looked at here; `run_training` evaluates it once, at the
 
 from __future__ import annotations
 
-import copy
 import logging
-import random
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from .. import distributed
 from ..config import RunConfig, TrainConfig
-from ..errors import CheckpointError
-from ..io import atomic_write_text
+from ..metrics import HEADLINE
 from ..progress import tqdm
 from . import precision
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpointer import Checkpointer
 from .evaluate import evaluate_model
 from .layout import apply_memory_format
 
@@ -42,58 +36,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epochs: 
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return None
-
-
-def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
-    """Every random state an epoch consumes, so a resumed run continues the same random stream."""
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "python": repr(random.getstate()),
-        "loader": generator.get_state() if generator is not None else None,
-    }
-
-
-def rank_rng_states(generator: torch.Generator | None) -> dict[str, Any]:
-    """Checkpoint entries for the random states: rank 0's (`rng`) and, under DDP, every rank's.
-
-    A collective: every rank must call it, also those that do not write the checkpoint.
-    """
-    own = rng_state(generator)
-    if not distributed.is_distributed():
-        return {"rng": own}
-    return {"rng": own, "rng_per_rank": distributed.all_gather_object(own)}
-
-
-def restore_rank_rng(ckpt: dict[str, Any], generator: torch.Generator | None, seed: int, step: int) -> None:
-    """Restore this rank's random state; with another world size, re-derive it from the seed.
-
-    Resume is exact only at the world size that wrote the checkpoint: the random stream of a rank
-    that did not exist (or a different sharding) cannot be continued, so it restarts from
-    (seed, rank, step), which is reproducible but not the uninterrupted run's stream.
-    """
-    per_rank = ckpt.get("rng_per_rank")
-    size = len(per_rank) if per_rank is not None else 1
-    if size == distributed.world_size():
-        restore_rng_state(per_rank[distributed.rank()] if per_rank is not None else ckpt["rng"], generator)
-        return
-    log.warning("resuming a %d-process checkpoint with %d processes: random states re-derived from the seed "
-                "(the run continues reproducibly, but not bit-identical to an uninterrupted run)",
-                size, distributed.world_size())  # fmt: skip
-    distributed.seed_ranks(seed, step, generator, all_ranks=True)
-
-
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
-    import ast
-
-    py = ast.literal_eval(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if generator is not None and state.get("loader") is not None:
-        generator.set_state(state["loader"])
 
 
 def train_one_epoch(
@@ -148,59 +90,98 @@ def fit(
     (`epochs` is then the cap; e.g. fine-tuning a pruned model until it has converged).
 
     With `run_dir`, writes checkpoints/last.pt every epoch (for --resume), checkpoints/best.pt on
-    improvement and history.csv; without it (e.g. fine-tuning between pruning steps) keeps the best
-    state in memory only.
+    improvement and history.csv (a `Checkpointer`); without it (e.g. fine-tuning between pruning
+    steps) keeps the best state in memory only.
     """
     tc = cfg.train
     epochs = tc.epochs if epochs is None else epochs
     device = torch.device(device) if device is not None else distributed.resolve_device(tc.device)
     class_names = class_names or loaders.class_names
     apply_memory_format(model.to(device), tc)
-    write = run_dir is not None and distributed.is_main()  # rank 0 writes, the others wait
-    optimizer = build_optimizer(model.parameters(), tc)
-    scheduler = build_scheduler(optimizer, tc, epochs)
-    amp = precision.use_amp(tc, device)
-    scaler = precision.grad_scaler(tc, device)
-    weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
-    generator = getattr(loaders, "generator", None)
-
+    run = _ClassifierRun(model, loaders, cfg, device, class_names, epochs)
+    ckpt = Checkpointer(run_dir, cfg, class_names, "fit", getattr(loaders, "generator", None))
     history: list[dict] = []
-    best_score, best_epoch, best_state = -float("inf"), -1, None
-    start = 0
-    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").is_file():
-        last = load_checkpoint(ckpt_dir / "last.pt")
-        if last.get("stage") != "fit":
-            raise CheckpointError(f"{ckpt_dir / 'last.pt'} is not a classifier-training checkpoint", "resume it with the command that wrote it")
-        model.load_state_dict(last["state_dict"])
-        optimizer.load_state_dict(last["optimizer"])
-        if scheduler is not None and last.get("scheduler"):
-            scheduler.load_state_dict(last["scheduler"])
-        if scaler is not None and last.get("scaler"):
-            scaler.load_state_dict(last["scaler"])
+    best_score, best_epoch, start = -float("inf"), -1, 0
+    last = ckpt.resume("classifier-training", "resume it with the command that wrote it") if resume else None
+    if last is not None:
+        run.load(last)
         history = list(last["history"])
         start = int(last["epoch"]) + 1
         best_score, best_epoch = float(last["best_score"]), int(last["best_epoch"])
-        best_state = load_checkpoint(ckpt_dir / "best.pt")["state_dict"] if (ckpt_dir / "best.pt").is_file() else None
-        restore_rank_rng(last, generator, cfg.seed, start)
+        ckpt.restore_rng(last, start)
         log.info("resuming at epoch %d of %d", start + 1, epochs)
-    # DDP after the resumed weights are loaded (it broadcasts rank 0's) and the optimiser built on
-    # the same parameter objects; evaluation uses the unwrapped model
-    train_model = distributed.wrap_model(model, device, tc.sync_batchnorm)
-
+    run.wrap()
     for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        row, val = run.epoch(epoch)
+        history.append(row)
+        score = val[tc.select_metric] if val.get(tc.select_metric) is not None else val["accuracy"]
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch + 1
+            ckpt.keep_best(model, epoch, val)
+        _log_epoch(epoch, epochs, row, val, improved)
+        ckpt.save_last(model, history, epoch=epoch, history=history, best_score=best_score,
+                       best_epoch=best_epoch, **run.resume_state())  # fmt: skip
+        if patience is not None and epoch + 1 - best_epoch >= patience:
+            log.info("no improvement for %d epochs: stopping at epoch %d", patience, epoch + 1)
+            break
+    if tc.sync_batchnorm:
+        distributed.revert_sync_batchnorm(model)
+    ckpt.load_best(model)
+    val = evaluate_model(model, loaders.val, class_names, device)
+    return {"history": history, "best_epoch": best_epoch, "val": val}
+
+
+class _ClassifierRun:
+    """What one classifier epoch needs: the optimiser, scheduler, scaler and loss; resumable."""
+
+    def __init__(self, model: nn.Module, loaders, cfg: RunConfig, device: torch.device,
+                 class_names: list[str], epochs: int) -> None:  # fmt: skip
+        tc = cfg.train
+        self.model, self.loaders, self.tc, self.device, self.class_names = model, loaders, tc, device, class_names
+        self.epochs = epochs
+        self.optimizer = build_optimizer(model.parameters(), tc)
+        self.scheduler = build_scheduler(self.optimizer, tc, epochs)
+        self.amp = precision.use_amp(tc, device)
+        self.scaler = precision.grad_scaler(tc, device)
+        weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights)
+        self.train_model = model
+
+    def load(self, last: dict) -> None:
+        self.model.load_state_dict(last["state_dict"])
+        self.optimizer.load_state_dict(last["optimizer"])
+        if self.scheduler is not None and last.get("scheduler"):
+            self.scheduler.load_state_dict(last["scheduler"])
+        if self.scaler is not None and last.get("scaler"):
+            self.scaler.load_state_dict(last["scaler"])
+
+    def wrap(self) -> None:
+        """DDP after the resumed weights are loaded (it broadcasts rank 0's) and the optimiser built
+        on the same parameter objects; evaluation uses the unwrapped model."""
+        self.train_model = distributed.wrap_model(self.model, self.device, self.tc.sync_batchnorm)
+
+    def resume_state(self) -> dict:
+        """The `last.pt` entries beyond the weights that `load` reads back."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def epoch(self, epoch: int) -> tuple[dict, dict]:
+        """Train one epoch and validate: the history row and the validation metrics."""
+        loaders, t0 = self.loaders, time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
         distributed.set_epoch(loaders.train, epoch)
         train_loss = train_one_epoch(
-            train_model, loaders.train, optimizer, loss_fn, device, scaler, tc.progress and distributed.is_main(), desc=f"epoch {epoch + 1}/{epochs}",
-            amp=amp,
-        )
+            self.train_model, loaders.train, self.optimizer, self.loss_fn, self.device, self.scaler,
+            self.tc.progress and distributed.is_main(), desc=f"epoch {epoch + 1}/{self.epochs}", amp=self.amp,
+        )  # fmt: skip
         train_seconds = time.perf_counter() - t0
-        if scheduler is not None:
-            scheduler.step()
-        val = evaluate_model(model, loaders.val, class_names, device)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        val = evaluate_model(self.model, loaders.val, self.class_names, self.device)
         n_train = len(loaders.train.dataset) if loaders.train.sampler is None else len(loaders.train.sampler)
         n_train = min(n_train, len(loaders.train) * (loaders.train.batch_size or 1))  # partial epochs
         n_train *= distributed.world_size()
@@ -208,42 +189,17 @@ def fit(
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_loss,
-            **{f"val_{k}": val[k] for k in ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")},
+            **{f"val_{k}": val[k] for k in HEADLINE},
             "train_seconds": train_seconds,
             "train_images_per_s": n_train / train_seconds,
         }
-        history.append(row)
-        score = val[tc.select_metric] if val.get(tc.select_metric) is not None else val["accuracy"]
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch + 1
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        log.info(
-            "epoch %d/%d  loss %.4f  val acc %.4f  bal %.4f  auroc %s  (%.1f s, %.0f img/s)%s",
-            epoch + 1, epochs, train_loss, val["accuracy"], val["balanced_accuracy"],
-            "n/a" if val["auroc_macro"] is None else f"{val['auroc_macro']:.4f}",
-            train_seconds, row["train_images_per_s"], "  *best*" if improved else "",
-        )
-        rng = rank_rng_states(generator) if run_dir is not None else {}  # collective: all ranks
-        if write:
-            atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pt", model, cfg, class_names, stage="best", epoch=epoch, val=val)
-            save_checkpoint(
-                ckpt_dir / "last.pt", model, cfg, class_names,
-                stage="fit", epoch=epoch, history=history, best_score=best_score, best_epoch=best_epoch,
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                scaler=scaler.state_dict() if scaler is not None else None,
-                **rng,
-            )
-        distributed.barrier()
-        if patience is not None and epoch + 1 - best_epoch >= patience:
-            log.info("no improvement for %d epochs: stopping at epoch %d", patience, epoch + 1)
-            break
-    if tc.sync_batchnorm:
-        distributed.revert_sync_batchnorm(model)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    val = evaluate_model(model, loaders.val, class_names, device)
-    return {"history": history, "best_epoch": best_epoch, "val": val}
+        return row, val
+
+
+def _log_epoch(epoch: int, epochs: int, row: dict, val: dict, improved: bool) -> None:
+    log.info(
+        "epoch %d/%d  loss %.4f  val acc %.4f  bal %.4f  auroc %s  (%.1f s, %.0f img/s)%s",
+        epoch + 1, epochs, row["train_loss"], val["accuracy"], val["balanced_accuracy"],
+        "n/a" if val["auroc_macro"] is None else f"{val['auroc_macro']:.4f}",
+        row["train_seconds"], row["train_images_per_s"], "  *best*" if improved else "",
+    )  # fmt: skip

@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,28 +27,22 @@ from torch import nn
 from .. import distributed
 from ..config import ProtoPNetConfig, RunConfig
 from ..errors import CheckpointError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json
+from ..metrics import HEADLINE
 from ..models.protopnet import ProtoPNet, TrunkClassifier
 from ..progress import tqdm
 from . import precision
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpointer import Checkpointer
 from .evaluate import evaluate_model
 from .last_layer import last_layer_stage
 from .layout import apply_memory_format
-from .loop import (
-    build_optimizer,
-    build_scheduler,
-    rank_rng_states,
-    restore_rank_rng,
-    train_one_epoch,
-)
+from .loop import build_optimizer, build_scheduler, train_one_epoch
 from .push import push_prototypes
 
 log = logging.getLogger(__name__)
 
 # The original's weight decay on the trunk and add-on layers (fixed in its main.py, not a setting).
 WEIGHT_DECAY = 1e-3
-HEADLINE = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
 
 
 def build_schedule(p: ProtoPNetConfig) -> list[tuple[str, int]]:
@@ -310,228 +303,201 @@ def train_protopnet(
     """Run the whole ProtoPNet schedule; returns per-push stage metrics (val and test) and the
     selected model's `val`/`test` metrics. The selected (best validation, pushed) state is loaded
     into `model` at the end."""
-    p, progress = cfg.protopnet, cfg.train.progress and distributed.is_main()
     device = torch.device(device)
     apply_memory_format(model.to(device), cfg.train)
-    class_names = loaders.class_names
-    steps = build_schedule(p)
-    opt = build_optimizers(model, p)
-    trunk: TrunkClassifier | None = None
-    if p.trunk_epochs > 0:  # the trunk trained as the baseline CNN is: train section's recipe
-        trunk = TrunkClassifier(model.features, model.num_classes).to(device)
-        opt["trunk"] = build_optimizer(trunk.parameters(), cfg.train)
-        trunk_scheduler = build_scheduler(opt["trunk"], cfg.train, p.trunk_epochs)
-        if trunk_scheduler is not None:
-            opt["trunk_scheduler"] = trunk_scheduler
-    amp = precision.use_amp(cfg.train, device)
-    scaler = precision.grad_scaler(cfg.train, device)
-    class_weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None
-    oversample = cfg.data.balance == "oversample"
-    generator = getattr(loaders, "generator", None)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
-    write = ckpt_dir is not None and distributed.is_main()  # rank 0 writes, the others wait
-    ddp: dict[str, nn.Module] = {}  # per phase: DDP reduces what requires grad when it is built
-
-    state: dict[str, Any] = {
-        "step": 0,
-        "history": [],
-        "pushes": [],
-        "best_score": None,
-        "best_push": None,
-    }
-    best_state: dict[str, torch.Tensor] | None = None
-    cached: tuple[torch.Tensor, torch.Tensor] | None = None
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").is_file():
-        last = load_checkpoint(ckpt_dir / "last.pt")
-        if last.get("stage") != "protopnet":
-            raise CheckpointError(
-                f"{ckpt_dir / 'last.pt'} is not a ProtoPNet training checkpoint",
-                "resume it with the command that wrote it, or start a new run folder",
-            )
-        if [tuple(s) for s in last["schedule"]] != steps:
-            raise CheckpointError(
-                "the ProtoPNet schedule differs from the checkpoint's",
-                "resume with the run's saved config",
-            )
-        model.load_state_dict(last["state_dict"])
-        for key in opt:
-            opt[key].load_state_dict(last["optimizers"][key])
-        if trunk is not None:
-            trunk.head.load_state_dict(last["trunk_head"])
-        if scaler is not None and last.get("scaler"):
-            scaler.load_state_dict(last["scaler"])
-        state = copy.deepcopy(last["progress"])
-        restore_rank_rng(last, generator, cfg.seed, state["step"])
-        if (ckpt_dir / "best.pt").is_file():
-            best_state = load_checkpoint(ckpt_dir / "best.pt")["state_dict"]
-        log.info(
-            "resuming at step %d of %d (%s, epoch %d)",
-            state["step"] + 1,
-            len(steps),
-            *steps[min(state["step"], len(steps) - 1)],
-        )
-
-    def evaluate(split: str) -> dict[str, Any]:
-        return evaluate_model(model, getattr(loaders, split), class_names, device)
-
-    def save_last() -> None:
-        if ckpt_dir is None:
-            return
-        rng = rank_rng_states(generator)  # a collective: every rank takes part
-        if not write:
-            distributed.barrier()
-            return
-        atomic_write_text(
-            run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False)
-        )
-        save_checkpoint(
-            ckpt_dir / "last.pt", model, cfg, class_names,
-            stage="protopnet", schedule=[list(s) for s in steps], progress=state,
-            optimizers={k: v.state_dict() for k, v in opt.items()},
-            trunk_head=trunk.head.state_dict() if trunk is not None else None,
-            scaler=scaler.state_dict() if scaler is not None else None,
-            **rng,
-        )  # fmt: skip
-        distributed.barrier()
-
+    run = _ProtoPNetRun(model, loaders, cfg, device, run_dir)
+    if resume:
+        run.resume()
+    steps, state = run.steps, run.state
     while state["step"] < len(steps):
         phase, epoch = steps[state["step"]]
         t0 = time.perf_counter()
         row: dict[str, Any] = {"step": state["step"] + 1, "phase": phase, "epoch": epoch + 1}
-        if phase == "trunk":
-            assert trunk is not None
-            model.set_trainable(features=True, add_on=False, prototypes=False, last_layer=False)
-            row["lr"] = opt["trunk"].param_groups[0]["lr"]
-            if phase not in ddp:
-                ddp[phase] = distributed.wrap_model(trunk, device, cfg.train.sync_batchnorm)
-            distributed.set_epoch(loaders.train, epoch)
-            row["train_loss"] = train_one_epoch(
-                ddp[phase], loaders.train, opt["trunk"], nn.CrossEntropyLoss(weight=class_weights),
-                device, scaler, progress, f"trunk {epoch + 1}", amp,
-            )  # fmt: skip
-            if "trunk_scheduler" in opt:
-                opt["trunk_scheduler"].step()
-            val = evaluate_model(trunk, loaders.val, class_names, device)  # the trunk's own head
-        elif phase in ("warm", "joint"):
-            warm = phase == "warm"
-            model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
-            optimizer = opt["warm"] if warm else opt["joint"]
-            if not warm and p.joint_lr_step_at == "start":
-                step_before_epoch(opt["joint_scheduler"])
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            if phase not in ddp:
-                ddp[phase] = distributed.wrap_model(_DetailsForward(model), device, cfg.train.sync_batchnorm)
-            distributed.set_epoch(loaders.train, epoch)
-            terms = train_epoch(
-                model,
-                loaders.train,
-                optimizer,
-                p,
-                device,
-                class_weights,
-                scaler,
-                progress,
-                f"{phase} {epoch + 1}",
-                ddp[phase] if distributed.is_distributed() else None,
-                amp,
-            )
-            if not warm and p.joint_lr_step_at == "end":
-                opt["joint_scheduler"].step()
-            row.update({"train_loss": terms.pop("loss"), **terms})
-            val = evaluate("val")
-        elif phase == "push":
-            before = {"val": evaluate("val"), "test": evaluate("test")}
-            out_dir = None  # rendered by rank 0
-            if run_dir is not None and p.save_push_images:
-                out_dir = run_dir / "prototypes" / f"epoch-{epoch + 1:03d}"
-            result = push_prototypes(
-                model, loaders.push, device, class_names, out_dir, progress=progress,
-                render_async=True, amp=p.push_amp,
-            )  # fmt: skip
-            cached = (result.similarities, result.targets)
-            val = evaluate("val")  # while the prototype images are written
-            after = {"val": val, "test": evaluate("test")}
-            result.wait_rendered()  # the checkpoint below records a finished push
-            state["pushes"].append(
-                {
-                    "epoch": epoch + 1,
-                    "push": result.summary(),
-                    "before_push": before,
-                    "after_push": after,
-                }
-            )
-            row.update(
-                {
-                    "push_accuracy_before": result.accuracy_before,
-                    "push_accuracy_after": result.accuracy_after,
-                }
-            )
-            log.info("push after epoch %d: push-set accuracy %.4f -> %.4f, val balanced accuracy %.4f -> %.4f (%.1f s)",
-                     epoch + 1, result.accuracy_before, result.accuracy_after,
-                     before["val"]["balanced_accuracy"], val["balanced_accuracy"], result.seconds)  # fmt: skip
-        else:  # last_layer
-            if cached is None:  # resumed between the push and this stage
-                cached = similarity_vectors(model, loaders.push, device, p.push_amp)
-            g = torch.Generator().manual_seed(cfg.seed * 7919 + len(state["pushes"]))
-            iters = last_layer_stage(
-                model,
-                cached[0],
-                cached[1],
-                opt["last"],
-                p,
-                _last_layer_batch(cfg),
-                class_weights,
-                oversample,
-                g,
-                progress,
-                amp,
-            )
-            distributed.broadcast_module(model.last_layer)  # identical on all ranks; guard drift
-            cached = None
-            val = evaluate("val")
-            record = state["pushes"][-1]
-            record["after_last_layer"] = {"val": val, "test": evaluate("test")}
-            record["last_layer_iterations"] = iters
-            if iters:
-                row.update(
-                    {
-                        "train_loss": iters[-1]["loss"],
-                        "train_accuracy": iters[-1]["train_accuracy"],
-                    }
-                )
-            score = _score(val, cfg.train.select_metric)
-            if state["best_score"] is None or score > state["best_score"]:
-                state["best_score"], state["best_push"] = score, len(state["pushes"]) - 1
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if write:
-                    save_checkpoint(
-                        ckpt_dir / "best.pt",
-                        model,
-                        cfg,
-                        class_names,
-                        stage="best",
-                        epoch=epoch,
-                        val=val,
-                    )
+        val = PHASES[phase](run, epoch, row)
         row.update(_headline(val, "val_"))
         row["seconds"] = time.perf_counter() - t0
-        if phase == "trunk":
-            log.info("trunk epoch %d: loss %.4f  val acc %.4f  bal %.4f (linear head)  (%.1f s)",
-                     epoch + 1, row["train_loss"], val["accuracy"], val["balanced_accuracy"],
-                     row["seconds"])  # fmt: skip
-        if phase in ("warm", "joint"):
-            log.info("%s epoch %d: loss %.4f (ce %.4f, clst %.4f, sep %.4f)  val acc %.4f  bal %.4f  (%.1f s)",
-                     phase, epoch + 1, row["train_loss"], row["cross_entropy"], row["cluster"], row["separation"],
-                     val["accuracy"], val["balanced_accuracy"], row["seconds"])  # fmt: skip
+        _log_step(phase, epoch, row, val)
         state["history"].append(row)
         state["step"] += 1
-        save_last()
-
+        run.save_last()
     if cfg.train.sync_batchnorm:
         distributed.revert_sync_batchnorm(model)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    run.ckpt.load_best(model)
+    return _results(state, run.ckpt.run_dir)
+
+
+class _ProtoPNetRun:
+    """Everything the schedule's steps share: optimisers, scaler, cached similarities, progress.
+
+    `state` is what `last.pt` records of the run's progress (step index, history, push records,
+    the best push); the phases (`PHASES`) read and extend it."""
+
+    def __init__(self, model: ProtoPNet, loaders, cfg: RunConfig, device: torch.device,
+                 run_dir: str | Path | None) -> None:  # fmt: skip
+        p = cfg.protopnet
+        self.model, self.loaders, self.cfg, self.p, self.device = model, loaders, cfg, p, device
+        self.progress = cfg.train.progress and distributed.is_main()
+        self.class_names = loaders.class_names
+        self.steps = build_schedule(p)
+        self.opt = build_optimizers(model, p)
+        self.trunk: TrunkClassifier | None = None
+        if p.trunk_epochs > 0:  # the trunk trained as the baseline CNN is: train section's recipe
+            self.trunk = TrunkClassifier(model.features, model.num_classes).to(device)
+            self.opt["trunk"] = build_optimizer(self.trunk.parameters(), cfg.train)
+            trunk_scheduler = build_scheduler(self.opt["trunk"], cfg.train, p.trunk_epochs)
+            if trunk_scheduler is not None:
+                self.opt["trunk_scheduler"] = trunk_scheduler
+        self.amp = precision.use_amp(cfg.train, device)
+        self.scaler = precision.grad_scaler(cfg.train, device)
+        weights = loaders.loss_weights
+        self.class_weights = weights.to(device) if weights is not None else None
+        self.ckpt = Checkpointer(run_dir, cfg, self.class_names, "protopnet", getattr(loaders, "generator", None))
+        self.ddp: dict[str, nn.Module] = {}  # per phase: DDP reduces what requires grad when it is built
+        self.state: dict[str, Any] = {"step": 0, "history": [], "pushes": [], "best_score": None, "best_push": None}
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None  # the push's similarities
+
+    def resume(self) -> None:
+        last = self.ckpt.resume("ProtoPNet training", "resume it with the command that wrote it, or start a new run folder")
+        if last is None:
+            return
+        if [tuple(s) for s in last["schedule"]] != self.steps:
+            raise CheckpointError("the ProtoPNet schedule differs from the checkpoint's", "resume with the run's saved config")
+        self.model.load_state_dict(last["state_dict"])
+        for key in self.opt:
+            self.opt[key].load_state_dict(last["optimizers"][key])
+        if self.trunk is not None:
+            self.trunk.head.load_state_dict(last["trunk_head"])
+        if self.scaler is not None and last.get("scaler"):
+            self.scaler.load_state_dict(last["scaler"])
+        self.state = copy.deepcopy(last["progress"])
+        self.ckpt.restore_rng(last, self.state["step"])
+        log.info("resuming at step %d of %d (%s, epoch %d)", self.state["step"] + 1, len(self.steps),
+                 *self.steps[min(self.state["step"], len(self.steps) - 1)])  # fmt: skip
+
+    def save_last(self) -> None:
+        self.ckpt.save_last(
+            self.model, self.state["history"], schedule=[list(s) for s in self.steps], progress=self.state,
+            optimizers={k: v.state_dict() for k, v in self.opt.items()},
+            trunk_head=self.trunk.head.state_dict() if self.trunk is not None else None,
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+        )  # fmt: skip
+
+    def evaluate(self, split: str) -> dict[str, Any]:
+        return evaluate_model(self.model, getattr(self.loaders, split), self.class_names, self.device)
+
+    def wrapped(self, phase: str, module: nn.Module) -> nn.Module:
+        """`module` under DDP (torchrun), built once per phase."""
+        if phase not in self.ddp:
+            self.ddp[phase] = distributed.wrap_model(module, self.device, self.cfg.train.sync_batchnorm)
+        return self.ddp[phase]
+
+
+def _trunk_step(run: _ProtoPNetRun, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+    """One epoch of the trunk alone with a linear head, as the baseline CNN trains."""
+    assert run.trunk is not None
+    run.model.set_trainable(features=True, add_on=False, prototypes=False, last_layer=False)
+    row["lr"] = run.opt["trunk"].param_groups[0]["lr"]
+    trunk = run.wrapped("trunk", run.trunk)
+    distributed.set_epoch(run.loaders.train, epoch)
+    row["train_loss"] = train_one_epoch(
+        trunk, run.loaders.train, run.opt["trunk"], nn.CrossEntropyLoss(weight=run.class_weights),
+        run.device, run.scaler, run.progress, f"trunk {epoch + 1}", run.amp,
+    )  # fmt: skip
+    if "trunk_scheduler" in run.opt:
+        run.opt["trunk_scheduler"].step()
+    return evaluate_model(run.trunk, run.loaders.val, run.class_names, run.device)  # the trunk's own head
+
+
+def _epoch_step(run: _ProtoPNetRun, epoch: int, row: dict[str, Any], phase: str) -> dict[str, Any]:
+    """One warm-up epoch (add-on and prototypes) or joint epoch (the trunk too)."""
+    warm, p = phase == "warm", run.p
+    run.model.set_trainable(features=not warm, add_on=True, prototypes=True, last_layer=False)
+    optimizer = run.opt["warm"] if warm else run.opt["joint"]
+    if not warm and p.joint_lr_step_at == "start":
+        step_before_epoch(run.opt["joint_scheduler"])
+    row["lr"] = optimizer.param_groups[0]["lr"]
+    forward = run.wrapped(phase, _DetailsForward(run.model))
+    distributed.set_epoch(run.loaders.train, epoch)
+    terms = train_epoch(
+        run.model, run.loaders.train, optimizer, p, run.device, run.class_weights, run.scaler, run.progress,
+        f"{phase} {epoch + 1}", forward if distributed.is_distributed() else None, run.amp,
+    )  # fmt: skip
+    if not warm and p.joint_lr_step_at == "end":
+        run.opt["joint_scheduler"].step()
+    row.update({"train_loss": terms.pop("loss"), **terms})
+    return run.evaluate("val")
+
+
+def _push_step(run: _ProtoPNetRun, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+    """The push: every prototype onto its nearest training patch of its class; test metrics before
+    and after it recorded."""
+    before = {"val": run.evaluate("val"), "test": run.evaluate("test")}
+    out_dir = None  # rendered by rank 0
+    if run.ckpt.run_dir is not None and run.p.save_push_images:
+        out_dir = run.ckpt.run_dir / "prototypes" / f"epoch-{epoch + 1:03d}"
+    result = push_prototypes(
+        run.model, run.loaders.push, run.device, run.class_names, out_dir, progress=run.progress,
+        render_async=True, amp=run.p.push_amp,
+    )  # fmt: skip
+    run.cached = (result.similarities, result.targets)
+    val = run.evaluate("val")  # while the prototype images are written
+    after = {"val": val, "test": run.evaluate("test")}
+    result.wait_rendered()  # the checkpoint written after this step records a finished push
+    run.state["pushes"].append({"epoch": epoch + 1, "push": result.summary(), "before_push": before, "after_push": after})
+    row.update({"push_accuracy_before": result.accuracy_before, "push_accuracy_after": result.accuracy_after})
+    log.info("push after epoch %d: push-set accuracy %.4f -> %.4f, val balanced accuracy %.4f -> %.4f (%.1f s)",
+             epoch + 1, result.accuracy_before, result.accuracy_after,
+             before["val"]["balanced_accuracy"], val["balanced_accuracy"], result.seconds)  # fmt: skip
+    return val
+
+
+def _last_layer_step(run: _ProtoPNetRun, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+    """The last-layer stage on the push's similarities; a pushed model, so the one selected from."""
+    if run.cached is None:  # resumed between the push and this stage
+        run.cached = similarity_vectors(run.model, run.loaders.push, run.device, run.p.push_amp)
+    g = torch.Generator().manual_seed(run.cfg.seed * 7919 + len(run.state["pushes"]))
+    iters = last_layer_stage(
+        run.model, run.cached[0], run.cached[1], run.opt["last"], run.p, _last_layer_batch(run.cfg),
+        run.class_weights, run.cfg.data.balance == "oversample", g, run.progress, run.amp,
+    )  # fmt: skip
+    distributed.broadcast_module(run.model.last_layer)  # identical on all ranks; guard drift
+    run.cached = None
+    val = run.evaluate("val")
+    record = run.state["pushes"][-1]
+    record["after_last_layer"] = {"val": val, "test": run.evaluate("test")}
+    record["last_layer_iterations"] = iters
+    if iters:
+        row.update({"train_loss": iters[-1]["loss"], "train_accuracy": iters[-1]["train_accuracy"]})
+    score = _score(val, run.cfg.train.select_metric)
+    if run.state["best_score"] is None or score > run.state["best_score"]:
+        run.state["best_score"], run.state["best_push"] = score, len(run.state["pushes"]) - 1
+        run.ckpt.keep_best(run.model, epoch, val)
+    return val
+
+
+# The schedule's phases (`build_schedule`'s names), each one step of the loop.
+PHASES = {
+    "trunk": _trunk_step,
+    "warm": lambda run, epoch, row: _epoch_step(run, epoch, row, "warm"),
+    "joint": lambda run, epoch, row: _epoch_step(run, epoch, row, "joint"),
+    "push": _push_step,
+    "last_layer": _last_layer_step,
+}
+
+
+def _log_step(phase: str, epoch: int, row: dict[str, Any], val: dict[str, Any]) -> None:
+    if phase == "trunk":
+        log.info("trunk epoch %d: loss %.4f  val acc %.4f  bal %.4f (linear head)  (%.1f s)",
+                 epoch + 1, row["train_loss"], val["accuracy"], val["balanced_accuracy"],
+                 row["seconds"])  # fmt: skip
+    if phase in ("warm", "joint"):
+        log.info("%s epoch %d: loss %.4f (ce %.4f, clst %.4f, sep %.4f)  val acc %.4f  bal %.4f  (%.1f s)",
+                 phase, epoch + 1, row["train_loss"], row["cross_entropy"], row["cluster"], row["separation"],
+                 val["accuracy"], val["balanced_accuracy"], row["seconds"])  # fmt: skip
+
+
+def _results(state: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
+    """The selected push's metrics; `protopnet_stages.json` with every push's."""
     best = state["pushes"][state["best_push"]]
     stages = {
         "push_epoch": best["epoch"],
@@ -546,8 +512,5 @@ def train_protopnet(
         "pushes": state["pushes"],
     }
     if run_dir is not None and distributed.is_main():
-        atomic_write_json(
-            run_dir / "protopnet_stages.json",
-            {"selected_push_epoch": best["epoch"], "pushes": state["pushes"]},
-        )
+        atomic_write_json(run_dir / "protopnet_stages.json", {"selected_push_epoch": best["epoch"], "pushes": state["pushes"]})
     return results
