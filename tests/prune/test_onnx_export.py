@@ -134,3 +134,21 @@ def test_export_onnx_command_on_a_trained_checkpoint(tmp_path, tiny_config, monk
     with pytest.raises(OutputExistsError):  # never overwritten without --force
         onnx_export.export_checkpoint_onnx(ckpt)
     assert main(["export-onnx", str(ckpt), "--force"]) == 0
+
+
+def test_the_tolerance_scales_with_the_outputs_magnitude(tmp_path):
+    """Outputs in the thousands differ by float32 rounding alone beyond 1e-4: accepted, because
+    the check is 1e-4 per unit of the largest output; the scale reported is max |torch output|."""
+    torch.manual_seed(0)
+    big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+    with torch.no_grad():
+        big[1].weight.mul_(3e4)
+    result = onnx_export.write_onnx(big, tmp_path / "m.onnx", 8)
+    x = onnx_export.sample_images(8)
+    with torch.no_grad():
+        expected = float(big(x).abs().max())
+    (name,) = result["scale"]
+    assert expected > 1e3 and result["scale"][name] == pytest.approx(expected, rel=1e-6)
+    assert result["max_abs_diff"][name] <= 1e-4 * expected
+    with pytest.raises(onnx_export.OnnxExportError, match="scale"):  # a tolerance below rounding
+        onnx_export.write_onnx(big, tmp_path / "n.onnx", 8, atol=1e-12)
