@@ -161,30 +161,12 @@ def pruning_curve(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run the no-fine-tune pruning curve of a classifier checkpoint; returns the curve table."""
-    from ..config import save_config
-    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data
 
     settings = settings or CurveSettings()
     settings.check()
-    ckpt = load_checkpoint(checkpoint_path)
-    cfg = cfg or checkpoint_config(ckpt)
-    if ckpt.get("model_type") != "classifier":
-        raise ConfigError(
-            f"prune-curve needs a classifier checkpoint, got {ckpt.get('model_type')!r}",
-            "give the best.pt of a baseline run (`protoprune train` with model.type: classifier)",
-        )
-    from ..io import check_run_dir, prepare_run_dir
-
-    out = Path(out_dir or Path(cfg.output_dir) / f"{cfg.name}-prune-curve")
-    check_run_dir(out, force=force, resume=resume)
-    meta = {"checkpoint": str(ckpt["path"]), "settings": _settings_dict(settings),
-            "ref_per_class": cfg.prune_filters.ref_per_class,
-            "round_to": 1, "ratio_unit": cfg.prune_filters.ratio_unit}  # fmt: skip
-    done = _resume_rows(out, meta) if resume else pd.DataFrame()
-    prepare_run_dir(out, force=force, resume=resume)
-    save_config(cfg, out / "config.yaml", {"checkpoint": str(ckpt["path"]), "curve": meta["settings"]})
-    atomic_write_json(out / "curve.json", meta)
+    ckpt, cfg, out, done = _open_curve_run(checkpoint_path, out_dir, settings, cfg, force, resume)
     device = distributed.resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -195,6 +177,8 @@ def pruning_curve(
     base = {f"{s}_{k}": v for s, d in evals.items()
             for k, v in _subset(_evaluate(model, d, names, device)).items()}  # fmt: skip
     macs0, params0 = count_macs_params(model, cfg.data.image_size, device)
+    zero = {"ratio": 0.0, "filters_removed_ratio": 0.0, "channels_removed_ratio": 0.0,
+            "filters_removed": 0, "macs": macs0, "params": params0, **base}  # fmt: skip
     bn_batches = None
     if settings.bn_recalibrate:
         it = iter(loaders.train)
@@ -228,23 +212,55 @@ def pruning_curve(
                                 pf.prune_linear)  # fmt: skip
             if deterministic:
                 cache[(method, norm)] = block
-        zero = {"ratio": 0.0, "filters_removed_ratio": 0.0, "channels_removed_ratio": 0.0,
-                "filters_removed": 0, "macs": macs0, "params": params0, **base}  # fmt: skip
         widths.extend({"method": method, "normalize": norm, "ref_seed": seed, "ratio": r["ratio"],
                        "layer": n, "filters": w, "initial": initial[n]}
                       for r in block for n, w in r["_widths"].items())  # fmt: skip
-        atomic_write_text(out / "curve_layers.csv", pd.DataFrame(widths).to_csv(index=False))
-        block = [{k: v for k, v in r.items() if k != "_widths"} for r in block]
-        frame = pd.DataFrame([zero, *block]).assign(method=method, normalize=norm, ref_seed=seed)
-        rows.append(frame[BLOCK + [c for c in frame.columns if c not in BLOCK]])
-        df = pd.concat(rows, ignore_index=True)
-        atomic_write_text(out / "curve.csv", df.to_csv(index=False))
-        log.info("%s (%s) draw %d: test balanced accuracy %s", method, norm, seed,
-                 ", ".join(f"{r['ratio']:.2f}: {r['test_balanced_accuracy']:.3f}" for r in block))  # fmt: skip
+        rows.append(_block_frame(block, zero, method, norm, seed))
+        _write_progress(out, rows, widths)
     df = pd.concat(rows, ignore_index=True)
     write_curve_report(df, out, f"Pruning curve (no fine-tuning): {cfg.model.arch}, {ckpt['path']}",
                        pd.DataFrame(widths))  # fmt: skip
     return df
+
+
+def _open_curve_run(checkpoint_path, out_dir, settings: CurveSettings, cfg, force: bool, resume: bool):
+    """Check the checkpoint and the folder, then record the run: (ckpt, cfg, folder, rows done)."""
+    from ..config import save_config
+    from ..io import check_run_dir, prepare_run_dir
+    from ..train.checkpoint import checkpoint_config, load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_path)
+    cfg = cfg or checkpoint_config(ckpt)
+    if ckpt.get("model_type") != "classifier":
+        raise ConfigError(
+            f"prune-curve needs a classifier checkpoint, got {ckpt.get('model_type')!r}",
+            "give the best.pt of a baseline run (`protoprune train` with model.type: classifier)",
+        )
+    out = Path(out_dir or Path(cfg.output_dir) / f"{cfg.name}-prune-curve")
+    check_run_dir(out, force=force, resume=resume)
+    meta = {"checkpoint": str(ckpt["path"]), "settings": _settings_dict(settings),
+            "ref_per_class": cfg.prune_filters.ref_per_class,
+            "round_to": 1, "ratio_unit": cfg.prune_filters.ratio_unit}  # fmt: skip
+    done = _resume_rows(out, meta) if resume else pd.DataFrame()
+    prepare_run_dir(out, force=force, resume=resume)
+    save_config(cfg, out / "config.yaml", {"checkpoint": str(ckpt["path"]), "curve": meta["settings"]})
+    atomic_write_json(out / "curve.json", meta)
+    return ckpt, cfg, out, done
+
+
+def _block_frame(block: list[dict], zero: dict, method: str, norm: str, seed: int) -> pd.DataFrame:
+    """One criterion's draw as curve rows, the unpruned model first; logged."""
+    block = [{k: v for k, v in r.items() if k != "_widths"} for r in block]
+    frame = pd.DataFrame([zero, *block]).assign(method=method, normalize=norm, ref_seed=seed)
+    log.info("%s (%s) draw %d: test balanced accuracy %s", method, norm, seed,
+             ", ".join(f"{r['ratio']:.2f}: {r['test_balanced_accuracy']:.3f}" for r in block))  # fmt: skip
+    return frame[BLOCK + [c for c in frame.columns if c not in BLOCK]]
+
+
+def _write_progress(out: Path, rows: list[pd.DataFrame], widths: list[dict]) -> None:
+    """curve.csv and curve_layers.csv after every finished draw (what --resume reads back)."""
+    atomic_write_text(out / "curve_layers.csv", pd.DataFrame(widths).to_csv(index=False))
+    atomic_write_text(out / "curve.csv", pd.concat(rows, ignore_index=True).to_csv(index=False))
 
 
 def _finished_block(done: pd.DataFrame, widths: list[dict], method: str, norm: str) -> dict:

@@ -30,12 +30,10 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..explain.nearest import require_k_images
 from ..io import atomic_write_json, atomic_write_text, check_run_dir
+from ..metrics import HEADLINE
 from ..models.protopnet import ProtoPNet
 
 log = logging.getLogger(__name__)
-
-HEADLINE = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
-
 
 @dataclass
 class PruningPlan:
@@ -152,38 +150,23 @@ def prune_prototypes(
     below that many prototypes (see protect_classes). `out_dir` defaults to
     `<run folder>/prototype_pruning`. Returns the summary written to prototype_pruning.json.
     """
-    from ..explain.nearest import k_nearest_patches
     from ..train.checkpoint import (
-        checkpoint_config,
         load_checkpoint,
         model_from_checkpoint,
         require_protopnet,
         require_same_classes,
         run_dir_of,
-        save_checkpoint,
     )
     from ..train.evaluate import evaluate_model
     from ..train.protopnet import refit_last_layer, similarity_vectors
     from ..train.run import prepare_data
 
     ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
-    cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
+    cfg = _settings(ckpt, cfg, k, threshold, finetune_iterations, min_per_class)
     q = cfg.prune_prototypes
-    q.k = q.k if k is None else k
-    q.threshold = q.threshold if threshold is None else threshold
-    q.finetune_iterations = (
-        q.finetune_iterations if finetune_iterations is None else finetune_iterations
-    )
-    cfg.validate()
-    if min_per_class < 0:
-        raise ConfigError(
-            f"min_per_class = {min_per_class} must be >= 0",
-            "give the fewest prototypes a class keeps (0: the original criterion)",
-        )
     progress = cfg.train.progress if progress is None else progress
-    ckpt_path = Path(ckpt["path"])
     dev = distributed.resolve_device(device)  # joins torchrun's process group if launched by it
-    out = out_dir or run_dir_of(ckpt_path) / "prototype_pruning"
+    out = out_dir or run_dir_of(Path(ckpt["path"])) / "prototype_pruning"
     check_run_dir(out, force=force)
     loaders, _ = prepare_data(cfg)
     class_names = loaders.class_names
@@ -193,113 +176,155 @@ def prune_prototypes(
     model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
 
     def evaluate() -> dict[str, Any]:
-        return {
-            s: evaluate_model(model, getattr(loaders, s), class_names, dev) for s in ("val", "test")
-        }
+        return {s: evaluate_model(model, getattr(loaders, s), class_names, dev) for s in ("val", "test")}
 
-    before = evaluate()
-    n_before = model.num_prototypes
+    metrics = {"before": evaluate()}
     classes_before = model.prototype_classes.cpu().clone()
-    nearest = k_nearest_patches(model, loaders.push, q.k, dev, progress, "prune: nearest patches")
-    own = nearest.own_class_count(classes_before)
-    below = select_low_purity(own, q.threshold)
-    pruned = protect_classes(below, own, classes_before, min_per_class)
-    merge = find_duplicates(model.prototype_vectors.detach().cpu(), classes_before, pruned)
-    plan = PruningPlan(pruned, merge, n_before)
+    plan, evidence = plan_pruning(model, loaders.push, q.k, q.threshold, min_per_class, dev, progress)
     with torch.no_grad():
         logits_before = model.last_layer(similarity_vectors(model, loaders.push, dev)[0])
     apply_plan(model, plan)
-    after_pruning = evaluate()
+    metrics["after_pruning"] = evaluate()
     sims, targets = similarity_vectors(model, loaders.push, dev)
-    with torch.no_grad():
-        merge_max_change = (
-            float((model.last_layer(sims) - logits_before).abs().max()) if not pruned else None
-        )
-
+    with torch.no_grad():  # merging alone leaves every logit unchanged: measured
+        merge_max_change = float((model.last_layer(sims) - logits_before).abs().max()) if not plan.prune else None
     iterations = refit_last_layer(model, sims, targets, loaders, cfg, q.finetune_iterations, progress)
     model.eval()
-    after_finetune = evaluate()
+    metrics["after_finetuning"] = evaluate()
+    summary = _summary(ckpt, cfg, min_per_class, plan, evidence, classes_before, class_names, metrics)
+    summary.update(prototypes_after=model.num_prototypes, merge_max_logit_change=merge_max_change,
+                   finetune_history=iterations)  # fmt: skip
+    _write(out, model, cfg, class_names, summary)
+    log.info(
+        "pruned %d and merged %d of %d prototypes; test balanced accuracy %.4f -> %.4f -> %.4f (fine-tuned) -> %s",
+        len(plan.prune), len(plan.merge), plan.num_prototypes, metrics["before"]["test"]["balanced_accuracy"],
+        metrics["after_pruning"]["test"]["balanced_accuracy"], metrics["after_finetuning"]["test"]["balanced_accuracy"], out,
+    )  # fmt: skip
+    return summary
 
-    per_class = []
-    for c, name in enumerate(class_names):
-        in_class = classes_before == c
-        n_pruned = sum(1 for j in pruned if classes_before[j] == c)
-        n_merged = sum(1 for j in merge if classes_before[j] == c)
-        per_class.append(
-            {
-                "class": name,
-                "before": int(in_class.sum()),
-                "pruned": n_pruned,
-                "merged": n_merged,
-                "after": int(in_class.sum()) - n_pruned - n_merged,
-            }
+
+def _settings(ckpt: dict, cfg: RunConfig | None, k, threshold, finetune_iterations, min_per_class: int) -> RunConfig:
+    """The run's config (default: the checkpoint's) with the call's overrides, validated."""
+    from ..train.checkpoint import checkpoint_config
+
+    cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
+    q = cfg.prune_prototypes
+    q.k = q.k if k is None else k
+    q.threshold = q.threshold if threshold is None else threshold
+    q.finetune_iterations = q.finetune_iterations if finetune_iterations is None else finetune_iterations
+    cfg.validate()
+    if min_per_class < 0:
+        raise ConfigError(
+            f"min_per_class = {min_per_class} must be >= 0",
+            "give the fewest prototypes a class keeps (0: the original criterion)",
         )
-    empty = [r["class"] for r in per_class if r["after"] == 0 and r["before"] > 0]
-    if empty:
-        log.warning("prototype pruning removed every prototype of class(es) %s", ", ".join(empty))
-    counts = nearest.class_counts(len(class_names))
-    records = [
+    return cfg
+
+
+@dataclass
+class PruningEvidence:
+    """Why the plan is what it is: per prototype its own-class count among the k nearest patches,
+    the class counts of those patches, and the prototypes below the threshold (before sparing)."""
+
+    own_class_neighbours: torch.Tensor
+    neighbour_class_counts: Any
+    below_threshold: list[int]
+
+
+def plan_pruning(model: ProtoPNet, push_loader, k: int, threshold: int, min_per_class: int = 0,
+                 device: torch.device | str = "cpu", progress: bool = False) -> tuple[PruningPlan, PruningEvidence]:  # fmt: skip
+    """The original's criterion on `model` (unchanged): prune a prototype with fewer than
+    `threshold` own-class patches among its `k` nearest training patches, spare per
+    `min_per_class`, merge duplicates among the rest."""
+    from ..explain.nearest import k_nearest_patches
+
+    classes = model.prototype_classes.cpu().clone()
+    nearest = k_nearest_patches(model, push_loader, k, device, progress, "prune: nearest patches")
+    own = nearest.own_class_count(classes)
+    below = select_low_purity(own, threshold)
+    pruned = protect_classes(below, own, classes, min_per_class)
+    merge = find_duplicates(model.prototype_vectors.detach().cpu(), classes, pruned)
+    counts = nearest.class_counts(model.num_classes)
+    return PruningPlan(pruned, merge, model.num_prototypes), PruningEvidence(own, counts, below)
+
+
+def _per_class(plan: PruningPlan, classes_before: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for c, name in enumerate(class_names):
+        n = int((classes_before == c).sum())
+        n_pruned = sum(1 for j in plan.prune if classes_before[j] == c)
+        n_merged = sum(1 for j in plan.merge if classes_before[j] == c)
+        rows.append({"class": name, "before": n, "pruned": n_pruned, "merged": n_merged, "after": n - n_pruned - n_merged})
+    return rows
+
+
+def _prototype_records(plan: PruningPlan, evidence: PruningEvidence, classes_before: torch.Tensor,
+                       class_names: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per prototype of the unpruned model: its neighbours and what became of it."""
+    pruned, below, keep = set(plan.prune), set(evidence.below_threshold), plan.keep
+    counts = evidence.neighbour_class_counts
+    return [
         {
             "prototype": j,
             "class": class_names[int(classes_before[j])],
-            "own_class_neighbours": int(own[j]),
+            "own_class_neighbours": int(evidence.own_class_neighbours[j]),
             "neighbour_classes": {class_names[c]: int(n) for c, n in enumerate(counts[j]) if n > 0},
-            "status": "pruned"
-            if j in set(pruned)
-            else ("merged" if j in merge else ("spared" if j in set(below) else "kept")),
-            "merged_into": merge.get(j),
-            "new_index": plan.keep.index(j) if j in set(plan.keep) else None,
+            "status": "pruned" if j in pruned else ("merged" if j in plan.merge else ("spared" if j in below else "kept")),
+            "merged_into": plan.merge.get(j),
+            "new_index": keep.index(j) if j in set(keep) else None,
         }
-        for j in range(n_before)
+        for j in range(plan.num_prototypes)
     ]
-    pruned_cfg = copy.deepcopy(cfg)
-    pruned_cfg.protopnet.prototype_classes = [int(c) for c in model.prototype_classes.cpu()]
-    summary = {
-        "source_checkpoint": str(ckpt_path),
+
+
+def _summary(ckpt, cfg: RunConfig, min_per_class: int, plan: PruningPlan, evidence: PruningEvidence,
+             classes_before: torch.Tensor, class_names: list[str], metrics: dict) -> dict[str, Any]:  # fmt: skip
+    """prototype_pruning.json's content (the caller adds what only the pruned model knows)."""
+    q = cfg.prune_prototypes
+    per_class = _per_class(plan, classes_before, class_names)
+    empty = [r["class"] for r in per_class if r["after"] == 0 and r["before"] > 0]
+    if empty:
+        log.warning("prototype pruning removed every prototype of class(es) %s", ", ".join(empty))
+    return {
+        "source_checkpoint": str(ckpt["path"]),
         "k": q.k,
         "threshold": q.threshold,
         "finetune_iterations": q.finetune_iterations,
-        "prototypes_before": n_before,
-        "prototypes_after": model.num_prototypes,
-        "pruned": len(pruned),
-        "merged": len(merge),
+        "prototypes_before": plan.num_prototypes,
+        "prototypes_after": None,
+        "pruned": len(plan.prune),
+        "merged": len(plan.merge),
         "min_per_class": min_per_class,
-        "spared": sorted(set(below) - set(pruned)),
+        "spared": sorted(set(evidence.below_threshold) - set(plan.prune)),
         "classes_without_prototypes": empty,
-        "merge_max_logit_change": merge_max_change,
+        "merge_max_logit_change": None,
         "per_class": per_class,
         "kept_indices": plan.keep,
-        "prototypes": records,
-        "headline": {
-            "before": {s: _headline(m) for s, m in before.items()},
-            "after_pruning": {s: _headline(m) for s, m in after_pruning.items()},
-            "after_finetuning": {s: _headline(m) for s, m in after_finetune.items()},
-        },
-        "metrics": {
-            "before": before,
-            "after_pruning": after_pruning,
-            "after_finetuning": after_finetune,
-        },
-        "finetune_history": iterations,
+        "prototypes": _prototype_records(plan, evidence, classes_before, class_names),
+        "headline": {stage: {s: _headline(m) for s, m in by_split.items()} for stage, by_split in metrics.items()},
+        "metrics": metrics,
+        "finetune_history": None,
     }
+
+
+def _write(out: Path, model: ProtoPNet, cfg: RunConfig, class_names: list[str], summary: dict[str, Any]) -> None:
+    """The pruned checkpoint (its config lists each kept prototype's class) and the reports."""
+    from ..train.checkpoint import save_checkpoint
+
+    pruned_cfg = copy.deepcopy(cfg)
+    pruned_cfg.protopnet.prototype_classes = [int(c) for c in model.prototype_classes.cpu()]
     if distributed.is_main():  # every rank computed the same; rank 0 writes
         save_checkpoint(
             out / "checkpoints" / "pruned.pt", model, pruned_cfg, class_names,
             stage="prune_prototypes", prototype_pruning={k: v for k, v in summary.items() if k != "metrics"},
         )  # fmt: skip
-        table = pd.DataFrame(records).drop(columns=["neighbour_classes"])
+        table = pd.DataFrame(summary["prototypes"]).drop(columns=["neighbour_classes"])
         atomic_write_text(out / "prototypes.csv", table.to_csv(index=False))
         atomic_write_json(out / "prototype_pruning.json", summary)
         atomic_write_text(out / "prototype_pruning.md", pruning_markdown(summary))
     distributed.barrier()
     summary["out_dir"] = str(out)
     summary["checkpoint"] = str(out / "checkpoints" / "pruned.pt")
-    log.info(
-        "pruned %d and merged %d of %d prototypes; test balanced accuracy %.4f -> %.4f -> %.4f (fine-tuned) -> %s",
-        len(pruned), len(merge), n_before, before["test"]["balanced_accuracy"],
-        after_pruning["test"]["balanced_accuracy"], after_finetune["test"]["balanced_accuracy"], out,
-    )  # fmt: skip
-    return summary
 
 
 def _fmt(v: Any) -> str:

@@ -194,126 +194,140 @@ def _optimise(
     cuda_graph: bool | None,
 ) -> list[dict[str, float]]:
     """last_layer_stage's loop, on the weight in whichever layout it has."""
-    device = similarities.device
-    n = len(targets)
+    device, n = similarities.device, len(targets)
     if oversample:
         counts = torch.bincount(targets, minlength=model.num_classes).float()
         draw = (1.0 / counts.clamp_min(1))[targets].cpu().double()
-    weight = model.last_layer.weight
-    wrong = 1 - model.prototype_class_identity.t()
-    column_major = weight.t().is_contiguous()  # see _column_major
-    # flat indices (in memory order) of the own-class weights, which the L1 term leaves alone
-    own_mask = (wrong.t() if column_major else wrong) == 0
-    own = own_mask.reshape(-1).nonzero().squeeze(1).to(weight.device)
-    # The gradient is written by hand, not by autograd: autograd's graph and its fresh gradient
-    # tensor each step cost a fifth of the stage (2000 x 200, 2 threads: 1.55 s by hand, 1.91 s
-    # with autograd). For logits = x W^T (no bias) and a batch of m rows:
-    #   dCE/dW = ((softmax - onehot) * w_y / sum(w_y))^T x   (w_y = 1/m without class weights)
-    #   d(l1 |W * wrong|)/dW = l1 sign(W) wrong,
-    # the same update as autograd (tests/train/test_last_layer_gradient.py checks it). It takes
-    # three passes over the weight's size: sign(W) into the gradient, zeros at the own-class
-    # entries, and the product's accumulation with beta = l1 (so no separate scaling pass).
-    grad = torch.zeros_like(weight)  # in the weight's layout
-    weight.grad = grad  # written in place each step; the optimiser reads it from here
-    grad_t = grad.t()
-    grad_flat = (grad_t if column_major else grad).view(-1)
-    step, graph_safe = _adam_step(optimizer, weight)
-    # bfloat16 products: the vectors are converted once, the weight once a step (on 2 cores with
-    # AVX512-BF16 the two products took 0.24 s instead of 0.42-0.46 s at 2000 x 200)
-    low = torch.bfloat16 if amp and device.type == "cpu" else None
-    source = similarities if low is None else similarities.to(low)
-    if low is not None:
-        weight_low = torch.empty_like(weight, dtype=low)
-        grad_low = torch.empty_like(weight, dtype=low)
-        dlogits_low = torch.empty((weight.shape[0], min(batch_size, n)), dtype=low, device=device)
-    # Each iteration gathers the vectors and targets in drawn order once, so a step's batch is a
-    # contiguous view, and each step writes its logits into a (classes, N) buffer: the loss and
-    # accuracy of the iteration come from it in one pass at the end, not a dozen small ops a
-    # step. All buffers are made once: a fresh (batch x P) tensor is 512 KB at 2000 prototypes,
-    # which glibc may map and unmap every step (640 steps at 2000 x 200, 2 threads: 1.5 s
-    # instead of 0.72 s). The logits and their gradient are (classes, batch), W x^T: the
-    # bfloat16 product was 147 us that way against 182 us as x W^T (2000 x 200, batch 64).
-    x_drawn = torch.empty_like(source)
-    y_drawn = torch.empty_like(targets)
-    logits_drawn = source.new_empty((weight.shape[0], n))
-    minus_ones = torch.full((1, min(batch_size, n)), -1.0, device=device)
-    if class_weights is not None:
-        row_scale = torch.empty((1, n), device=device)  # w_y / sum of the batch's w_y
-        batch_of_row = torch.arange(n, device=device) // batch_size
-    order = torch.empty(n, dtype=torch.long, device=device)  # this iteration's draw
-    starts = range(0, n, batch_size)
-
-    def batch_step(start: int) -> None:
-        end = min(start + batch_size, n)
-        m = end - start
-        x, y = x_drawn[start:end], y_drawn[None, start:end]
-        if low is None:
-            logits = torch.mm(weight, x.t(), out=logits_drawn[:, start:end])
-        else:
-            weight_low.copy_(weight)
-            logits = torch.mm(weight_low, x.t(), out=logits_drawn[:, start:end])
-        dlogits = torch.softmax(logits, 0, dtype=torch.float32)  # (classes, batch)
-        dlogits.scatter_add_(0, y, minus_ones[:, :m])
-        scale = p.crs_ent / m
-        if class_weights is not None:
-            dlogits.mul_(row_scale[:, start:end])
-            scale = p.crs_ent
-        torch.sign(weight, out=grad)
-        grad_flat.index_fill_(0, own, 0.0)
-        if low is None:
-            grad_t.addmm_(x.t(), dlogits.t(), beta=p.l1, alpha=scale)
-        else:  # grad = scale * dCE/dW (bfloat16 product) + l1 * sign(W) * wrong
-            torch.mul(dlogits, scale, out=dlogits_low[:, :m])
-            torch.mm(dlogits_low[:, :m], x, out=grad_low)
-            torch.add(grad_low, grad, alpha=p.l1, out=grad)
-        step()
-
-    full = [s for s in starts if s + batch_size <= n]
+    steps = _Steps(model, similarities, targets, optimizer, p, batch_size, class_weights, amp)
+    full = [s for s in steps.starts if s + batch_size <= n]
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the similarity vectors on CUDA, not {device}")
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and graph_safe and len(full) > 1
+        cuda_graph = device.type == "cuda" and steps.graph_safe and len(full) > 1
     graph = None
     rows = []
-    for it in tqdm(
-        range(p.last_layer_iterations), desc="last layer", leave=False, disable=not progress
-    ):
+    for it in tqdm(range(p.last_layer_iterations), desc="last layer", leave=False, disable=not progress):
         if oversample:
             draws = torch.multinomial(draw, n, replacement=True, generator=generator)
         else:
             draws = torch.randperm(n, generator=generator)
-        order.copy_(draws)
-        torch.index_select(source, 0, order, out=x_drawn)
-        torch.index_select(targets, 0, order, out=y_drawn)
-        if class_weights is not None:
-            w = class_weights[y_drawn]
-            batch_total = torch.zeros(len(starts), device=device).index_add_(0, batch_of_row, w)
-            torch.div(w, batch_total[batch_of_row], out=row_scale[0])
+        steps.gather(draws)
         if graph is None:
-            for start in starts:
-                batch_step(start)
+            for start in steps.starts:
+                steps.batch_step(start)
             if cuda_graph and it + 1 < p.last_layer_iterations:
                 # captured after an eager iteration (lazy initialisations and the optimiser's
                 # state happen outside the capture); capturing runs nothing
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     for start in full:
-                        batch_step(start)
+                        steps.batch_step(start)
         else:
             graph.replay()
-            for start in starts[len(full) :]:  # the short last batch
-                batch_step(start)
-        # loss: mean cross-entropy of the batches as drawn plus the L1 term at the iteration's
-        # end; accuracy of the batches as drawn (as the original reports it): no extra pass
-        ce = iteration_loss(logits_drawn.t(), y_drawn, batch_size, class_weights)
-        l1 = (weight * wrong).abs().sum()
-        # max's indices are argmax's (the first maximum), in a third of argmax's time here
-        correct = (logits_drawn.max(0).indices == y_drawn).float().mean()
-        rows.append(
-            {
-                "iteration": it + 1,
-                "loss": (p.crs_ent * ce + p.l1 * l1).item(),
-                "train_accuracy": correct.item(),
-            }
-        )
+            for start in steps.starts[len(full) :]:  # the short last batch
+                steps.batch_step(start)
+        rows.append({"iteration": it + 1, **steps.iteration_summary()})
     return rows
+
+
+class _Steps:
+    """The buffers and the hand-written step of the last-layer loop (see `_optimise`).
+
+    The gradient is written by hand, not by autograd: autograd's graph and its fresh gradient
+    tensor each step cost a fifth of the stage (2000 x 200, 2 threads: 1.55 s by hand, 1.91 s
+    with autograd). For logits = x W^T (no bias) and a batch of m rows:
+      dCE/dW = ((softmax - onehot) * w_y / sum(w_y))^T x   (w_y = 1/m without class weights)
+      d(l1 |W * wrong|)/dW = l1 sign(W) wrong,
+    the same update as autograd (tests/train/test_last_layer_gradient.py checks it). It takes
+    three passes over the weight's size: sign(W) into the gradient, zeros at the own-class
+    entries, and the product's accumulation with beta = l1 (so no separate scaling pass).
+
+    Each iteration gathers the vectors and targets in drawn order once, so a step's batch is a
+    contiguous view, and each step writes its logits into a (classes, N) buffer: the loss and
+    accuracy of the iteration come from it in one pass at the end, not a dozen small ops a
+    step. All buffers are made once: a fresh (batch x P) tensor is 512 KB at 2000 prototypes,
+    which glibc may map and unmap every step (640 steps at 2000 x 200, 2 threads: 1.5 s
+    instead of 0.72 s). The logits and their gradient are (classes, batch), W x^T: the
+    bfloat16 product was 147 us that way against 182 us as x W^T (2000 x 200, batch 64).
+    """
+
+    def __init__(self, model: ProtoPNet, similarities: torch.Tensor, targets: torch.Tensor,
+                 optimizer: torch.optim.Optimizer, p: ProtoPNetConfig, batch_size: int,
+                 class_weights: torch.Tensor | None, amp: bool) -> None:  # fmt: skip
+        device, n = similarities.device, len(targets)
+        self.p, self.batch_size, self.class_weights, self.n = p, batch_size, class_weights, n
+        self.targets = targets
+        self.weight = weight = model.last_layer.weight
+        self.wrong = 1 - model.prototype_class_identity.t()
+        column_major = weight.t().is_contiguous()  # see _column_major
+        # flat indices (in memory order) of the own-class weights, which the L1 term leaves alone
+        own_mask = (self.wrong.t() if column_major else self.wrong) == 0
+        self.own = own_mask.reshape(-1).nonzero().squeeze(1).to(weight.device)
+        self.grad = torch.zeros_like(weight)  # in the weight's layout
+        weight.grad = self.grad  # written in place each step; the optimiser reads it from here
+        self.grad_t = self.grad.t()
+        self.grad_flat = (self.grad_t if column_major else self.grad).view(-1)
+        self.step, self.graph_safe = _adam_step(optimizer, weight)
+        # bfloat16 products: the vectors are converted once, the weight once a step (on 2 cores
+        # with AVX512-BF16 the two products took 0.24 s instead of 0.42-0.46 s at 2000 x 200)
+        self.low = low = torch.bfloat16 if amp and device.type == "cpu" else None
+        self.source = similarities if low is None else similarities.to(low)
+        if low is not None:
+            self.weight_low = torch.empty_like(weight, dtype=low)
+            self.grad_low = torch.empty_like(weight, dtype=low)
+            self.dlogits_low = torch.empty((weight.shape[0], min(batch_size, n)), dtype=low, device=device)
+        self.x_drawn = torch.empty_like(self.source)
+        self.y_drawn = torch.empty_like(targets)
+        self.logits_drawn = self.source.new_empty((weight.shape[0], n))
+        self.minus_ones = torch.full((1, min(batch_size, n)), -1.0, device=device)
+        if class_weights is not None:
+            self.row_scale = torch.empty((1, n), device=device)  # w_y / sum of the batch's w_y
+            self.batch_of_row = torch.arange(n, device=device) // batch_size
+        self.order = torch.empty(n, dtype=torch.long, device=device)  # this iteration's draw
+        self.starts = range(0, n, batch_size)
+
+    def gather(self, draws: torch.Tensor) -> None:
+        """This iteration's vectors and targets in drawn order (and the batches' class weights)."""
+        self.order.copy_(draws)
+        torch.index_select(self.source, 0, self.order, out=self.x_drawn)
+        torch.index_select(self.targets, 0, self.order, out=self.y_drawn)
+        if self.class_weights is not None:
+            w = self.class_weights[self.y_drawn]
+            batch_total = torch.zeros(len(self.starts), device=w.device).index_add_(0, self.batch_of_row, w)
+            torch.div(w, batch_total[self.batch_of_row], out=self.row_scale[0])
+
+    def batch_step(self, start: int) -> None:
+        p, weight, grad = self.p, self.weight, self.grad
+        end = min(start + self.batch_size, self.n)
+        m = end - start
+        x, y = self.x_drawn[start:end], self.y_drawn[None, start:end]
+        if self.low is None:
+            logits = torch.mm(weight, x.t(), out=self.logits_drawn[:, start:end])
+        else:
+            self.weight_low.copy_(weight)
+            logits = torch.mm(self.weight_low, x.t(), out=self.logits_drawn[:, start:end])
+        dlogits = torch.softmax(logits, 0, dtype=torch.float32)  # (classes, batch)
+        dlogits.scatter_add_(0, y, self.minus_ones[:, :m])
+        scale = p.crs_ent / m
+        if self.class_weights is not None:
+            dlogits.mul_(self.row_scale[:, start:end])
+            scale = p.crs_ent
+        torch.sign(weight, out=grad)
+        self.grad_flat.index_fill_(0, self.own, 0.0)
+        if self.low is None:
+            self.grad_t.addmm_(x.t(), dlogits.t(), beta=p.l1, alpha=scale)
+        else:  # grad = scale * dCE/dW (bfloat16 product) + l1 * sign(W) * wrong
+            torch.mul(dlogits, scale, out=self.dlogits_low[:, :m])
+            torch.mm(self.dlogits_low[:, :m], x, out=self.grad_low)
+            torch.add(self.grad_low, grad, alpha=p.l1, out=grad)
+        self.step()
+
+    def iteration_summary(self) -> dict[str, float]:
+        """Loss: mean cross-entropy of the batches as drawn plus the L1 term at the iteration's
+        end; accuracy of the batches as drawn (as the original reports it): no extra pass."""
+        ce = iteration_loss(self.logits_drawn.t(), self.y_drawn, self.batch_size, self.class_weights)
+        l1 = (self.weight * self.wrong).abs().sum()
+        # max's indices are argmax's (the first maximum), in a third of argmax's time here
+        correct = (self.logits_drawn.max(0).indices == self.y_drawn).float().mean()
+        return {"loss": (self.p.crs_ent * ce + self.p.l1 * l1).item(), "train_accuracy": correct.item()}
+

@@ -127,12 +127,56 @@ def push_prototypes(
     dataset = push_loader.dataset if dataset is None else dataset
     was_training = model.training
     model.eval()
-    classes = model.prototype_classes
-    n_protos, k = model.num_prototypes, model.prototype_size
+    found = _search(model, push_loader, device, progress, amp)
+    t_loop = time.perf_counter()
+    # the whole push set's logits and targets in dataset order (gathered from all ranks)
+    logits_all = distributed.gather_in_order(found.logits, push_loader.sampler)
+    y_global = distributed.gather_in_order(found.targets, push_loader.sampler)
+    win = _project(model, found, shard)
+    acc_before = (logits_all.argmax(1) == y_global).float().mean().item()
+    sims = _pushed_similarities(model, found.latents, push_loader)
+    with precision.autocast(device, False):  # the evaluated model's logits, as `predict` has them
+        acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
+    boxes, upsampled = _boxes(win.maps, found.input_hw)  # the winners' maps in input pixels -> box
+    t_boxes = time.perf_counter()
+    records = _records(model, win, boxes, y_global, class_names, getattr(dataset, "image_ids", None), found.input_hw)
+    unpushed = [r["prototype"] for r in records if not r["pushed"]]
+    if unpushed:
+        missing = sorted({r["class"] for r in records if not r["pushed"]})
+        log.warning("push: no push images of class(es) %s; %d prototypes kept unchanged", ", ".join(missing), len(unpushed))
+    target = Path(out_dir) if out_dir is not None else None
+    rendering = _render(records, upsampled, dataset, found.input_hw, target, mean, std, render_async)
+    t_end = time.perf_counter()
+    model.train(was_training)
+    return PushResult(
+        prototypes=records, accuracy_before=acc_before, accuracy_after=acc_after, unpushed=unpushed,
+        similarities=sims, targets=y_global, seconds=t_end - t_start, out_dir=target, rendering=rendering,
+        timings={"search": t_loop - t_start, "project_and_boxes": t_boxes - t_loop, "render": t_end - t_boxes},
+    )  # fmt: skip
+
+
+@dataclass
+class _Found:
+    """The search's outcome on this rank: per prototype the nearest own-class patch so far
+    (distance, local image position, latent position; image -1 where none), and the pass's kept
+    latents, targets and logits."""
+
+    distance: torch.Tensor
+    image: torch.Tensor
+    position: torch.Tensor
+    latents: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    input_hw: tuple[int, int]
+
+
+def _search(model: ProtoPNet, push_loader: DataLoader, device: torch.device, progress: bool, amp: bool) -> _Found:
+    """One pass over the push set: running minima over (images x positions) for all prototypes."""
+    classes, n_protos = model.prototype_classes, model.num_prototypes
     best_dist = torch.full((n_protos,), float("inf"), device=device)
     best_img = torch.full((n_protos,), -1, dtype=torch.long, device=device)  # local position
     best_pos = torch.zeros(n_protos, dtype=torch.long, device=device)
-    latents, targets, logits_before = [], [], []
+    latents, targets, logits = [], [], []
     offset, input_hw = 0, None
     for x, y in tqdm(push_loader, desc="push", leave=False, disable=not progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -141,7 +185,7 @@ def push_prototypes(
             out = model.forward_details(x)
         latents.append(out.latent.float())
         targets.append(y)
-        logits_before.append(out.logits.float())
+        logits.append(out.logits.float())
         dmin, pos = out.distances.flatten(2).min(dim=2)  # (B, P): nearest position per image
         dmin = dmin.masked_fill(y[:, None] != classes[None, :], float("inf"))  # own class only
         batch_min, batch_img = dmin.min(dim=0)  # (P,)
@@ -152,18 +196,30 @@ def push_prototypes(
         offset += len(y)
     if offset == 0:
         raise DataError("the push set is empty", "push over the (non-empty) training split")
-    t_loop = time.perf_counter()
+    return _Found(best_dist, best_img, best_pos, torch.cat(latents), torch.cat(targets), torch.cat(logits), input_hw)
 
-    z_all = torch.cat(latents)
-    y_all = torch.cat(targets)
-    # the whole push set's logits and targets in dataset order (gathered from all ranks)
-    logits_all = distributed.gather_in_order(torch.cat(logits_before), push_loader.sampler)
-    y_global = distributed.gather_in_order(y_all, push_loader.sampler)
+
+@dataclass
+class _Winners:
+    """Per prototype its global winner: distance, global image index (-1: not pushed), latent
+    row and column, and its similarity map on the source image."""
+
+    distance: torch.Tensor
+    image: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    maps: torch.Tensor
+
+
+def _project(model: ProtoPNet, found: _Found, shard) -> _Winners:
+    """Replace each pushed prototype by its winning patch (merged over ranks under torchrun)."""
+    k, z_all, best_img = model.prototype_size, found.latents, found.image
     pushed = best_img >= 0
     w_lat = z_all.shape[3] - k + 1
+    best_dist, best_pos = found.distance, found.position
     rows, cols = best_pos // w_lat, best_pos % w_lat
     src = best_img.clamp_min(0)
-    offsets = torch.arange(k, device=device)
+    offsets = torch.arange(k, device=z_all.device)
     hh = (rows[:, None] + offsets)[:, :, None]  # (P, k, 1)
     ww = (cols[:, None] + offsets)[:, None, :]  # (P, 1, k)
     patches = z_all[src[:, None, None], :, hh, ww].permute(0, 3, 1, 2)  # (P, D, k, k)
@@ -173,47 +229,44 @@ def push_prototypes(
     if shard is None:
         winner = best_img
     else:  # the global winner of every prototype over all ranks; its patch and map from its rank
-        global_idx = torch.as_tensor(shard, device=device)
+        global_idx = torch.as_tensor(shard, device=z_all.device)
         winner = torch.where(pushed, global_idx[src], -1)
         best_dist, winner, best_pos, rows, cols, patches, maps = _global_winners(
             best_dist, winner, best_pos, rows, cols, patches, maps
         )
         pushed = winner >= 0
-    acc_before = (logits_all.argmax(1) == y_global).float().mean().item()
     new_protos = torch.where(pushed[:, None, None, None], patches, model.prototype_vectors.float())
     model.prototype_vectors.data.copy_(new_protos.to(model.prototype_vectors.dtype))
+    return _Winners(best_dist, winner, rows, cols, maps)
 
-    # the pushed model on the kept latents: accuracy after the push, cached last-layer inputs
+
+def _pushed_similarities(model: ProtoPNet, latents: torch.Tensor, push_loader: DataLoader) -> torch.Tensor:
+    """The pushed model's (N, P) similarity vectors of the whole push set, in dataset order, from
+    the kept latents (no second forward pass): the accuracy after the push and the cached
+    last-layer inputs."""
     batch = max(1, push_loader.batch_size or 64)
     sims = torch.cat(
         [
-            model.distance_to_similarity(
-                model.prototype_distances(z_all[i : i + batch]).flatten(2).amin(2)
-            )
-            for i in range(0, len(z_all), batch)
+            model.distance_to_similarity(model.prototype_distances(latents[i : i + batch]).flatten(2).amin(2))
+            for i in range(0, len(latents), batch)
         ]
     )
-    sims = distributed.gather_in_order(sims, push_loader.sampler)  # whole push set, in order
-    with precision.autocast(device, False):  # the evaluated model's logits, as `predict` has them
-        acc_after = (model.last_layer(sims).argmax(1) == y_global).float().mean().item()
+    return distributed.gather_in_order(sims, push_loader.sampler)
 
-    # the winners' similarity maps upsampled to input pixels -> box
-    boxes, upsampled = _boxes(maps, input_hw)
-    t_boxes = time.perf_counter()
 
-    image_ids = getattr(dataset, "image_ids", None)
+def _records(model: ProtoPNet, win: _Winners, boxes: torch.Tensor, y_global: torch.Tensor,
+             class_names: Sequence[str], image_ids, input_hw: tuple[int, int]) -> list[dict[str, Any]]:  # fmt: skip
+    """One provenance record per prototype: its source image, latent cell, distance, box and
+    receptive field (-1 / NaN / "" where it was not pushed)."""
+    k = model.prototype_size
     # one device -> host copy per quantity (no per-prototype syncs on CUDA)
-    idx_cpu, cls_cpu = winner.cpu().tolist(), classes.cpu().tolist()
-    rows_cpu, cols_cpu, dist_cpu = (
-        rows.cpu().tolist(),
-        cols.cpu().tolist(),
-        best_dist.cpu().tolist(),
-    )
+    idx_cpu, cls_cpu = win.image.cpu().tolist(), model.prototype_classes.cpu().tolist()
+    rows_cpu, cols_cpu, dist_cpu = win.rows.cpu().tolist(), win.cols.cpu().tolist(), win.distance.cpu().tolist()
     y_cpu, box_cpu = y_global.cpu().tolist(), boxes.tolist()
     rf = receptive_field_or_none(model)  # each prototype's receptive field: its rf box
     no_rf = {key: -1 for key in ("rf_y0", "rf_y1", "rf_x0", "rf_x1")} | {"rf_fraction": float("nan")}
     records = []
-    for j in range(n_protos):
+    for j in range(model.num_prototypes):
         i, cls = idx_cpu[j], cls_cpu[j]
         ok = i >= 0
         records.append(
@@ -228,53 +281,29 @@ def push_prototypes(
                 "latent_h": rows_cpu[j] if ok else -1,
                 "latent_w": cols_cpu[j] if ok else -1,
                 "distance": dist_cpu[j] if ok else float("nan"),
-                **{
-                    key: (box_cpu[j][n] if ok else -1)
-                    for n, key in enumerate(("box_y0", "box_y1", "box_x0", "box_x1"))
-                },
+                **{key: (box_cpu[j][n] if ok else -1) for n, key in enumerate(("box_y0", "box_y1", "box_x0", "box_x1"))},
                 **(rf.record(rows_cpu[j], cols_cpu[j], input_hw, k) if ok and rf is not None else no_rf),
             }
         )
-    unpushed = [j for j in range(n_protos) if idx_cpu[j] < 0]
-    if unpushed:
-        missing = sorted({class_names[cls_cpu[j]] for j in unpushed})
-        log.warning(
-            "push: no push images of class(es) %s; %d prototypes kept unchanged",
-            ", ".join(missing),
-            len(unpushed),
-        )
+    return records
 
-    target, rendering = None, None
-    if out_dir is not None:
-        target = Path(out_dir)
-        if distributed.is_main():  # images are loaded by their global index
-            maps_np = upsampled.detach().float().cpu().numpy()  # the writer runs no torch op
-            args = (records, maps_np, dataset, input_hw, target, mean, std)
-            if render_async:  # the writer gets its own copies: the caller may read `records`
-                args = (copy.deepcopy(records), *args[1:])
-                rendering = _RENDERER.submit(render_prototypes, *args)
-            else:
-                render_prototypes(*args)
-        if not render_async:
-            distributed.barrier()
-    t_end = time.perf_counter()
-    model.train(was_training)
-    return PushResult(
-        prototypes=records,
-        accuracy_before=acc_before,
-        accuracy_after=acc_after,
-        unpushed=unpushed,
-        similarities=sims,
-        targets=y_global,
-        seconds=t_end - t_start,
-        out_dir=target,
-        rendering=rendering,
-        timings={
-            "search": t_loop - t_start,
-            "project_and_boxes": t_boxes - t_loop,
-            "render": t_end - t_boxes,
-        },
-    )
+
+def _render(records, upsampled: torch.Tensor, dataset, input_hw, target: Path | None, mean, std,
+            render_async: bool) -> concurrent.futures.Future | None:  # fmt: skip
+    """Write the prototype images (rank 0), now or in the background writer (its future)."""
+    if target is None:
+        return None
+    rendering = None
+    if distributed.is_main():  # images are loaded by their global index
+        maps_np = upsampled.detach().float().cpu().numpy()  # the writer runs no torch op
+        args = (records, maps_np, dataset, input_hw, target, mean, std)
+        if render_async:  # the writer gets its own copies: the caller may read `records`
+            rendering = _RENDERER.submit(render_prototypes, copy.deepcopy(records), *args[1:])
+        else:
+            render_prototypes(*args)
+    if not render_async:
+        distributed.barrier()
+    return rendering
 
 
 def _winner_maps(model: ProtoPNet, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
