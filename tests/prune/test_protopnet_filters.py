@@ -125,3 +125,68 @@ def test_min_retention_stops_before_the_step_that_falls_below(protopnet, tmp_pat
     classifier = tmp_path / "no"
     assert main(["prune-filters", str(protopnet), "--out", str(classifier), "--min-retention", "1.5"]) == 2
     assert not classifier.exists()
+
+
+def _two_filter_protopnet() -> ProtoPNet:
+    """A ProtoPNet computed by hand: the trunk's two 1x1 filters read red (weight 1) and half the
+    green (weight 0.5); the add-on (linear output) makes the latent (r + g, g); prototype 0
+    (class 0) starts at (0.6, 0.5), prototype 1 (class 1) at (5, 5)."""
+    from torch import nn
+
+    from protoprune.models.backbones import Features
+
+    trunk = nn.Conv2d(3, 2, 1, bias=False)
+    model = ProtoPNet(Features(nn.Sequential(trunk), 2), 2, prototypes_per_class=1, prototype_dim=2,
+                      add_on_output="linear")  # fmt: skip
+    with torch.no_grad():
+        trunk.weight.zero_()
+        trunk.weight[0, 0] = 1.0
+        trunk.weight[1, 1] = 0.5
+        mix, out = model.add_on_layers[0], model.add_on_layers[2]
+        mix.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0]])[:, :, None, None])
+        out.weight.copy_(torch.eye(2)[:, :, None, None])
+        mix.bias.zero_()
+        out.bias.zero_()
+        model.prototype_vectors.copy_(torch.tensor([[0.6, 0.5], [5.0, 5.0]])[:, :, None, None])
+    return model.eval()
+
+
+def test_pruning_a_filter_moves_a_prototypes_source_where_a_hand_calculation_says() -> None:
+    """Image A has (r, g) = (1, 0) in one pixel, image B (0, 1.2): latents (1, 0) and (0.6, 0.6),
+    so prototype 0 (0.6, 0.5) is pushed onto B (squared distance 0.01 against A's 0.41, the empty
+    pixels' 0.61). The weight criterion removes the green filter (L1 0.5 < 1); the latent becomes
+    (r, 0): A (1, 0) is at 0.4^2 + 0.6^2 = 0.52 from the pushed prototype (0.6, 0.6), B and the
+    empty pixels at 0.72, so the re-push moves prototype 0 from B to A, and retention says 1 of
+    the 2 prototypes kept its source (prototype 1 has one class-1 image to go to)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from protoprune.explain.retention import push_sources, retention, snapshot
+    from protoprune.prune.importance import CRITERIA
+    from protoprune.prune.structural import prune_step
+    from protoprune.train.push import push_prototypes
+
+    x = torch.zeros(3, 3, 2, 2)
+    x[0, 0, 0, 0] = 1.0  # A, class 0
+    x[1, 1, 1, 1] = 1.2  # B, class 0
+    x[2, 2] = 1.0  # C, class 1 (blue only: latent 0)
+    loader = DataLoader(TensorDataset(x, torch.tensor([0, 0, 1])), batch_size=3)
+    model = _two_filter_protopnet()
+    before = push_prototypes(model, loader, "cpu", ["a", "b"], progress=False)
+    assert [r["image_index"] for r in before.prototypes] == [1, 2]
+    assert (before.prototypes[0]["latent_h"], before.prototypes[0]["latent_w"]) == (1, 1)
+    assert before.prototypes[0]["distance"] == pytest.approx(0.01, abs=1e-6)
+    base = snapshot(model, before.prototypes, x)
+
+    prune_step(model, CRITERIA.get("weight")(), 0.5, torch.zeros(1, 3, 2, 2),
+               ignored_layers=protopnet_ignored_layers(model))  # fmt: skip
+    trunk = model.features.body[0]
+    assert trunk.weight.shape[0] == 1 and float(trunk.weight[0, 0].detach()) == 1.0  # the red filter stays
+    after = push_prototypes(model, loader, "cpu", ["a", "b"], progress=False)
+    assert [r["image_index"] for r in after.prototypes] == [0, 2]
+    assert (after.prototypes[0]["latent_h"], after.prototypes[0]["latent_w"]) == (0, 0)
+    assert after.prototypes[0]["distance"] == pytest.approx(0.52, abs=1e-6)
+    now = snapshot(model, after.prototypes, x, base.heat_prototype)
+    assert push_sources(after.prototypes)[0].tolist() == [0, 2]
+    kept = retention(base, now)
+    assert kept["same_source_image"] == pytest.approx(0.5)
+    assert kept["same_source_cell"] == pytest.approx(0.5)
