@@ -21,6 +21,7 @@ import yaml
 
 from .devices import DEVICE_FORMS, device_syntax_ok
 from .errors import ConfigError, not_a_file
+from .names import CRITERION_NAMES, MODEL_TYPE_NAMES, RETENTION_MEASURE_NAMES
 
 
 @dataclass
@@ -221,14 +222,14 @@ class RunConfig:
 _CHOICES = {
     "data.balance": ("none", "oversample", "weighted_loss"),
     "data.cache": ("none", "memory", "disk"),
-    "model.type": ("classifier", "protopnet"),
+    "model.type": MODEL_TYPE_NAMES,
     "train.optimizer": ("adam", "sgd"),
     "train.scheduler": ("cosine", "step", "none"),
     "protopnet.add_on": ("regular", "bottleneck"),
     "protopnet.similarity": ("log", "cosine"),
     "protopnet.add_on_output": ("sigmoid", "linear"),
     "protopnet.joint_lr_step_at": ("start", "end"),
-    "prune_filters.method": ("lrp", "weight", "grad", "taylor", "random"),
+    "prune_filters.method": CRITERION_NAMES,
     "prune_filters.scope": ("global", "layer"),
     "prune_filters.ratio_unit": ("filters", "channels"),
     "prune_filters.normalize": ("none", "sum", "l2", "reference"),
@@ -237,8 +238,7 @@ _CHOICES = {
     "prune_filters.score_batchnorm": ("eval", "train"),
     "prune_filters.lrp_batchnorm": ("eval", "train"),
     "prune_filters.schedule": ("reference", "cumulative"),
-    "prune_filters.retention_measure": ("same_source_image", "same_source_cell", "topk_jaccard",
-                                        "same_strongest", "prp_spearman"),  # explain.retention
+    "prune_filters.retention_measure": RETENTION_MEASURE_NAMES,
 }
 
 

@@ -14,12 +14,17 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named collection of factories; unknown names raise a ConfigError listing the valid ones."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, declared: tuple[str, ...] | None = None):
+        """`declared`: the only names it may hold (`protoprune.names`), in their listing order."""
         self.kind = kind
+        self.declared = declared
         self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T | None = None) -> Any:
         """Register `item` under `name`; without `item`, works as a decorator."""
+        if self.declared is not None and name not in self.declared:
+            raise ValueError(f"{name!r} is not a declared {self.kind} ({', '.join(self.declared)}): "
+                             "declare it in protoprune.names first")  # fmt: skip
         if item is not None:
             self._items[name] = item
             return item

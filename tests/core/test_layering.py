@@ -17,7 +17,7 @@ PACKAGE = Path(protoprune.__file__).parent
 # lower rank = lower layer; a module may import only strictly lower ranks outside its own part
 RANK = {
     "__init__": 0, "errors": 0,
-    "registry": 1, "io": 1, "progress": 1, "devices": 1,
+    "registry": 1, "names": 1, "io": 1, "progress": 1, "devices": 1,
     "config": 2, "metrics": 2, "figures": 2, "seed": 2, "distributed": 3,
     "data": 4, "models": 4,
     "train": 5, "lrp": 5, "explain": 6, "prune": 7, "report": 8, "study": 9, "demo": 10,

@@ -28,9 +28,9 @@ from scipy.stats import spearmanr
 
 from ..lrp.composites import DEFAULT_BOUNDS
 from ..models.protopnet import ProtoPNet
+from ..names import RETENTION_MEASURE_NAMES
 
-RETENTION_MEASURES = ("same_source_image", "same_source_cell", "topk_jaccard", "same_strongest",
-                      "prp_spearman")  # fmt: skip
+RETENTION_MEASURES = RETENTION_MEASURE_NAMES  # declared in protoprune.names, computed by `retention`
 TOP_K = 3  # prototypes that explain a decision (a local explanation shows its strongest few)
 
 

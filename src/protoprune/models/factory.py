@@ -7,10 +7,11 @@ from collections.abc import Callable
 from torch import nn
 
 from ..config import RunConfig
+from ..names import MODEL_TYPE_NAMES
 from ..registry import Registry
 from .backbones import build_classifier
 
-MODEL_TYPES: Registry[Callable[[RunConfig, int], nn.Module]] = Registry("model type")
+MODEL_TYPES: Registry[Callable[[RunConfig, int], nn.Module]] = Registry("model type", MODEL_TYPE_NAMES)
 
 
 def small_input(cfg: RunConfig) -> bool:

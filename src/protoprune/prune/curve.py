@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..figures import CRITERION_COLOURS
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import compute_metrics, paired_t_interval
+from ..names import CRITERION_NAMES
 from ..progress import tqdm
 from .filters import markdown_table, reference_set
 from .importance import CRITERIA, build_importance
@@ -69,7 +70,7 @@ def parse_ratios(text: str) -> list[float]:
 
 @dataclass
 class CurveSettings:
-    methods: Sequence[str] = ("lrp", "weight", "grad", "taylor", "random")
+    methods: Sequence[str] = CRITERION_NAMES
     ratios: Sequence[float] = tuple(round(0.05 * k, 2) for k in range(1, 13))
     ref_seeds: int = 3
     normalizations: Sequence[str] = ("none",)

@@ -26,6 +26,7 @@ from torch import nn
 from .. import distributed
 from ..config import FilterPruningConfig
 from ..errors import ConfigError, ProtopruneError
+from ..names import CRITERION_NAMES
 from ..progress import tqdm
 from ..registry import Registry
 from .relevance import (
@@ -139,6 +140,17 @@ class FilterImportance(tp.importance.Importance):
             return None  # tp skips groups without a scored layer
         return total if self.group_reduction == "sum" else total / count.clamp_min(1)
 
+    @classmethod
+    def from_config(cls, cfg: FilterPruningConfig, *, bounds: tuple[float, float] = DEFAULT_BOUNDS,
+                    seed: int = 0, **kwargs) -> FilterImportance:  # fmt: skip
+        """The criterion with the `prune_filters` settings that apply to it; `kwargs` (e.g.
+        `ignored_layers`) pass through. Subclasses add their own settings."""
+        return cls(**cls._common(cfg, kwargs))
+
+    @staticmethod
+    def _common(cfg: FilterPruningConfig, kwargs: dict) -> dict:
+        return {"normalize": cfg.normalize, "group_reduction": cfg.group_reduction, **kwargs}
+
 
 class WeightImportance(FilterImportance):
     """L1 (or L2) norm of each filter with its BatchNorm fused in (Li et al. 2017).
@@ -152,6 +164,10 @@ class WeightImportance(FilterImportance):
     name = "weight"
     reference_norm = "sum"
     needs_data = False
+
+    @classmethod
+    def from_config(cls, cfg, *, bounds=DEFAULT_BOUNDS, seed=0, **kwargs):
+        return cls(norm=cfg.norm, fuse_batchnorm=cfg.weight_fuse_batchnorm, **cls._common(cfg, kwargs))
 
     def __init__(self, norm: int = 1, fuse_batchnorm: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -198,6 +214,10 @@ class _GradientImportance(_ActivationImportance):
     reference_norm = "l2"
     product = False
 
+    @classmethod
+    def from_config(cls, cfg, *, bounds=DEFAULT_BOUNDS, seed=0, **kwargs):
+        return cls(batchnorm=cfg.score_batchnorm, **cls._common(cfg, kwargs))
+
     def __init__(self, batchnorm: str = "eval", **kwargs):
         super().__init__(**kwargs)
         self.batchnorm = batchnorm
@@ -241,6 +261,11 @@ class LRPImportance(_ActivationImportance):
     name = "lrp"
     reference_norm = "sum"
 
+    @classmethod
+    def from_config(cls, cfg, *, bounds=DEFAULT_BOUNDS, seed=0, **kwargs):
+        return cls(composite=cfg.lrp_composite, output=cfg.lrp_output, bounds=bounds,
+                   batchnorm=cfg.lrp_batchnorm, **cls._common(cfg, kwargs))  # fmt: skip
+
     def __init__(
         self,
         composite: str = DEFAULT_COMPOSITE,
@@ -281,6 +306,10 @@ class RandomImportance(FilterImportance):
     name = "random"
     needs_data = False
 
+    @classmethod
+    def from_config(cls, cfg, *, bounds=DEFAULT_BOUNDS, seed=0, **kwargs):
+        return cls(seed=seed, **cls._common(cfg, kwargs))
+
     def __init__(self, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.seed = int(seed)
@@ -303,7 +332,7 @@ class RandomImportance(FilterImportance):
         return None
 
 
-CRITERIA: Registry[type[FilterImportance]] = Registry("pruning criterion")
+CRITERIA: Registry[type[FilterImportance]] = Registry("pruning criterion", CRITERION_NAMES)
 """The criteria by the names configs and the command line use (`lrp`, `weight`, `grad`,
 `taylor`, `random`): `CRITERIA.get("lrp")` is `LRPImportance`."""
 CRITERIA.register("lrp", LRPImportance)
@@ -322,17 +351,6 @@ def build_importance(
     **kwargs,
 ) -> FilterImportance:
     """The configured criterion (`method` overrides cfg.method); `bounds`: the normalised input
-    range (LRP's box rule), `seed`: the random criterion's seed."""
-    method = method or cfg.method
-    cls = CRITERIA.get(method)
-    kwargs = {"normalize": cfg.normalize, "group_reduction": cfg.group_reduction, **kwargs}
-    if cls is LRPImportance:
-        return cls(composite=cfg.lrp_composite, output=cfg.lrp_output, bounds=bounds,
-                   batchnorm=cfg.lrp_batchnorm, **kwargs)  # fmt: skip
-    if cls is WeightImportance:
-        return cls(norm=cfg.norm, fuse_batchnorm=cfg.weight_fuse_batchnorm, **kwargs)
-    if issubclass(cls, _GradientImportance):
-        return cls(batchnorm=cfg.score_batchnorm, **kwargs)
-    if cls is RandomImportance:
-        return cls(seed=seed, **kwargs)
-    return cls(**kwargs)
+    range (LRP's box rule), `seed`: the random criterion's seed. Each criterion reads its own
+    settings (`from_config`)."""
+    return CRITERIA.get(method or cfg.method).from_config(cfg, bounds=bounds, seed=seed, **kwargs)

@@ -18,6 +18,7 @@ from typing import Any
 from ..config import RunConfig, apply_override, config_from_dict, expand_data_dir, read_yaml_mapping
 from ..errors import ConfigError, not_a_file
 from ..models.backbones import ARCHITECTURES
+from ..names import CRITERION_NAMES
 
 # arm name -> what it runs (one or more units per arch x seed, see runner.plan_units)
 ARMS = {
@@ -27,7 +28,7 @@ ARMS = {
     "protopnet_filter_pruning": "LRP filter pruning of the ProtoPNet backbone, re-push, last-layer stage",
     "pruning_curve": "the baseline's no-fine-tune pruning curve (prune-curve): every criterion, one-shot cuts",
 }
-CRITERIA = ("lrp", "weight", "grad", "taylor", "random")
+CRITERIA = CRITERION_NAMES  # the registry's names (prune.importance.CRITERIA)
 # the pruning_curve arm's settings (study key `curve`): those of `protoprune prune-curve`
 CURVE_DEFAULTS = {"ratios": [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6], "ref_seeds": 2,
                   "normalize": ["none", "reference"], "splits": ["test"], "bn_recalibrate": False}  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from ..io import atomic_write_json, atomic_write_text, check_run_dir, prepare_ru
 from ..metrics import metrics_markdown
 from ..models.factory import build_model, small_input
 from ..models.pretrained import resolve_pretrained
+from ..names import MODEL_TYPE_NAMES
+from ..registry import Registry
 from ..seed import set_seed
 from .checkpoint import (
     checkpoint_finished,
@@ -153,19 +156,24 @@ def interrupt_advice(run_dir: Path, cleared: bool = False) -> str:
 
 def _train(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, device, resume: bool) -> dict:
     """The training proper (ProtoPNet stages, or epochs of a classifier) and its test metrics."""
-    class_names = loaders.class_names
-    if cfg.model.type == "protopnet":
-        from .protopnet import train_protopnet
+    return TRAINERS.get(cfg.model.type)(model, loaders, cfg, run_dir, device, resume)
 
-        results = train_protopnet(model, loaders, cfg, run_dir, device, resume=resume)
-    else:
-        out = fit(model, loaders, cfg, run_dir, resume=resume, device=device)
-        results = {
-            "val": out["val"],
-            "test": evaluate_model(model, loaders.test, class_names, device),
-            "best_epoch": out["best_epoch"],
-        }
-    return results
+
+TRAINERS: Registry[Callable[..., dict]] = Registry("trainer", MODEL_TYPE_NAMES)  # by model.type
+
+
+@TRAINERS.register("classifier")
+def _train_classifier(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, device, resume: bool) -> dict:
+    out = fit(model, loaders, cfg, run_dir, resume=resume, device=device)
+    test = evaluate_model(model, loaders.test, loaders.class_names, device)
+    return {"val": out["val"], "test": test, "best_epoch": out["best_epoch"]}
+
+
+@TRAINERS.register("protopnet")
+def _train_protopnet(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, device, resume: bool) -> dict:
+    from .protopnet import train_protopnet
+
+    return train_protopnet(model, loaders, cfg, run_dir, device, resume=resume)
 
 
 def check_input_size(model: torch.nn.Module, cfg: RunConfig) -> None:
