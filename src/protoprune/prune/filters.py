@@ -34,10 +34,9 @@ from ..data.loaders import CappedLoader
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
-from ..models.factory import small_input as uses_small_input
 from ..models.protopnet import ProtoPNet
 from ..progress import tqdm
-from .export import export_onnx, save_pruned
+from .export import export_onnx
 from .importance import FilterImportance, build_importance
 from .measure import measure_model
 from .relevance import input_bounds, never_pruned
@@ -364,8 +363,6 @@ def _step_writer(run_dir: Path, cfg: RunConfig, class_names: list[str], meta: di
     """After each step: its model files (with `export`) and the results so far, on rank 0."""
     from ..train.checkpoint import save_checkpoint
 
-    small = uses_small_input(cfg)
-
     def on_step(k: int, m: nn.Module, df: pd.DataFrame) -> None:
         if not main:
             distributed.barrier()
@@ -373,12 +370,9 @@ def _step_writer(run_dir: Path, cfg: RunConfig, class_names: list[str], meta: di
         if export and k > 0:  # step 0 is the unpruned input: its checkpoint is meta["checkpoint"]
             stem = run_dir / "models" / f"step_{k:02d}"
             ratio = float(df.iloc[-1]["pruned_ratio"])
-            if cfg.model.type == "protopnet":  # a regular checkpoint: every ProtoPNet command reads it
-                save_checkpoint(stem.with_suffix(".pt"), m, cfg, class_names, stage="prune_filters",
-                                pruned_filters=True, step=k, pruned_ratio=ratio)  # fmt: skip
-            else:  # weights-only, rebuilt by load_pruned without the training code path
-                save_pruned(stem.with_suffix(".pt"), m, cfg.model.arch, len(class_names), small,
-                            class_names, step=k, pruned_ratio=ratio, config=cfg.to_dict())  # fmt: skip
+            # a regular checkpoint (model_from_checkpoint resizes the narrowed layers)
+            save_checkpoint(stem.with_suffix(".pt"), m, cfg, class_names, stage="prune_filters",
+                            pruned_filters=True, step=k, pruned_ratio=ratio)  # fmt: skip
             export_onnx(m, stem.with_suffix(".onnx"), cfg.data.image_size)
         write_results(run_dir, df, meta)
         distributed.barrier()

@@ -192,22 +192,9 @@ def write_onnx(
 
 def _saved_model(path: Path) -> tuple[nn.Module, object, Path]:
     """(model, its RunConfig, the file) of a training checkpoint or a pruned classifier file."""
-    from ..config import config_from_dict
-    from ..errors import CheckpointError
     from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from .export import FORMAT, load_pruned
 
-    if path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # load_checkpoint below says what is wrong with the file
-            data = None
-        if isinstance(data, dict) and data.get("format") == FORMAT:
-            if "config" not in data:
-                raise CheckpointError(f"{path} does not record its config (image size, "
-                                      "normalisation)", "export it with write_onnx from Python")  # fmt: skip
-            return load_pruned(path), config_from_dict(data["config"]), path
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path)  # a pruned model's too, in either format
     return model_from_checkpoint(ckpt), checkpoint_config(ckpt), Path(ckpt["path"])
 
 

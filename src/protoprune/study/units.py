@@ -400,7 +400,6 @@ def _filter_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Pa
                          row: dict, result: dict, resume: bool):  # fmt: skip
     """Filter pruning of the baseline (`filter`) or of the ProtoPNet's trunk; returns (the last
     step's model, loaders) and keeps the per-step curve (with a ProtoPNet's retention columns)."""
-    from ..prune.export import load_pruned
     from ..prune.filters import prune_filters
     from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data
@@ -414,8 +413,7 @@ def _filter_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Pa
     loaders, _ = prepare_data(cfg)
     k = int(last["step"])  # step 0 (nothing pruned) is not exported: it is the source
     step = folder / "models" / f"step_{k:02d}.pt" if k else Path(source)
-    # a pruned classifier is a weights-only export; a pruned ProtoPNet a regular checkpoint
-    model = load_pruned(step) if unit.kind == "filter" and k else model_from_checkpoint(step)
+    model = model_from_checkpoint(step)  # a pruned step too (a regular checkpoint)
     keep = ["step", "pruned_ratio", "params", "macs"] + [
         c for c in df.columns if c.startswith(("test_", "retention_"))
     ]

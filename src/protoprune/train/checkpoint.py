@@ -14,6 +14,9 @@ from ..errors import CheckpointError, ProtopruneError
 from ..io import atomic_torch_save
 
 FORMAT_VERSION = 1
+# the separate file format of pruned classifiers before every pruned model became a regular
+# checkpoint with `pruned_filters: True`; such files still load (`_from_legacy_pruned`)
+LEGACY_PRUNED_FORMAT = "protoprune-pruned-classifier"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: RunConfig, class_names: list[str], **extra: Any) -> Path:
@@ -76,6 +79,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}",
             "the file is truncated, corrupt or not a protoprune checkpoint (only weights-only files load)",
         ) from None
+    if isinstance(ckpt, dict) and ckpt.get("format") == LEGACY_PRUNED_FORMAT:
+        ckpt = _from_legacy_pruned(ckpt, path)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(
             f"{path} is not a protoprune checkpoint (no format_version/state_dict)",
@@ -90,6 +95,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _from_legacy_pruned(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A pruned classifier in the old separate format, as the regular checkpoint it now is."""
+    if "config" not in data:  # the oldest files: no config to rebuild the model from
+        raise CheckpointError(
+            f"{path} is a pruned classifier written before pruned models recorded their config",
+            "rerun prune-filters on its source checkpoint to write a current file",
+        )
+    extra = {k: v for k, v in data.items() if k not in ("format", "num_classes", "small_input")}
+    names = list(data.get("class_names") or [str(c) for c in range(int(data["num_classes"]))])
+    return {**extra, "class_names": names, "format_version": 1, "model_type": "classifier",
+            "pruned_filters": True, "stage": "prune_filters"}  # fmt: skip
 
 
 def checkpoint_config(ckpt: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
