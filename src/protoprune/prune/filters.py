@@ -169,31 +169,45 @@ def _finetuned(finetune: Callable | None, model: nn.Module, row: dict[str, Any],
     return {**out, **evaluate()}
 
 
+@dataclasses.dataclass
+class ScheduleSettings:
+    """What `run_schedule` cuts and how: the cumulative `ratios` of the steps, where
+    (`scope`: global | layer; `ignored_layers`, default the classifier head, keep their outputs),
+    in what unit and rounding, and whether to time latency and show progress."""
+
+    ratios: Sequence[float]
+    image_size: int
+    scope: str = "global"
+    ignored_layers: Sequence[nn.Module] | None = None
+    round_to: int = 1
+    ratio_unit: str = "filters"
+    latency: bool = True
+    progress: bool = True
+
+
 def run_schedule(
     model: nn.Module,
     importance: FilterImportance,
     loaders: Any,
     reference: Sequence[Batch],
-    ratios: Sequence[float],
-    image_size: int,
-    finetune: Callable[[nn.Module], Any] | None,
+    settings: ScheduleSettings,
+    *,
     evaluate: Callable,
     device: torch.device,
-    scope: str = "global",
+    finetune: Callable[[nn.Module], Any] | None = None,
     on_step: Callable[[int, nn.Module, pd.DataFrame], None] | None = None,
-    latency: bool = True,
-    progress: bool = True,
-    ignored_layers: Sequence[nn.Module] | None = None,
-    round_to: int = 1,
-    ratio_unit: str = "filters",
     stop: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> pd.DataFrame:
-    """Prune `model` in place through `ratios`, fine-tuning between steps; one table row a step.
+    """Prune `model` in place through `settings.ratios`, fine-tuning between steps; one table row
+    a step.
 
-    `ignored_layers` (default: the classifier head) keep their outputs. `finetune` may return the
-    number of epochs it ran (recorded as `finetune_epochs`) or a mapping of such columns. `stop`
-    sees each finished step's row; a reason it returns ends the schedule after that step (the
-    row records it as `stopped`: the step before is the model to keep)."""
+    `finetune` may return the number of epochs it ran (recorded as `finetune_epochs`) or a mapping
+    of such columns. `on_step` sees each step's model and the table so far. `stop` sees each
+    finished step's row; a reason it returns ends the schedule after that step (the row records it
+    as `stopped`: the step before is the model to keep)."""
+    ratios, image_size, scope = settings.ratios, settings.image_size, settings.scope
+    ignored_layers, round_to, ratio_unit = settings.ignored_layers, settings.round_to, settings.ratio_unit
+    latency, progress = settings.latency, settings.progress
     model.to(device).eval()
     example = torch.zeros(1, 3, image_size, image_size, device=device)
     unwrapped = unwrapped_parameters(model)
@@ -287,25 +301,16 @@ def prune_filters(
              pf.scope, ratios, meta["reference_images"], run_dir)  # fmt: skip
     finetune = _step_finetuner(model, loaders, cfg, device)
     on_step = _step_writer(run_dir, cfg, loaders.class_names, meta, export and main, main)
+    settings = ScheduleSettings(
+        ratios, cfg.data.image_size, pf.scope, ignored, pf.round_to, pf.ratio_unit,
+        latency=latency and main,  # rank 0 times alone (the others wait), so the figures are clean
+        progress=cfg.train.progress and main,
+    )  # fmt: skip
     return run_schedule(
-        model,
-        importance,
-        loaders,
-        reference,
-        ratios,
-        cfg.data.image_size,
-        finetune if pf.epochs > 0 or proto else None,
-        evaluate_model,
-        device,
-        pf.scope,
-        on_step,
-        latency and main,  # rank 0 times alone (the others wait), so the figures are clean
-        cfg.train.progress and main,
-        ignored,
-        pf.round_to,
-        pf.ratio_unit,
-        retention_stop(pf.min_retention, pf.retention_measure) if proto else None,
-    )
+        model, importance, loaders, reference, settings, evaluate=evaluate_model, device=device,
+        finetune=finetune if pf.epochs > 0 or proto else None, on_step=on_step,
+        stop=retention_stop(pf.min_retention, pf.retention_measure) if proto else None,
+    )  # fmt: skip
 
 
 def _check_prunable(ckpt: dict, cfg: RunConfig) -> None:
