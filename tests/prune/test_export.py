@@ -10,9 +10,9 @@ import torch
 from protoprune.config import load_config
 from protoprune.models import build_classifier
 from protoprune.prune.export import export_onnx, load_pruned
-from protoprune.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from protoprune.prune.importance import CRITERIA
 from protoprune.prune.structural import prune_step
+from protoprune.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
