@@ -36,3 +36,15 @@ def test_each_measure_against_a_hand_count() -> None:
     rho = spearmanr(maps[1].ravel(), maps[1].T.ravel()).statistic
     assert got["prp_spearman"] == pytest.approx((1 + rho) / 2)
     assert retention(base, base) == {m: 1.0 for m in RETENTION_MEASURES}
+
+
+def test_lesion_localisation_against_a_hand_count() -> None:
+    from protoprune.explain.retention import lesion_localisation
+
+    mask = np.array([[True, False], [False, False]])  # a quarter of the image
+    heat = np.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]])  # on it; off it
+    got = lesion_localisation(heat, np.stack([mask, mask]))
+    assert got["on_lesion"] == pytest.approx(0.5) and got["pointing"] == pytest.approx(0.5)
+    assert got["top_iou"] == pytest.approx(0.5)  # top-1 pixel: IoU 1, then 0
+    assert got["on_lesion_chance"] == pytest.approx(0.25) and got["pointing_chance"] == pytest.approx(0.25)
+    assert got["top_iou_chance"] == pytest.approx(0.25 / 1.75)

@@ -125,3 +125,22 @@ def test_retention_is_compared_at_equal_macs_from_the_unpruned_models_one(tmp_pa
     assert (steps.loc[steps["step"] == 0, "retention_topk_jaccard"] == 1.0).all()
     summarize_schedules(dirs, tmp_path / "acc")  # accuracy, with the retention panel beside it
     assert (tmp_path / "acc" / "schedules.png").stat().st_size > 0
+
+
+def test_localisation_starts_from_the_unpruned_models_value(tmp_path):
+    """Step 0's localisation is the `_unpruned` column the steps record (and its chance level the
+    steps' one); the equal-MACs value interpolates from there (hand count)."""
+    dirs = []
+    for (method, seed), v in RUNS.items():
+        rd = _write(tmp_path, method, seed, *v)
+        df = pd.read_csv(rd / "results.csv").assign(
+            localisation_on_lesion=[np.nan, 0.5, 0.3], localisation_on_lesion_unpruned=[np.nan, 0.7, 0.7],
+            localisation_on_lesion_chance=[np.nan, 0.25, 0.25])  # fmt: skip
+        df.to_csv(rd / "results.csv", index=False)
+        dirs.append(rd)
+    finals = summarize_schedules(dirs, tmp_path / "out", "localisation_on_lesion").set_index("run")
+    steps = pd.read_csv(tmp_path / "out" / "schedules.csv")
+    zero = steps[steps["step"] == 0]
+    assert (zero["localisation_on_lesion"] == 0.7).all() and (zero["localisation_on_lesion_chance"] == 0.25).all()
+    # lrp seed 0 at the common 70 MACs: between 80 (0.5) and 60 (0.3) MACs
+    assert finals.loc["s0-lrp", "at_common_macs"] == pytest.approx(0.4)

@@ -190,3 +190,33 @@ def test_pruning_a_filter_moves_a_prototypes_source_where_a_hand_calculation_say
     kept = retention(base, now)
     assert kept["same_source_image"] == pytest.approx(0.5)
     assert kept["same_source_cell"] == pytest.approx(0.5)
+
+
+def test_the_tracker_reports_localisation_beside_the_unpruned_model_and_chance() -> None:
+    """With lesion masks on the fixed images, each step's row carries the heatmaps' localisation,
+    the unpruned model's and the chance level; an unchanged model equals its unpruned self."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from protoprune.prune.protopnet_filters import RetentionTracker
+    from protoprune.train.push import push_prototypes
+
+    x = torch.rand(4, 3, 2, 2)
+    y = torch.tensor([0, 0, 1, 1])
+
+    class Masked(TensorDataset):
+        def load_mask(self, index, size=None):
+            assert size == (2, 2)
+            return np.array([[True, False], [False, index % 2 == 1]])  # 1/4 or 1/2 of the image
+
+    loaders = SimpleNamespace(test=SimpleNamespace(dataset=Masked(x, y)), class_names=["a", "b"],
+                              push=DataLoader(TensorDataset(x, y), batch_size=4))  # fmt: skip
+    model = _two_filter_protopnet()
+    tracker = RetentionTracker(model, loaders, 4, 0, torch.device("cpu"), (0.0, 1.0))
+    row = tracker.measure(model, push_prototypes(model, loaders.push, "cpu", ["a", "b"], progress=False).prototypes)
+    assert row["retention_same_source_image"] == 1.0
+    for m in ("on_lesion", "pointing", "top_iou"):
+        assert row[f"localisation_{m}"] == pytest.approx(row[f"localisation_{m}_unpruned"])
+    assert row["localisation_on_lesion_chance"] == pytest.approx((0.25 + 0.5) / 2)

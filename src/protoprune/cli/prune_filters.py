@@ -180,6 +180,8 @@ def execute(args: argparse.Namespace) -> int:
         "retention_topk_jaccard",
         "retention_same_source_image",
         "retention_prp_spearman",
+        "localisation_on_lesion",
+        "localisation_on_lesion_chance",
     ]
     print(
         df[[c for c in cols if c in df.columns]].to_string(

@@ -14,6 +14,11 @@ pruned model's with the unpruned model's, each measure 1 for an unchanged model:
 - `same_strongest`: the predicted class's strongest evidence is the same prototype;
 - `prp_spearman`: Spearman correlation of the PRP heatmap of the unpruned model's strongest
   prototype with that prototype's heatmap in the pruned model (the same pixels made it similar).
+
+Where the fixed images have lesion masks, `lesion_localisation` says how much those heatmaps point
+at the lesion (`explain.localisation`: mass share, pointing game, top-area IoU), each beside the
+level a map that ignores the image gets, so a pruned model's figure reads against its unpruned
+model's and against chance.
 """
 
 from __future__ import annotations
@@ -98,8 +103,34 @@ def retention(base: ExplanationSnapshot, now: ExplanationSnapshot) -> dict[str, 
     }
 
 
-def fixed_images(dataset: Any, n: int, seed: int = 0) -> torch.Tensor:
-    """(n, 3, H, W) a seeded draw of `dataset`'s images: the same for every step of a run."""
+def fixed_indices(dataset: Any, n: int, seed: int = 0) -> np.ndarray:
+    """A seeded draw of `n` of `dataset`'s indices: the same for every step of a run."""
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
-    return torch.stack([dataset[int(i)][0] for i in idx])
+    return np.sort(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
+
+
+def fixed_images(dataset: Any, n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, H, W) the images of `fixed_indices`, as the model sees them."""
+    return torch.stack([dataset[int(i)][0] for i in fixed_indices(dataset, n, seed)])
+
+
+def fixed_masks(dataset: Any, n: int, seed: int, size: tuple[int, int]) -> np.ndarray | None:
+    """(n, H, W) bool lesion masks of `fixed_images`' images at the input `size` (H, W), or None
+    when the data set has no masks or one of them is missing."""
+    load = getattr(dataset, "load_mask", None)
+    if load is None:
+        return None
+    masks = [load(int(i), size=(size[1], size[0])) for i in fixed_indices(dataset, n, seed)]
+    return None if any(m is None for m in masks) else np.stack(masks)
+
+
+def lesion_localisation(heatmaps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """Mean of each `explain.localisation` measure over the images, and its chance level
+    (`<measure>_chance`: the mean of each image's own chance)."""
+    from . import localisation
+
+    per_image = [localisation.scores(h, m) for h, m in zip(heatmaps, masks)]
+    chance = [localisation.chance(m) for m in masks]
+    out = {k: float(np.nanmean([s[k] for s in per_image])) for k in localisation.MEASURES}
+    out.update({f"{k}_chance": float(np.mean([c[k] for c in chance])) for k in localisation.MEASURES})
+    return out

@@ -61,6 +61,11 @@ def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             df[col] = np.nan
     for col in (c for c in df.columns if c.startswith("retention_")):  # a ProtoPNet's retention:
         df.loc[df["step"] == 0, col] = 1.0  # step 0 is the unpruned model itself (1 by definition)
+    for col in (c for c in df.columns if c.startswith("localisation_") and not c.endswith("_unpruned")):
+        # step 0's localisation: the unpruned model's (and the chance level), recorded on every step
+        source = f"{col}_unpruned" if f"{col}_unpruned" in df.columns else col
+        first = df[df["step"] > 0].groupby("run")[source].first()
+        df.loc[df["step"] == 0, col] = df.loc[df["step"] == 0, "run"].map(first)
     dup = df[df["step"] == 0].duplicated(["method", "normalize", "checkpoint"])
     if dup.any():
         raise ConfigError("two runs have the same criterion and baseline checkpoint",

@@ -43,21 +43,33 @@ class RetentionTracker:
                  bounds: tuple[float, float]):  # fmt: skip
         import copy
 
-        from ..explain.retention import fixed_images, snapshot
+        from ..explain.retention import fixed_images, fixed_masks, lesion_localisation, snapshot
         from ..train.push import push_prototypes
 
         self.x = fixed_images(loaders.test.dataset, images, seed).to(device)
+        self.masks = fixed_masks(loaders.test.dataset, images, seed, tuple(self.x.shape[-2:]))
         self.bounds = bounds
         pushed = push_prototypes(copy.deepcopy(model), loaders.push, device, loaders.class_names,
                                  progress=False)  # fmt: skip
         self.base = snapshot(model, pushed.prototypes, self.x, bounds=bounds)
+        self.base_lesion = {} if self.masks is None else lesion_localisation(self.base.heatmaps, self.masks)
 
     def measure(self, model: ProtoPNet, records: list[dict[str, Any]]) -> dict[str, float]:
-        """`retention_<measure>` columns of a repaired step."""
-        from ..explain.retention import retention, snapshot
+        """`retention_<measure>` columns of a repaired step; with lesion masks also
+        `localisation_<measure>` (this step), `..._unpruned` and `..._chance`."""
+        from ..explain.retention import lesion_localisation, retention, snapshot
 
         now = snapshot(model, records, self.x, self.base.heat_prototype, bounds=self.bounds)
-        return {f"retention_{k}": v for k, v in retention(self.base, now).items()}
+        row = {f"retention_{k}": v for k, v in retention(self.base, now).items()}
+        if self.masks is not None:
+            lesion = lesion_localisation(now.heatmaps, self.masks)
+            for key, value in self.base_lesion.items():
+                if key.endswith("_chance"):
+                    row[f"localisation_{key}"] = value
+                else:
+                    row[f"localisation_{key}"] = lesion[key]
+                    row[f"localisation_{key}_unpruned"] = value
+        return row
 
 
 def protopnet_repair(

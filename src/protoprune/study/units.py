@@ -415,7 +415,7 @@ def _filter_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Pa
     step = folder / "models" / f"step_{k:02d}.pt" if k else Path(source)
     model = model_from_checkpoint(step)  # a pruned step too (a regular checkpoint)
     keep = ["step", "pruned_ratio", "params", "macs"] + [
-        c for c in df.columns if c.startswith(("test_", "retention_"))
+        c for c in df.columns if c.startswith(("test_", "retention_", "localisation_"))
     ]
     curve = df[keep].assign(arch=unit.arch, seed=unit.seed, arm=unit.kind, method=unit.method)
     result["curves"] = curve.replace({np.nan: None}).to_dict(orient="records")
