@@ -101,30 +101,22 @@ def analyse_checkpoint(
     The quality table adds the explanation metrics (`explain.metrics`: stability, deletion AUC
     on each prototype's `quality_images` nearest test images, on-lesion share with the masks in
     folder `masks` or the proxy); `quality/summary.json` holds the per-model means."""
-    from ..train.checkpoint import (
-        checkpoint_config,
-        load_checkpoint,
-        model_from_checkpoint,
-        require_protopnet,
-        require_same_classes,
-    )
-    from ..train.run import prepare_data
+    from ..train.run import open_checkpoint
     from .lesion import mask_folder
 
     masks = mask_folder(masks)  # checked before any long work
     require_top(top)
-    ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
-    cfg = cfg or checkpoint_config(ckpt)
+    source = open_checkpoint(checkpoint, cfg, protopnet=True)
+    ckpt, cfg = source.ckpt, source.cfg
     k = k or cfg.prune_prototypes.k
     progress = cfg.train.progress if progress is None else progress
     out = Path(out_dir)
     dev = resolve_device(device)
-    loaders, _ = prepare_data(cfg)
+    loaders, _ = source.data("explain")
     masks = masks or loaders.test.dataset.mask_dir  # the data's own lesion masks (data.masks)
     class_names = loaders.class_names
-    require_same_classes(ckpt, class_names, "explain")
     require_k_images(k, len(loaders.push.dataset))
-    model = model_from_checkpoint(ckpt).to(dev)
+    model = source.model(dev)
     train_ds, test_ds = loaders.push.dataset, loaders.test.dataset
     nearest_train = k_nearest_patches(model, loaders.push, k, dev, progress, "nearest train")
     sources = prototype_sources(model, nearest_train, train_ds, class_names, dev, hires=hires)

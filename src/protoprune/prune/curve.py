@@ -162,17 +162,15 @@ def pruning_curve(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run the no-fine-tune pruning curve of a classifier checkpoint; returns the curve table."""
-    from ..train.checkpoint import model_from_checkpoint
-    from ..train.run import prepare_data
-
     settings = settings or CurveSettings()
     settings.check()
-    ckpt, cfg, out, done = _open_curve_run(checkpoint_path, out_dir, settings, cfg, force, resume)
+    source, out, done = _open_curve_run(checkpoint_path, out_dir, settings, cfg, force, resume)
+    ckpt, cfg = source.ckpt, source.cfg
     device = distributed.resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    loaders, _ = prepare_data(cfg, out)
-    model = model_from_checkpoint(ckpt).to(device).eval()
+    loaders, _ = source.data(run_dir=out)
+    model = source.model(device).eval()
     evals = {split: _preload(getattr(loaders, split)) for split in settings.splits}
     names = loaders.class_names
     base = {f"{s}_{k}": v for s, d in evals.items()
@@ -225,13 +223,13 @@ def pruning_curve(
 
 
 def _open_curve_run(checkpoint_path, out_dir, settings: CurveSettings, cfg, force: bool, resume: bool):
-    """Check the checkpoint and the folder, then record the run: (ckpt, cfg, folder, rows done)."""
+    """Check the checkpoint and the folder, then record the run: (source, folder, rows done)."""
     from ..config import save_config
     from ..io import check_run_dir, prepare_run_dir
-    from ..train.checkpoint import checkpoint_config, load_checkpoint
+    from ..train.run import open_checkpoint
 
-    ckpt = load_checkpoint(checkpoint_path)
-    cfg = cfg or checkpoint_config(ckpt)
+    source = open_checkpoint(checkpoint_path, cfg)
+    ckpt, cfg = source.ckpt, source.cfg
     if ckpt.get("model_type") != "classifier":
         raise ConfigError(
             f"prune-curve needs a classifier checkpoint, got {ckpt.get('model_type')!r}",
@@ -246,7 +244,7 @@ def _open_curve_run(checkpoint_path, out_dir, settings: CurveSettings, cfg, forc
     prepare_run_dir(out, force=force, resume=resume)
     save_config(cfg, out / "config.yaml", {"checkpoint": str(ckpt["path"]), "curve": meta["settings"]})
     atomic_write_json(out / "curve.json", meta)
-    return ckpt, cfg, out, done
+    return source, out, done
 
 
 def _block_frame(block: list[dict], zero: dict, method: str, norm: str, seed: int) -> pd.DataFrame:

@@ -270,18 +270,17 @@ def prune_filters(
     trunk is pruned by the relevance of its own decision and repaired after each step by `epochs`
     joint epochs, a push and the last-layer stage (`prune.protopnet_filters`).
     """
-    from ..train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from ..train.evaluate import evaluate_model
-    from ..train.run import prepare_data
+    from ..train.run import open_checkpoint
     from .protopnet_filters import protopnet_ignored_layers
 
-    ckpt = load_checkpoint(checkpoint_path)
-    cfg = cfg or checkpoint_config(ckpt)
+    source = open_checkpoint(checkpoint_path, cfg)
+    ckpt, cfg = source.ckpt, source.cfg
     _check_prunable(ckpt, cfg)
     proto, pf = cfg.model.type == "protopnet", cfg.prune_filters
     device = distributed.resolve_device(cfg.train.device)  # joins torchrun's group if launched by it
     main = distributed.is_main()  # under torchrun rank 0 writes; all ranks fine-tune together
-    model = model_from_checkpoint(ckpt).to(device)
+    model = source.model(device)
     ignored = never_pruned(model, protopnet_ignored_layers(model) if proto else None, pf.prune_linear)
     ratios = schedule(pf.total_pr, pf.pr_step, pf.schedule,  # refused here, before any folder is made
                       schedule_units(model, ignored, pf.ratio_unit, cfg.data.image_size))  # fmt: skip
@@ -292,7 +291,7 @@ def prune_filters(
         save_config(cfg, run_dir / "config.yaml", {"checkpoint": str(ckpt["path"])})
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    loaders, splits = prepare_data(cfg, run_dir if main else None)
+    loaders, splits = source.data(run_dir=run_dir if main else None)
     reference = reference_set(loaders.push.dataset, pf.ref_per_class, cfg.seed, cfg.data.batch_size)
     importance = build_importance(pf, ignored_layers=ignored, seed=cfg.seed,
                                   bounds=input_bounds(cfg.data.mean, cfg.data.std))  # fmt: skip

@@ -150,30 +150,24 @@ def prune_prototypes(
     below that many prototypes (see protect_classes). `out_dir` defaults to
     `<run folder>/prototype_pruning`. Returns the summary written to prototype_pruning.json.
     """
-    from ..train.checkpoint import (
-        load_checkpoint,
-        model_from_checkpoint,
-        require_protopnet,
-        require_same_classes,
-        run_dir_of,
-    )
+    from ..train.checkpoint import run_dir_of
     from ..train.evaluate import evaluate_model
     from ..train.protopnet import refit_last_layer, similarity_vectors
-    from ..train.run import prepare_data
+    from ..train.run import open_checkpoint
 
-    ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
-    cfg = _settings(ckpt, cfg, k, threshold, finetune_iterations, min_per_class)
+    source = open_checkpoint(checkpoint, cfg, protopnet=True)
+    ckpt = source.ckpt
+    source.cfg = cfg = _settings(source.cfg, k, threshold, finetune_iterations, min_per_class)
     q = cfg.prune_prototypes
     progress = cfg.train.progress if progress is None else progress
     dev = distributed.resolve_device(device)  # joins torchrun's process group if launched by it
     out = out_dir or run_dir_of(Path(ckpt["path"])) / "prototype_pruning"
     check_run_dir(out, force=force)
-    loaders, _ = prepare_data(cfg)
+    loaders, _ = source.data("prune")
     class_names = loaders.class_names
-    require_same_classes(ckpt, class_names, "prune")
     require_k_images(q.k, len(loaders.push.dataset))  # all checked: now the folder may change
     out = distributed.prepare_output_dir(out, force=force)
-    model: ProtoPNet = model_from_checkpoint(ckpt).to(dev)
+    model: ProtoPNet = source.model(dev)
 
     def evaluate() -> dict[str, Any]:
         return {s: evaluate_model(model, getattr(loaders, s), class_names, dev) for s in ("val", "test")}
@@ -203,11 +197,9 @@ def prune_prototypes(
     return summary
 
 
-def _settings(ckpt: dict, cfg: RunConfig | None, k, threshold, finetune_iterations, min_per_class: int) -> RunConfig:
-    """The run's config (default: the checkpoint's) with the call's overrides, validated."""
-    from ..train.checkpoint import checkpoint_config
-
-    cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
+def _settings(cfg: RunConfig, k, threshold, finetune_iterations, min_per_class: int) -> RunConfig:
+    """A copy of the run's config with the call's overrides, validated."""
+    cfg = copy.deepcopy(cfg)
     q = cfg.prune_prototypes
     q.k = q.k if k is None else k
     q.threshold = q.threshold if threshold is None else threshold

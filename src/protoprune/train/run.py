@@ -6,6 +6,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from ..names import MODEL_TYPE_NAMES
 from ..registry import Registry
 from ..seed import set_seed
 from .checkpoint import (
+    checkpoint_config,
     checkpoint_finished,
     finish_checkpoint,
     load_checkpoint,
     load_state,
+    model_from_checkpoint,
     require_protopnet,
     require_same_classes,
     save_checkpoint,
@@ -51,6 +54,42 @@ def prepare_data(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Loaders, 
     if run_dir is not None:
         atomic_write_text(run_dir / "split.csv", splits.split_table().to_csv(index=False))
     return build_loaders(splits, cfg.data, generator, seed=cfg.seed, device=cfg.train.device), splits
+
+
+@dataclass
+class CheckpointSource:
+    """One way in from a checkpoint for every command: the checkpoint and the config it runs under
+    (its own, or the caller's), then its data and its model, each when the command needs it (so
+    that a command checks its arguments and output folder before the data is read)."""
+
+    ckpt: dict[str, Any]
+    cfg: RunConfig
+
+    @property
+    def path(self) -> Path:
+        return Path(self.ckpt["path"])
+
+    def data(self, action: str | None = None, run_dir: Path | None = None) -> tuple[Loaders, object]:
+        """The seeded split and loaders (`prepare_data`); with `action` (what the user is doing,
+        for the message), refused when their classes are not the checkpoint's."""
+        loaders, splits = prepare_data(self.cfg, run_dir)
+        if action is not None:
+            require_same_classes(self.ckpt, loaders.class_names, action)
+        return loaders, splits
+
+    def model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The model as trained (a pruned one rebuilt at its narrower shapes), in eval mode."""
+        return model_from_checkpoint(self.ckpt).to(device)
+
+
+def open_checkpoint(checkpoint: str | Path | dict, cfg: RunConfig | None = None, *,
+                    protopnet: bool = False) -> CheckpointSource:  # fmt: skip
+    """Load `checkpoint` (a path, a run folder or a loaded dict) with `cfg` (default: its own);
+    `protopnet`: refuse any other model type."""
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if protopnet:
+        require_protopnet(ckpt)
+    return CheckpointSource(ckpt, cfg if cfg is not None else checkpoint_config(ckpt))
 
 
 def write_metrics(run_dir: Path, results: dict[str, dict], title: str, class_names: list[str]) -> None:
