@@ -185,9 +185,8 @@ def prune_prototypes(
     iterations = refit_last_layer(model, sims, targets, loaders, cfg, q.finetune_iterations, progress)
     model.eval()
     metrics["after_finetuning"] = evaluate()
-    summary = _summary(ckpt, cfg, min_per_class, plan, evidence, classes_before, class_names, metrics)
-    summary.update(prototypes_after=model.num_prototypes, merge_max_logit_change=merge_max_change,
-                   finetune_history=iterations)  # fmt: skip
+    summary = _summary(ckpt, cfg, min_per_class, plan, evidence, classes_before, class_names, metrics,
+                       merge_max_logit_change=merge_max_change, finetune_history=iterations)  # fmt: skip
     _write(out, model, cfg, class_names, summary)
     log.info(
         "pruned %d and merged %d of %d prototypes; test balanced accuracy %.4f -> %.4f -> %.4f (fine-tuned) -> %s",
@@ -270,8 +269,9 @@ def _prototype_records(plan: PruningPlan, evidence: PruningEvidence, classes_bef
 
 
 def _summary(ckpt, cfg: RunConfig, min_per_class: int, plan: PruningPlan, evidence: PruningEvidence,
-             classes_before: torch.Tensor, class_names: list[str], metrics: dict) -> dict[str, Any]:  # fmt: skip
-    """prototype_pruning.json's content (the caller adds what only the pruned model knows)."""
+             classes_before: torch.Tensor, class_names: list[str], metrics: dict, *,
+             merge_max_logit_change: float | None, finetune_history: list) -> dict[str, Any]:  # fmt: skip
+    """prototype_pruning.json's content."""
     q = cfg.prune_prototypes
     per_class = _per_class(plan, classes_before, class_names)
     empty = [r["class"] for r in per_class if r["after"] == 0 and r["before"] > 0]
@@ -283,19 +283,19 @@ def _summary(ckpt, cfg: RunConfig, min_per_class: int, plan: PruningPlan, eviden
         "threshold": q.threshold,
         "finetune_iterations": q.finetune_iterations,
         "prototypes_before": plan.num_prototypes,
-        "prototypes_after": None,
+        "prototypes_after": len(plan.keep),
         "pruned": len(plan.prune),
         "merged": len(plan.merge),
         "min_per_class": min_per_class,
         "spared": sorted(set(evidence.below_threshold) - set(plan.prune)),
         "classes_without_prototypes": empty,
-        "merge_max_logit_change": None,
+        "merge_max_logit_change": merge_max_logit_change,
         "per_class": per_class,
         "kept_indices": plan.keep,
         "prototypes": _prototype_records(plan, evidence, classes_before, class_names),
         "headline": {stage: {s: _headline(m) for s, m in by_split.items()} for stage, by_split in metrics.items()},
         "metrics": metrics,
-        "finetune_history": None,
+        "finetune_history": finetune_history,
     }
 
 
