@@ -27,8 +27,8 @@ from PIL import Image
 
 from protoprune.models import build_classifier
 from protoprune.models.backbones import feature_extractor
-from protoprune.models.protopnet import cut_trunk
 from protoprune.models.receptive_field import effective_receptive_field, receptive_field
+from protoprune.protopnet.model import cut_trunk
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 INPUTS = [  # (label, (H, W), small-image stem)

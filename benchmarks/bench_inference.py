@@ -45,7 +45,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 import torch  # noqa: E402
 
 from protoprune.models.backbones import build_classifier, feature_extractor  # noqa: E402
-from protoprune.models.protopnet import ProtoPNet  # noqa: E402
+from protoprune.protopnet.model import ProtoPNet  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 

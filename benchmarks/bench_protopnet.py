@@ -90,15 +90,15 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from protoprune.config import ProtoPNetConfig  # noqa: E402
 from protoprune.io import atomic_write_json  # noqa: E402
 from protoprune.models.backbones import build_classifier, feature_extractor  # noqa: E402
-from protoprune.models.protopnet import ProtoPNet  # noqa: E402
-from protoprune.train.precision import cpu_has_native_bf16  # noqa: E402
-from protoprune.train.protopnet import (  # noqa: E402
+from protoprune.protopnet.model import ProtoPNet  # noqa: E402
+from protoprune.protopnet.push import push_prototypes  # noqa: E402
+from protoprune.protopnet.training import (  # noqa: E402
     build_optimizers,
     last_layer_stage,
     similarity_vectors,
     train_epoch,
 )
-from protoprune.train.push import push_prototypes  # noqa: E402
+from protoprune.train.precision import cpu_has_native_bf16  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 DEVICE = torch.device(ARGS.device)

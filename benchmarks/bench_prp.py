@@ -23,7 +23,7 @@ import torch
 
 from protoprune.explain.prp import prp_heatmaps
 from protoprune.models.backbones import build_classifier, feature_extractor
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -15,7 +15,8 @@ PUBLIC_MODULES = [
     "protoprune",  # the criteria, FilterPruner, oneshot_curve, lrp_batch, require_explainable
     "protoprune.config",  # load_config, RunConfig: every run's settings
     "protoprune.data.export",  # write_image_folder: a user's torch Dataset as files
-    "protoprune.train.run",  # run_training, evaluate_checkpoint, push_checkpoint
+    "protoprune.train.run",  # run_training, evaluate_checkpoint
+    "protoprune.protopnet.repush",  # push_checkpoint
     "protoprune.explain.analysis",  # explain_files, analyse_checkpoint
     "protoprune.explain.localisation",  # heatmap against a lesion mask, with chance levels
     "protoprune.explain.sanity",  # randomisation checks of the explanations
@@ -24,7 +25,7 @@ PUBLIC_MODULES = [
     "protoprune.prune.filters",  # prune_filters: the iterative schedule with fine-tuning
     "protoprune.prune.curve",  # pruning_curve: one-shot cuts of a checkpoint
     "protoprune.prune.compare",  # criterion and paired tables over runs
-    "protoprune.prune.prototypes",  # prune_prototypes
+    "protoprune.protopnet.prototype_pruning",  # prune_prototypes
     "protoprune.demo",  # run_demo
 ]
 

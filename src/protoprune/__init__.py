@@ -20,7 +20,7 @@ explanation of any image), `protoprune.report.html.build_report` (the HTML repor
 explanation metrics of `protoprune.explain.localisation` and `protoprune.explain.sanity`),
 `protoprune.prune.filters.prune_filters` (the iterative schedule with fine-tuning),
 `protoprune.prune.curve.pruning_curve`, `protoprune.prune.compare` (tables over runs),
-`protoprune.prune.prototypes.prune_prototypes` and `protoprune.demo.run_demo`.
+`protoprune.protopnet.prototype_pruning.prune_prototypes` and `protoprune.demo.run_demo`.
 """
 
 from importlib import import_module

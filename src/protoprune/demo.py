@@ -20,8 +20,8 @@ from pathlib import Path
 from .config import load_config
 from .io import atomic_write_json, atomic_write_text, prepare_run_dir
 from .metrics import HEADLINE
+from .protopnet.prototype_pruning import prune_prototypes
 from .prune.filters import prune_filters
-from .prune.prototypes import prune_prototypes
 from .report.html import build_report
 from .train.run import run_training
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -14,11 +15,19 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named collection of factories; unknown names raise a ConfigError listing the valid ones."""
 
-    def __init__(self, kind: str, declared: tuple[str, ...] | None = None):
-        """`declared`: the only names it may hold (`protoprune.names`), in their listing order."""
+    def __init__(self, kind: str, declared: tuple[str, ...] | None = None, plugins: tuple[str, ...] = ()):
+        """`declared`: the only names it may hold (`protoprune.names`), in their listing order.
+        `plugins`: modules of a higher layer that register entries here when imported (as timm's
+        `@register_model`); they are imported by name on the first lookup, so the registry's own
+        layer never imports the layers above it."""
         self.kind = kind
         self.declared = declared
+        self.plugins = plugins
         self._items: dict[str, T] = {}
+
+    def _load_plugins(self) -> None:
+        for module in self.plugins:
+            importlib.import_module(module)  # a no-op once imported (also while being imported)
 
     def register(self, name: str, item: T | None = None) -> Any:
         """Register `item` under `name`; without `item`, works as a decorator."""
@@ -36,6 +45,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        self._load_plugins()
         if name not in self._items:
             close = difflib.get_close_matches(name, list(self._items), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -46,12 +56,15 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self._load_plugins()
         return iter(sorted(self._items))
 
     def names(self) -> list[str]:
+        self._load_plugins()
         return sorted(self._items)
 
 

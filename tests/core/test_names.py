@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import protoprune.models.protopnet  # noqa: F401  (registers the protopnet model type)
+import protoprune.protopnet.model  # noqa: F401  (registers the protopnet model type)
 from protoprune import names
 from protoprune.cli import build_parser
 from protoprune.config import _CHOICES, FilterPruningConfig

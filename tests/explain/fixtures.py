@@ -18,7 +18,7 @@ from torch import nn
 
 from protoprune.config import load_config
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
 
 
 def identity_protopnet(prototypes: torch.Tensor, classes: list[int], num_classes: int) -> ProtoPNet:

@@ -16,7 +16,7 @@ from protoprune.explain.local import prototype_sources
 from protoprune.explain.nearest import k_nearest_patches
 from protoprune.explain.quality import border_fraction, prototype_quality, top_match_counts
 from protoprune.explain.render import RF_COLOR
-from protoprune.train.push import BOX_COLOR
+from protoprune.protopnet.push import BOX_COLOR
 from tests.explain.fixtures import identity_protopnet
 
 CLASSES = ["red", "green", "blue"]

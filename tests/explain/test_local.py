@@ -88,7 +88,7 @@ def test_receptive_field_and_prp_of_a_pixel_trunk_mark_the_matched_pixel() -> No
 
 def test_a_trunk_whose_cells_see_the_whole_image_is_flagged(tmp_path) -> None:
     from protoprune.models.backbones import build_classifier, feature_extractor
-    from protoprune.models.protopnet import ProtoPNet
+    from protoprune.protopnet.model import ProtoPNet
 
     torch.manual_seed(0)
     trunk = feature_extractor(build_classifier("resnet18", 3, small_input=True))

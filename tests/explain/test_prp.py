@@ -8,8 +8,8 @@ from torch import nn
 
 from protoprune.explain.prp import prp_heatmaps
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
 from protoprune.models.receptive_field import receptive_field
+from protoprune.protopnet.model import ProtoPNet
 
 
 def _top_iou(heat: torch.Tensor, mask: torch.Tensor) -> float:

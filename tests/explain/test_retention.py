@@ -1,5 +1,5 @@
 """Explanation retention, hand-counted on constructed snapshots (on a trained ProtoPNet:
-tests/prune/test_protopnet_filters.py)."""
+tests/protopnet/test_trunk_pruning.py)."""
 
 from __future__ import annotations
 

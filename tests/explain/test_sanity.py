@@ -15,7 +15,7 @@ from protoprune.explain.sanity import (
     sanity_summary,
 )
 from protoprune.models.backbones import build_classifier, feature_extractor
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
 from tests.explain.fixtures import identity_protopnet
 
 

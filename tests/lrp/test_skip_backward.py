@@ -10,7 +10,7 @@ from protoprune.lrp import skip_backward
 from protoprune.lrp.composites import build_composite, canonizers_for
 from protoprune.models import build_classifier
 from protoprune.models.backbones import feature_extractor
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
 from protoprune.prune.relevance import filter_output_modules, lrp_batch, prunable_modules
 
 

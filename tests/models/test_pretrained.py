@@ -14,7 +14,7 @@ from protoprune.config import RunConfig, load_config
 from protoprune.errors import ConfigError
 from protoprune.models import build_classifier, feature_extractor
 from protoprune.models.pretrained import resolve_pretrained
-from protoprune.models.protopnet import build_protopnet
+from protoprune.protopnet.model import build_protopnet
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # the name torchvision's ResNet18_Weights.IMAGENET1K_V1 uses
 

@@ -13,7 +13,7 @@ import torch
 from protoprune.errors import ProtopruneError
 from protoprune.models import build_classifier, feature_extractor
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
 from protoprune.prune import onnx_export
 from protoprune.prune.importance import CRITERIA
 from protoprune.prune.structural import prune_step

@@ -9,7 +9,7 @@ from zennit.composites import COMPOSITES
 
 from protoprune.lrp.prp import GAMMA_EPSILON, prototype_relevance
 from protoprune.models.backbones import build_classifier, feature_extractor
-from protoprune.models.protopnet import ProtoPNet, PrototypeLayer
+from protoprune.protopnet.model import ProtoPNet, PrototypeLayer
 from protoprune.prune.relevance import build_composite, canonizers_for, lrp_batch
 
 

@@ -501,7 +501,7 @@ def _protopnet_checkpoint_bytes() -> bytes:
 
 
 def k_above_the_training_images(tmp):
-    from protoprune.prune.prototypes import prune_prototypes
+    from protoprune.protopnet.prototype_pruning import prune_prototypes
 
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     path = tmp / "run" / "checkpoints" / "best.pt"

@@ -6,14 +6,14 @@ from __future__ import annotations
 import functools
 
 import torch
-from test_protopnet_training import tiny_config, tiny_loaders, tiny_model
 from torch import nn
 
 from protoprune.config import load_config
-from protoprune.train import protopnet as tp
+from protoprune.protopnet import training as tp
 from protoprune.train.checkpoint import load_checkpoint
 from protoprune.train.layout import apply_memory_format
 from protoprune.train.loop import fit
+from tests.protopnet.test_training import tiny_config, tiny_loaders, tiny_model
 
 
 def _conv_inputs_channels_last(model: nn.Module, run) -> set[bool]:

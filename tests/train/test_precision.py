@@ -7,16 +7,16 @@ import dataclasses
 
 import pytest
 import torch
-from test_protopnet_training import tiny_loaders, tiny_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from protoprune.config import RunConfig, load_config
 from protoprune.data.loaders import CappedLoader
 from protoprune.errors import ConfigError
+from protoprune.protopnet import training as tp
 from protoprune.train import precision
-from protoprune.train import protopnet as tp
 from protoprune.train.loop import fit, train_one_epoch
+from tests.protopnet.test_training import tiny_loaders, tiny_model
 
 CPU = torch.device("cpu")
 

@@ -40,7 +40,7 @@ def execute(args: argparse.Namespace) -> int:
     require_at_least(args, k=1, threshold=0, finetune_iterations=0, min_per_class=0)
     check_device_option(args)
     from ..io import check_run_dir
-    from ..prune.prototypes import prune_prototypes
+    from ..protopnet.prototype_pruning import prune_prototypes
     from ..train.checkpoint import checkpoint_config, load_checkpoint
 
     if args.out:

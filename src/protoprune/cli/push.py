@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     require_at_least(args, last_layer_iterations=0)
     check_device_option(args)
+    from ..protopnet.repush import push_checkpoint
     from ..train.checkpoint import checkpoint_config, load_checkpoint
-    from ..train.run import push_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     root = [f"data.root={args.data_root}"] if args.data_root else []

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from ..io import atomic_save_figure, atomic_write_text
-from ..models.protopnet import ProtoPNet
 from ..models.receptive_field import receptive_field_or_none
+from ..protopnet.model import ProtoPNet
 from .local import PrototypeSources
 from .nearest import NearestPatches, k_nearest_patches
 from .render import RF_COLOR, draw_box, image_array, similarity_boxes

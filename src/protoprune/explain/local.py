@@ -24,12 +24,12 @@ from PIL import Image
 from ..data.transforms import build_transform
 from ..io import atomic_save_figure, atomic_write_json
 from ..lrp.composites import input_bounds
-from ..models.protopnet import ProtoPNet
 from ..models.receptive_field import (
     latent_effective_field,
     localisation,
     receptive_field_or_none,
 )
+from ..protopnet.model import ProtoPNet
 from .nearest import NearestPatches
 from .render import (
     RF_COLOR,

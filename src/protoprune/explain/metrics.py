@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..lrp.composites import DEFAULT_BOUNDS
-from ..models.protopnet import ProtoPNet
+from ..protopnet.model import ProtoPNet
 from . import localisation
 from .nearest import NearestPatches
 from .prp import prp_heatmaps

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from .. import distributed
 from ..errors import ConfigError, DataError
-from ..models.protopnet import ProtoPNet
 from ..progress import tqdm
+from ..protopnet.model import ProtoPNet
 
 
 @dataclass

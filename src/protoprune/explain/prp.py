@@ -21,7 +21,7 @@ from ..lrp.composites import (
     frozen_parameters,
 )
 from ..lrp.skip_backward import skipped_replaced_backward
-from ..models.protopnet import ProtoPNet
+from ..protopnet.model import ProtoPNet
 
 
 def prp_heatmaps(

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..io import atomic_save_figure, atomic_write_text
-from ..models.protopnet import ProtoPNet
+from ..protopnet.model import ProtoPNet
 from .local import PrototypeSources
 from .nearest import NearestPatches
 
@@ -67,7 +67,7 @@ def background_base_rate(
 @torch.no_grad()
 def top_match_counts(model: ProtoPNet, loader, device: torch.device | str = "cpu") -> np.ndarray:
     """(P,) how many images of `loader` have each prototype as their most similar one."""
-    from ..train.protopnet import similarity_vectors
+    from ..protopnet.training import similarity_vectors
 
     sims, _ = similarity_vectors(model, loader, torch.device(device))
     return torch.bincount(sims.argmax(1).cpu(), minlength=model.num_prototypes).numpy()

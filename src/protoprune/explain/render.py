@@ -1,6 +1,6 @@
 """Pixels for explanations: similarity maps upsampled onto an image, heatmap overlays, boxes.
 
-The box is the push's (train.push): the region above the 95th percentile of the similarity map
+The box is the push's (protopnet.push): the region above the 95th percentile of the similarity map
 upsampled bicubically to the drawing's resolution, so a box drawn on a 600 px original and on the
 network's 28 px input mark the same place.
 """
@@ -12,7 +12,8 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from ..train.push import BOX_COLOR, _boxes
+from ..protopnet.push.images import BOX_COLOR
+from ..protopnet.push.records import boxes as push_boxes
 
 RF_COLOR = (0, 255, 255)  # the receptive field of the matched latent patch, beside BOX_COLOR
 
@@ -27,7 +28,7 @@ def image_array(image: Image.Image, size: tuple[int, int] | None = None) -> np.n
 
 def similarity_boxes(maps: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor]:
     """Boxes (y0, y1, x0, x1; end exclusive) and the maps upsampled to `size`, for (n, h, w) maps."""
-    boxes, up = _boxes(maps.float(), tuple(size))
+    boxes, up = push_boxes(maps.float(), tuple(size))
     return boxes.numpy().astype(int), up.cpu()
 
 

@@ -32,8 +32,8 @@ import torch
 from scipy.stats import spearmanr
 
 from ..lrp.composites import DEFAULT_BOUNDS
-from ..models.protopnet import ProtoPNet
 from ..names import RETENTION_MEASURE_NAMES
+from ..protopnet.model import ProtoPNet
 
 RETENTION_MEASURES = RETENTION_MEASURE_NAMES  # declared in protoprune.names, computed by `retention`
 TOP_K = 3  # prototypes that explain a decision (a local explanation shows its strongest few)

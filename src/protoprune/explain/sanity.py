@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from ..lrp.composites import DEFAULT_BOUNDS
-from ..models.protopnet import ProtoPNet
+from ..protopnet.model import ProtoPNet
 from .metrics import upsampled_map
 from .prp import prp_heatmaps
 

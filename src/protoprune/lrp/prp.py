@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from zennit.core import Composite, Hook
 
-from ..models.protopnet import PrototypeLayer
+from ..protopnet.model import PrototypeLayer
 
 GAMMA_EPSILON = 1e-12  # CaBRNet's lrp_stability_factor of the similarity layer
 RULE_NAMES = {  # the prototype layer's PRP rule per similarity, as the report names it

@@ -11,7 +11,10 @@ from ..names import MODEL_TYPE_NAMES
 from ..registry import Registry
 from .backbones import build_classifier
 
-MODEL_TYPES: Registry[Callable[[RunConfig, int], nn.Module]] = Registry("model type", MODEL_TYPE_NAMES)
+# ProtoPNet registers its builder in protopnet.model, a layer above this one
+MODEL_TYPES: Registry[Callable[[RunConfig, int], nn.Module]] = Registry(
+    "model type", MODEL_TYPE_NAMES, plugins=("protoprune.protopnet.model",)
+)
 
 
 def small_input(cfg: RunConfig) -> bool:
@@ -25,16 +28,4 @@ def _classifier(cfg: RunConfig, num_classes: int) -> nn.Module:
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
-    _load_plugins()
     return MODEL_TYPES.get(cfg.model.type)(cfg, num_classes)
-
-
-def _load_plugins() -> None:
-    """Import the modules that register further model types (kept lazy to avoid import cycles)."""
-    import importlib
-
-    try:
-        importlib.import_module(f"{__package__}.protopnet")
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while ProtoPNet is absent
-        if exc.name != f"{__package__}.protopnet":
-            raise

@@ -34,8 +34,8 @@ from ..data.loaders import CappedLoader
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import HEADLINE
-from ..models.protopnet import ProtoPNet
 from ..progress import tqdm
+from ..protopnet.model import ProtoPNet
 from .export import export_onnx
 from .importance import FilterImportance, build_importance
 from .measure import measure_model
@@ -268,11 +268,11 @@ def prune_filters(
     `cfg` defaults to the config stored in the checkpoint (its data section decides the data);
     `cfg.prune_filters` sets method, total_pr, pr_step, epochs, scope, ref_per_class. A ProtoPNet's
     trunk is pruned by the relevance of its own decision and repaired after each step by `epochs`
-    joint epochs, a push and the last-layer stage (`prune.protopnet_filters`).
+    joint epochs, a push and the last-layer stage (`protopnet.trunk_pruning`).
     """
+    from ..protopnet.trunk_pruning import protopnet_ignored_layers
     from ..train.evaluate import evaluate_model
     from ..train.run import open_checkpoint
-    from .protopnet_filters import protopnet_ignored_layers
 
     source = open_checkpoint(checkpoint_path, cfg)
     ckpt, cfg = source.ckpt, source.cfg
@@ -330,9 +330,9 @@ def _step_finetuner(model: nn.Module, loaders: Any, cfg: RunConfig, device: torc
     """What repairs each step: a classifier's fine-tuning (`fit` under patience, at
     prune_filters.finetune_lr) or a ProtoPNet's joint epochs, push and last-layer stage, then
     its explanation retention (measured against `model` as it is now, unpruned)."""
+    from ..protopnet.trunk_pruning import RetentionTracker, protopnet_repair
     from ..train.convergence import plateau
     from ..train.loop import fit
-    from .protopnet_filters import RetentionTracker, protopnet_repair
 
     pf, proto = cfg.prune_filters, cfg.model.type == "protopnet"
     tune = loaders  # fine-tuning epochs of `finetune_batches` batches each, when set

@@ -65,7 +65,7 @@ class ProtoPNetOutputs(nn.Module):
 
 def exportable(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """A CPU eval copy of `model` in its export form and its output names."""
-    from ..models.protopnet import ProtoPNet
+    from ..protopnet.model import ProtoPNet
 
     cpu = copy.deepcopy(model).to("cpu").eval()
     if isinstance(cpu, ProtoPNet):

@@ -378,7 +378,7 @@ def _trained_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, fol
 def _prototype_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Path, folder: Path,
                             row: dict, result: dict, resume: bool):  # fmt: skip
     """Prototype pruning of the seed's ProtoPNet; returns (the pruned model, loaders)."""
-    from ..prune.prototypes import prune_prototypes
+    from ..protopnet.prototype_pruning import prune_prototypes
     from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data
 

@@ -1,6 +1,6 @@
 """Where a training run keeps its state between steps: `last.pt`, `best.pt`, `history.csv`.
 
-The classifier loop (`train.loop.fit`) and the ProtoPNet schedule (`train.protopnet`) both run
+The classifier loop (`train.loop.fit`) and the ProtoPNet schedule (`protopnet.training`) both run
 through a `Checkpointer`: after every step it writes `checkpoints/last.pt` (the model, whatever the
 trainer needs to continue, and every random state, so that `--resume` continues the same random
 stream) and `history.csv`; on an improvement on validation it keeps the weights in memory and in

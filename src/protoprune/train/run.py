@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from .checkpoint import (
     model_from_checkpoint,
     require_protopnet,
     require_same_classes,
-    save_checkpoint,
 )
 from .evaluate import evaluate_model
 from .loop import fit
@@ -198,7 +196,8 @@ def _train(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, device, resum
     return TRAINERS.get(cfg.model.type)(model, loaders, cfg, run_dir, device, resume)
 
 
-TRAINERS: Registry[Callable[..., dict]] = Registry("trainer", MODEL_TYPE_NAMES)  # by model.type
+# by model.type; ProtoPNet's trainer registers itself in protopnet.training, a layer above
+TRAINERS: Registry[Callable[..., dict]] = Registry("trainer", MODEL_TYPE_NAMES, plugins=("protoprune.protopnet.training",))
 
 
 @TRAINERS.register("classifier")
@@ -206,13 +205,6 @@ def _train_classifier(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, de
     out = fit(model, loaders, cfg, run_dir, resume=resume, device=device)
     test = evaluate_model(model, loaders.test, loaders.class_names, device)
     return {"val": out["val"], "test": test, "best_epoch": out["best_epoch"]}
-
-
-@TRAINERS.register("protopnet")
-def _train_protopnet(model, loaders: Loaders, cfg: RunConfig, run_dir: Path, device, resume: bool) -> dict:
-    from .protopnet import train_protopnet
-
-    return train_protopnet(model, loaders, cfg, run_dir, device, resume=resume)
 
 
 def check_input_size(model: torch.nn.Module, cfg: RunConfig) -> None:
@@ -313,56 +305,4 @@ def evaluate_external_isic2018(checkpoint: str | Path, root: str | Path, device:
     return evaluate_model(model_from_checkpoint(ckpt).to(dev), loader, ckpt["class_names"], dev)
 
 
-def push_checkpoint(
-    checkpoint: str | Path | dict,
-    cfg: RunConfig | None = None,
-    out_dir: str | Path | None = None,
-    last_layer_iterations: int = 0,
-    device: str = "auto",
-    force: bool = False,
-) -> dict[str, Any]:
-    """Re-push a saved ProtoPNet onto its training images (optionally re-running the last-layer
-    stage); writes `out_dir` (default `<run folder>/push`): pushed.pt, push.json, prototype images.
-
-    Under torchrun the ranks search their shards of the push set and rank 0 writes.
-    """
-    from .checkpoint import checkpoint_config, model_from_checkpoint, run_dir_of
-    from .protopnet import refit_last_layer
-    from .push import push_prototypes
-
-    ckpt = require_protopnet(checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint))
-    cfg = copy.deepcopy(cfg) if cfg is not None else checkpoint_config(ckpt)
-    ckpt_path = Path(ckpt["path"])
-    dev = distributed.resolve_device(device)
-    out = check_run_dir(Path(out_dir) if out_dir else run_dir_of(ckpt_path) / "push", force=force)
-    loaders, _ = prepare_data(cfg)
-    class_names = loaders.class_names
-    require_same_classes(ckpt, class_names, "push")
-    out = distributed.prepare_output_dir(out, force=force)  # the input is sound: now write
-    model = model_from_checkpoint(ckpt).to(dev)
-    progress = cfg.train.progress and distributed.is_main()
-    val_before = evaluate_model(model, loaders.val, class_names, dev)
-    result = push_prototypes(model, loaders.push, dev, class_names, out / "prototypes", progress=progress)
-    iterations = []
-    if last_layer_iterations > 0:
-        iterations = refit_last_layer(model, result.similarities, result.targets, loaders, cfg,
-                                      last_layer_iterations, progress)  # fmt: skip
-    val_after = evaluate_model(model, loaders.val, class_names, dev)
-    keys = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
-    summary = {
-        "source_checkpoint": str(ckpt_path),
-        "push": result.summary(),
-        "last_layer_iterations": iterations,
-        "val_before": {k: val_before[k] for k in keys},
-        "val_after": {k: val_after[k] for k in keys},
-    }
-    if distributed.is_main():
-        save_checkpoint(out / "checkpoints" / "pushed.pt", model, cfg, class_names, stage="push", push=summary)
-        atomic_write_json(out / "push.json", summary)
-    distributed.barrier()
-    summary["out_dir"] = str(out)
-    summary["checkpoint"] = str(out / "checkpoints" / "pushed.pt")
-    return summary
-
-
-__all__ = ["run_training", "push_checkpoint", "evaluate_checkpoint", "evaluate_external_isic2018", "prepare_data", "write_metrics", "load_state"]
+__all__ = ["run_training", "evaluate_checkpoint", "evaluate_external_isic2018", "prepare_data", "write_metrics", "load_state"]

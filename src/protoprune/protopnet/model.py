@@ -19,7 +19,8 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from .backbones import Features, build_classifier, feature_extractor
+from ..models.backbones import Features, build_classifier, feature_extractor
+from ..models.factory import MODEL_TYPES, small_input
 
 
 @dataclass
@@ -293,8 +294,6 @@ def cut_trunk(features: Features, arch: str, layers: int) -> Features:
 
 def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
     """The configured ProtoPNet: any baseline architecture (incl. small-image variants) as trunk."""
-    from .factory import small_input
-
     backbone = build_classifier(cfg.model.arch, num_classes, small_input(cfg), cfg.model.weights)
     p = cfg.protopnet
     features = feature_extractor(backbone)
@@ -315,11 +314,4 @@ def build_protopnet(cfg: RunConfig, num_classes: int) -> ProtoPNet:
     )
 
 
-def _register() -> None:
-    from .factory import MODEL_TYPES
-
-    if "protopnet" not in MODEL_TYPES:
-        MODEL_TYPES.register("protopnet", build_protopnet)
-
-
-_register()
+MODEL_TYPES.register("protopnet", build_protopnet)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from protoprune.train.push import _boxes
+from protoprune.protopnet.push.records import boxes as push_boxes
 
 
 def find_high_activation_crop(activation_map, percentile=95):  # the original's helpers.py
@@ -43,7 +43,7 @@ def test_push_boxes_match_the_original_on_random_maps():
     same, off = 0, []
     for grid in (7, 14):
         maps = rng.gamma(2.0, 1.0, size=(150, grid, grid)).astype(np.float32)
-        ours, _ = _boxes(torch.from_numpy(maps), (224, 224))
+        ours, _ = push_boxes(torch.from_numpy(maps), (224, 224))
         for m, box in zip(maps, ours.tolist()):
             theirs = find_high_activation_crop(cv2.resize(m, dsize=(224, 224), interpolation=cv2.INTER_CUBIC))
             if list(theirs) == box:

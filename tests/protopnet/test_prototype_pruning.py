@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from protoprune.errors import OutputExistsError
 from protoprune.explain.nearest import k_nearest_patches
-from protoprune.prune.prototypes import (
+from protoprune.protopnet.prototype_pruning import (
     PruningPlan,
     apply_plan,
     find_duplicates,

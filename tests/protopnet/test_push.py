@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from protoprune.data.base import ArrayImageDataset
 from protoprune.data.transforms import build_transform
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
-from protoprune.train.protopnet import similarity_vectors
-from protoprune.train.push import push_prototypes
+from protoprune.protopnet.model import ProtoPNet
+from protoprune.protopnet.push import push_prototypes
+from protoprune.protopnet.training import similarity_vectors
 
 CLASSES = ["a", "b", "c", "d"]  # class "d" has no push images
 
@@ -209,7 +209,7 @@ def test_rendered_images_match_a_per_prototype_composition(tmp_path) -> None:
     + 0.4 x jet(map scaled to 0..255) x 255, rounded; box outline in yellow)."""
     from matplotlib import colormaps
 
-    from protoprune.train.push import RENDER_CHUNK, render_prototypes
+    from protoprune.protopnet.push import RENDER_CHUNK, render_prototypes
 
     rng = np.random.default_rng(5)
     n_protos, size = 2 * RENDER_CHUNK + 7, (16, 16)

@@ -9,7 +9,7 @@ from torch import nn
 from protoprune.config import RunConfig
 from protoprune.errors import ConfigError
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
 
 
 def tiny_protopnet(
@@ -157,8 +157,8 @@ def test_similarity_scale_multiplies_similarities_and_logits(similarity: str) ->
 
 def test_trunk_layers_cuts_the_resnet_trunk_for_a_finer_grid(tmp_path) -> None:
     from protoprune.config import load_config
-    from protoprune.models.protopnet import build_protopnet
     from protoprune.models.receptive_field import receptive_field
+    from protoprune.protopnet.model import build_protopnet
     from protoprune.train.checkpoint import model_from_checkpoint, save_checkpoint
 
     over = ["model.type=protopnet", "model.arch=resnet18", "data.image_size=28",

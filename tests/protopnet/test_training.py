@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from protoprune.config import RunConfig
 from protoprune.data.loaders import Loaders
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
-from protoprune.train import protopnet as tp
+from protoprune.protopnet import training as tp
+from protoprune.protopnet.model import ProtoPNet
 from protoprune.train.checkpoint import load_checkpoint
 
 CLASSES = ["a", "b", "c"]
@@ -172,7 +172,7 @@ def test_loss_terms_have_the_right_sign() -> None:
 
 
 def test_last_layer_stage_on_cached_vectors_matches_full_model() -> None:
-    from protoprune.train.push import push_prototypes
+    from protoprune.protopnet.push import push_prototypes
 
     model, loaders, cfg = tiny_model(), tiny_loaders(), tiny_config()
     result = push_prototypes(model, loaders.push, "cpu", CLASSES, progress=False)

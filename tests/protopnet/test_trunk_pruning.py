@@ -8,9 +8,9 @@ import torch
 
 from protoprune.cli import main
 from protoprune.config import load_config
-from protoprune.models.protopnet import ProtoPNet
+from protoprune.protopnet.model import ProtoPNet
+from protoprune.protopnet.trunk_pruning import protopnet_ignored_layers
 from protoprune.prune.importance import LRPImportance
-from protoprune.prune.protopnet_filters import protopnet_ignored_layers
 from protoprune.train.checkpoint import load_checkpoint, model_from_checkpoint
 from protoprune.train.run import run_training
 
@@ -75,16 +75,16 @@ def test_prune_filters_on_a_protopnet_repushes_and_reloads(protopnet, tmp_path):
 
 def test_repair_epochs_sets_the_protopnets_joint_epochs_a_step(protopnet, tmp_path, monkeypatch):
     """prune_filters.repair_epochs, not the classifier's --epochs cap, sets the ProtoPNet's repair."""
-    from protoprune.prune import protopnet_filters
+    from protoprune.protopnet import trunk_pruning
 
     seen = []
-    real = protopnet_filters.protopnet_repair
+    real = trunk_pruning.protopnet_repair
 
     def spy(model, loaders, cfg, epochs, device):
         seen.append(epochs)
         return real(model, loaders, cfg, epochs, device)
 
-    monkeypatch.setattr(protopnet_filters, "protopnet_repair", spy)
+    monkeypatch.setattr(trunk_pruning, "protopnet_repair", spy)
     out = tmp_path / "pf"
     rc = main(["prune-filters", str(protopnet), "--total-pr", "0.15", "--pr-step", "0.15", "--epochs", "10",
                "--patience", "2", "--ref-per-class", "2", "--no-export", "--out", str(out),
@@ -98,9 +98,9 @@ def test_repair_epochs_sets_the_protopnets_joint_epochs_a_step(protopnet, tmp_pa
 
 def test_an_unpruned_protopnet_retains_its_own_explanations(protopnet) -> None:
     from protoprune.explain.retention import RETENTION_MEASURES
-    from protoprune.prune.protopnet_filters import RetentionTracker
+    from protoprune.protopnet.push import push_prototypes
+    from protoprune.protopnet.trunk_pruning import RetentionTracker
     from protoprune.train.checkpoint import checkpoint_config
-    from protoprune.train.push import push_prototypes
     from protoprune.train.run import prepare_data
 
     ckpt = load_checkpoint(protopnet)
@@ -161,9 +161,9 @@ def test_pruning_a_filter_moves_a_prototypes_source_where_a_hand_calculation_say
     from torch.utils.data import DataLoader, TensorDataset
 
     from protoprune.explain.retention import push_sources, retention, snapshot
+    from protoprune.protopnet.push import push_prototypes
     from protoprune.prune.importance import CRITERIA
     from protoprune.prune.structural import prune_step
-    from protoprune.train.push import push_prototypes
 
     x = torch.zeros(3, 3, 2, 2)
     x[0, 0, 0, 0] = 1.0  # A, class 0
@@ -200,8 +200,8 @@ def test_the_tracker_reports_localisation_beside_the_unpruned_model_and_chance()
     import numpy as np
     from torch.utils.data import DataLoader, TensorDataset
 
-    from protoprune.prune.protopnet_filters import RetentionTracker
-    from protoprune.train.push import push_prototypes
+    from protoprune.protopnet.push import push_prototypes
+    from protoprune.protopnet.trunk_pruning import RetentionTracker
 
     x = torch.rand(4, 3, 2, 2)
     y = torch.tensor([0, 0, 1, 1])

@@ -9,9 +9,9 @@ from torch import nn
 
 from protoprune.config import ProtoPNetConfig
 from protoprune.models.backbones import Features
-from protoprune.models.protopnet import ProtoPNet
-from protoprune.train.last_layer import _adam_step, iteration_loss, last_layer_stage
-from protoprune.train.protopnet import build_optimizers
+from protoprune.protopnet.last_layer import _adam_step, iteration_loss, last_layer_stage
+from protoprune.protopnet.model import ProtoPNet
+from protoprune.protopnet.training import build_optimizers
 
 
 @pytest.mark.parametrize("classes_first", [False, True])

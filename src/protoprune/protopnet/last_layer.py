@@ -16,8 +16,8 @@ import torch
 from torch.optim.adam import adam
 
 from ..config import ProtoPNetConfig
-from ..models.protopnet import ProtoPNet
 from ..progress import tqdm
+from .model import ProtoPNet
 
 
 def _adam_step(
@@ -238,7 +238,7 @@ class _Steps:
     with autograd). For logits = x W^T (no bias) and a batch of m rows:
       dCE/dW = ((softmax - onehot) * w_y / sum(w_y))^T x   (w_y = 1/m without class weights)
       d(l1 |W * wrong|)/dW = l1 sign(W) wrong,
-    the same update as autograd (tests/train/test_last_layer_gradient.py checks it). It takes
+    the same update as autograd (tests/protopnet/test_last_layer_gradient.py checks it). It takes
     three passes over the weight's size: sign(W) into the gradient, zeros at the own-class
     entries, and the product's accumulation with beta = l1 (so no separate scaling pass).
 

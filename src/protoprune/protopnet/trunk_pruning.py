@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import distributed
 from ..config import RunConfig
-from ..models.protopnet import ProtoPNet
+from .model import ProtoPNet
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class RetentionTracker:
         import copy
 
         from ..explain.retention import fixed_images, fixed_masks, lesion_localisation, snapshot
-        from ..train.push import push_prototypes
+        from .push import push_prototypes
 
         self.x = fixed_images(loaders.test.dataset, images, seed).to(device)
         self.masks = fixed_masks(loaders.test.dataset, images, seed, tuple(self.x.shape[-2:]))
@@ -81,8 +81,8 @@ def protopnet_repair(
     Fresh optimisers each call: the pruned parameters are new tensors.
     """
     from ..train import precision
-    from ..train.protopnet import _DetailsForward, build_optimizers, refit_last_layer, train_epoch
-    from ..train.push import push_prototypes
+    from .push import push_prototypes
+    from .training import _DetailsForward, build_optimizers, refit_last_layer, train_epoch
 
     p = cfg.protopnet
     weights = loaders.loss_weights.to(device) if loaders.loss_weights is not None else None

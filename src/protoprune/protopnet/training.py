@@ -29,14 +29,15 @@ from ..config import ProtoPNetConfig, RunConfig
 from ..errors import CheckpointError
 from ..io import atomic_write_json
 from ..metrics import HEADLINE
-from ..models.protopnet import ProtoPNet, TrunkClassifier
 from ..progress import tqdm
-from . import precision
-from .checkpointer import Checkpointer
-from .evaluate import evaluate_model
+from ..train import precision
+from ..train.checkpointer import Checkpointer
+from ..train.evaluate import evaluate_model
+from ..train.layout import apply_memory_format
+from ..train.loop import build_optimizer, build_scheduler, train_one_epoch
+from ..train.run import TRAINERS
 from .last_layer import last_layer_stage
-from .layout import apply_memory_format
-from .loop import build_optimizer, build_scheduler, train_one_epoch
+from .model import ProtoPNet, TrunkClassifier
 from .push import push_prototypes
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ def _score(metrics: dict[str, Any], name: str) -> float:
     return float(metrics["accuracy"] if value is None else value)
 
 
+@TRAINERS.register("protopnet")
 def train_protopnet(
     model: ProtoPNet,
     loaders,

@@ -7,7 +7,7 @@
    the same image patch). Their similarities are equal for every input, so keeping one and adding
    the other's last-layer column to it leaves every logit unchanged.
 4. Remove the pruned/merged prototypes physically (prototype tensor, last-layer columns, class
-   identity), then fine-tune the last layer on cached similarity vectors (train.protopnet).
+   identity), then fine-tune the last layer on cached similarity vectors (protopnet.training).
 
 The pruned checkpoint stores the class of each remaining prototype in
 `protopnet.prototype_classes`, so `model_from_checkpoint` rebuilds it.
@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..explain.nearest import require_k_images
 from ..io import atomic_write_json, atomic_write_text, check_run_dir
 from ..metrics import HEADLINE
-from ..models.protopnet import ProtoPNet
+from .model import ProtoPNet
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def prune_prototypes(
     """
     from ..train.checkpoint import run_dir_of
     from ..train.evaluate import evaluate_model
-    from ..train.protopnet import refit_last_layer, similarity_vectors
     from ..train.run import open_checkpoint
+    from .training import refit_last_layer, similarity_vectors
 
     source = open_checkpoint(checkpoint, cfg, protopnet=True)
     ckpt = source.ckpt
