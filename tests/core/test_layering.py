@@ -20,8 +20,8 @@ RANK = {
     "registry": 1, "names": 1, "io": 1, "progress": 1, "devices": 1,
     "config": 2, "metrics": 2, "figures": 2, "seed": 2, "distributed": 3,
     "data": 4, "models": 4,
-    "train": 5, "lrp": 5, "explain": 6, "prune": 7, "report": 8, "study": 9, "demo": 10,
-    "cli": 11, "__main__": 12,
+    "train": 5, "lrp": 5, "explain": 6, "prune": 7, "report": 8, "experiments": 9, "study": 10,
+    "demo": 11, "cli": 12, "__main__": 13,
 }  # fmt: skip
 
 
