@@ -22,9 +22,13 @@ PUBLIC_MODULES = [
     "protoprune.explain.sanity",  # randomisation checks of the explanations
     "protoprune.explain.retention",  # how much of its explanations a pruned ProtoPNet keeps
     "protoprune.report.html",  # build_report
-    "protoprune.prune.filters",  # prune_filters: the iterative schedule with fine-tuning
-    "protoprune.prune.curve",  # pruning_curve: one-shot cuts of a checkpoint
+    "protoprune.experiments.filter_pruning",  # prune_filters: the iterative schedule with fine-tuning
+    "protoprune.experiments.pruning_curve",  # pruning_curve: one-shot cuts of a checkpoint
+    "protoprune.prune.filters",  # run_schedule: the iterative schedule on a model
+    "protoprune.prune.curve",  # CurveSettings, curve_block: the curve's one-shot cuts
     "protoprune.prune.compare",  # criterion and paired tables over runs
+    "protoprune.report.pruning",  # summarize_schedules: the comparison of runs written out
+    "protoprune.report.curves",  # summarize_curves: curves of several runs pooled
     "protoprune.protopnet.prototype_pruning",  # prune_prototypes
     "protoprune.demo",  # run_demo
 ]

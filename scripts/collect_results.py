@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from protoprune.prune.compare import summarize_schedules
-from protoprune.prune.curve import summarize_curves
-from protoprune.prune.filters import markdown_table
+from protoprune.report.curves import summarize_curves
+from protoprune.report.pruning import summarize_schedules
+from protoprune.report.tables import markdown_table
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
 

@@ -20,7 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 from protoprune.metrics import mean_std, paired_t_interval
-from protoprune.prune.curve import curve_area
+from protoprune.prune.curve_stats import curve_area
 from protoprune.prune.filters import reference_set
 from protoprune.prune.importance import LRPImportance
 from protoprune.prune.relevance import input_bounds

@@ -18,8 +18,9 @@ torch Datasets written once as the image folder a run reads), `protoprune.train.
 ProtoPNet with its push and last-layer stage), `protoprune.explain.analysis.explain_files` (an
 explanation of any image), `protoprune.report.html.build_report` (the HTML report, with the
 explanation metrics of `protoprune.explain.localisation` and `protoprune.explain.sanity`),
-`protoprune.prune.filters.prune_filters` (the iterative schedule with fine-tuning),
-`protoprune.prune.curve.pruning_curve`, `protoprune.prune.compare` (tables over runs),
+`protoprune.experiments.filter_pruning.prune_filters` (the iterative schedule with fine-tuning),
+`protoprune.experiments.pruning_curve.pruning_curve`, `protoprune.prune.compare` (tables over
+runs; `protoprune.report.pruning` and `protoprune.report.curves` write their reports),
 `protoprune.protopnet.prototype_pruning.prune_prototypes` and `protoprune.demo.run_demo`.
 """
 

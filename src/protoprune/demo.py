@@ -18,10 +18,10 @@ from importlib import resources
 from pathlib import Path
 
 from .config import load_config
+from .experiments.filter_pruning import prune_filters
 from .io import atomic_write_json, atomic_write_text, prepare_run_dir
 from .metrics import HEADLINE
 from .protopnet.prototype_pruning import prune_prototypes
-from .prune.filters import prune_filters
 from .report.html import build_report
 from .train.run import run_training
 
@@ -133,7 +133,8 @@ def _stage_times(seconds: dict) -> str:
 
 def _curve_stage(out: Path):
     """LRP against the weight norm and the random control, one cut each, no fine-tuning."""
-    from .prune.curve import CurveSettings, pruning_curve
+    from .experiments.pruning_curve import pruning_curve
+    from .prune.curve import CurveSettings
 
     settings = CurveSettings(methods=("lrp", "weight", "random"), ratios=CURVE_RATIOS, ref_seeds=1,
                              splits=("test",))  # fmt: skip

@@ -27,8 +27,8 @@ RANK = {
     "protopnet.last_layer": 7, "protopnet.push": 7, "protopnet.training": 8,
     "explain": 9,
     "protopnet.prototype_pruning": 10, "protopnet.trunk_pruning": 10, "protopnet.repush": 10,
-    "prune": 11, "report": 12, "study": 13, "demo": 14,
-    "cli": 15, "__main__": 16,
+    "prune": 11, "report": 12, "experiments": 13, "study": 14, "demo": 15,
+    "cli": 16, "__main__": 17,
 }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import yaml
 from scipy import stats
 
 from protoprune.cli import main
-from protoprune.prune.compare import summarize_schedules
+from protoprune.report.pruning import summarize_schedules
 
 # (method, seed): (MACs per step, balanced accuracy after fine-tuning, epochs run per tuned step)
 RUNS = {

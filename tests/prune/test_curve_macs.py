@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from protoprune.prune.curve import curve_at_macs, equal_macs_differences, equal_macs_table
+from protoprune.prune.curve_stats import curve_at_macs, equal_macs_differences
+from protoprune.report.curves import equal_macs_table
 
 # run -> method -> (MACs at ratios 0, 0.1, 0.3; balanced accuracy there)
 CUTS = {
@@ -51,7 +52,7 @@ def test_equal_macs_difference_is_a_paired_t_interval():
 
 
 def test_pooled_runs_pair_by_run_with_draws_averaged_one_run_by_draw():
-    from protoprune.prune.curve import paired_difference
+    from protoprune.prune.curve_stats import paired_difference
 
     rows = []
     for run, draws in {"s0": [0.50, 0.40], "s1": [0.60, 0.56], "s2": [0.45, 0.47]}.items():

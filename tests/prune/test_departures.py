@@ -13,7 +13,7 @@ from torch import nn
 
 from protoprune.errors import ConfigError
 from protoprune.models import build_classifier
-from protoprune.prune.curve import curve_area
+from protoprune.prune.curve_stats import curve_area
 from protoprune.prune.filters import schedule
 from protoprune.prune.importance import RandomImportance, WeightImportance
 from protoprune.prune.relevance import never_pruned, prunable_modules

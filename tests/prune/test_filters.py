@@ -181,7 +181,7 @@ def test_prune_curve_cli_cuts_each_ratio_one_shot_and_resumes(tmp_path, baseline
     cut30 = layers[(layers.method == "lrp") & (layers.normalize == "none") & (layers.ref_seed == 1) & (layers.ratio == 0.3)]
     assert cut30["filters"].sum() == (cut30["initial"].sum() - row["filters_removed"].item())
     # a third draw on resume: weight's data-free cut is taken from an earlier draw, not cut again
-    import protoprune.prune.curve as curve_module
+    import protoprune.experiments.pruning_curve as curve_module
 
     monkeypatch.setattr(curve_module, "curve_block", lambda *a, **k: pytest.fail("cut again"))
     more = [a if a != "2" else "3" for a in args] + ["--resume"]

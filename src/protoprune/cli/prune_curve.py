@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..prune.curve import CurveSettings, parse_ratios, pruning_curve, summarize_curves
+    from ..experiments.pruning_curve import pruning_curve
+    from ..prune.curve import CurveSettings, parse_ratios
+    from ..report.curves import summarize_curves
 
     if args.summarize:
         if not args.out:
@@ -68,7 +70,7 @@ def execute(args: argparse.Namespace) -> int:
     cfg = checkpoint_config(ckpt, args.overrides)
     df = pruning_curve(ckpt["path"], args.out, settings, cfg, force=args.force,
                        resume=args.resume, progress=cfg.train.progress)  # fmt: skip
-    from ..prune.curve import curve_table
+    from ..report.curves import curve_table
 
     print(curve_table(df).to_string(index=False))
     return 0

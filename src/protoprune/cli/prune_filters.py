@@ -117,10 +117,11 @@ def _add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..prune.filters import plot_pruning_curves, prune_filters
+    from ..experiments.filter_pruning import prune_filters
+    from ..report.pruning import plot_pruning_curves
 
     if args.summarize:
-        from ..prune.compare import summarize_schedules
+        from ..report.pruning import summarize_schedules
 
         if not args.out:
             raise ConfigError("--summarize needs --out FOLDER", "e.g. --out runs/schedules")

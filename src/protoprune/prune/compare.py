@@ -5,7 +5,8 @@ fine-tuned, so the table pairs runs by their baseline checkpoint (one per traini
 reports, per criterion, the final accuracy and MACs (mean ± std over seeds), the accuracy at equal
 MACs (criteria cut different layers, so equal filter ratios are not equal compute), how many
 fine-tuning rounds stopped by patience before their cap, and the paired differences LRP − each
-other criterion with 95 % t intervals. `protoprune prune-filters --summarize RUNS --out DIR`.
+other criterion with 95 % t intervals. `report.pruning.summarize_schedules` writes them
+(`protoprune prune-filters --summarize RUNS --out DIR`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ import pandas as pd
 import yaml
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
 from ..metrics import mean_std, paired_t_interval
-from ..train.convergence import RULE
 
 METRIC = "test_balanced_accuracy"
-RETENTION_PANEL = "retention_topk_jaccard"  # a ProtoPNet's runs: the third panel (explain.retention)
 log = logging.getLogger(__name__)
 
 
@@ -100,13 +98,14 @@ def final_rows(df: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     return finals.reset_index(drop=True)
 
 
-def _label(metric: str) -> str:
+def metric_label(metric: str) -> str:
+    """A metric's name in a table heading: test_balanced_accuracy -> balanced accuracy."""
     return metric.removeprefix("test_").replace("_", " ")
 
 
 def criterion_table(finals: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     """Per criterion: mean ± std over seeds of the final metric, MACs and the metric at equal MACs."""
-    rows, name = [], _label(metric)
+    rows, name = [], metric_label(metric)
     for (m, n), g in finals.groupby(["method", "normalize"], sort=False):
         rows.append({
             "criterion": m, "normalize": n, "seeds": len(g),
@@ -137,75 +136,3 @@ def paired_table(finals: pd.DataFrame, reference: str = "lrp", metric: str = MET
                          "95 % CI": f"n/a ({d['n']} pairs)" if d["n"] < 2
                          else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def plot_schedules(df: pd.DataFrame, path: Path, metric: str = METRIC) -> Path:
-    """Metric vs filters removed and vs MACs, mean over seeds (band: std); dashed: before fine-tuning."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..figures import CRITERION_COLOURS
-    from ..io import atomic_save_figure
-
-    kept = RETENTION_PANEL if RETENTION_PANEL in df.columns and metric != RETENTION_PANEL else None
-    fig, axes = plt.subplots(1, 3 if kept else 2, figsize=(16 if kept else 11, 4))
-    for (m, n), g in df.groupby(["method", "normalize"], sort=False):
-        g = g.assign(yp=g[f"{metric}_pruned"] if f"{metric}_pruned" in g else np.nan)
-        s = g.groupby("step").agg(x=("pruned_ratio", "mean"), macs=("macs", "mean"), y=(metric, "mean"),
-                                  sd=(metric, "std"), yp=("yp", "mean"))  # fmt: skip
-        colour = CRITERION_COLOURS.get(m)
-        label = m if n == "none" else f"{m} ({n})"
-        for ax, x in zip(axes, (s["x"], s["macs"] / 1e6)):
-            ax.plot(x, s["y"], marker="o", ms=3, color=colour, label=label)
-            ax.fill_between(x, s["y"] - s["sd"].fillna(0), s["y"] + s["sd"].fillna(0), color=colour, alpha=0.15)
-            if s["yp"].notna().any():
-                ax.plot(x, s["yp"], ls="--", marker="x", ms=3, color=colour, alpha=0.6)
-        if kept:  # the explanations kept, against the compute left
-            r = g.groupby("step").agg(macs=("macs", "mean"), y=(kept, "mean"), sd=(kept, "std"))
-            axes[2].plot(r["macs"] / 1e6, r["y"], marker="o", ms=3, color=colour, label=label)
-            axes[2].fill_between(r["macs"] / 1e6, r["y"] - r["sd"].fillna(0), r["y"] + r["sd"].fillna(0),
-                                 color=colour, alpha=0.15)  # fmt: skip
-    axes[0].set_xlabel("fraction of filters removed")
-    for ax in axes[1:]:
-        ax.set_xlabel("MMACs per image")
-        ax.invert_xaxis()
-    for ax in axes:
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-    if kept:
-        axes[2].set_ylabel("explanation retention: top-3 evidence Jaccard")
-        axes[2].set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Iterative filter pruning over {df['checkpoint'].nunique()} seeds: after each step's "
-                 "fine-tuning (solid, band = std) and right after the cut (dashed)", fontsize=9)  # fmt: skip
-    fig.tight_layout()
-    out = atomic_save_figure(fig, path, dpi=150)
-    plt.close(fig)
-    return out
-
-
-def summarize_schedules(run_dirs: Sequence[str | Path], out_dir: str | Path,
-                        metric: str = METRIC) -> pd.DataFrame:  # fmt: skip
-    """Write schedules.csv (every step of every run), schedules.md and schedules.png into `out_dir`."""
-    from .filters import markdown_table
-
-    df = load_runs(run_dirs)
-    if metric not in df.columns:
-        raise ConfigError(f"the runs have no column {metric!r}", f"choose one of: {', '.join(df.columns)}")
-    tuned = df[df["step"] > 0]
-    df["mean_epochs"] = df["run"].map(tuned.groupby("run")["finetune_epochs"].mean())
-    finals = final_rows(df, metric)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "schedules.csv", df.to_csv(index=False))
-    text = [f"# Iterative filter pruning: {df['run'].nunique()} runs, {df['checkpoint'].nunique()} baselines\n",
-            f"Mean ± std over training seeds of the {_label(metric)} ({metric}) after the last step's "
-            "fine-tuning, and interpolated (linearly in MACs, after fine-tuning) at the largest final "
-            f"MACs of all runs. A round stopped by patience ended before its epoch cap. {RULE}\n",
-            markdown_table(criterion_table(finals, metric)), "\n## Paired differences, 95 % t interval\n",
-            markdown_table(paired_table(finals, metric=metric))]  # fmt: skip
-    atomic_write_text(out / "schedules.md", "\n".join(text) + "\n")
-    plot_schedules(df, out / "schedules.png", metric)
-    return finals

@@ -274,7 +274,7 @@ def pool_pruning_curves(out: Path, results: list[dict]) -> dict[str, pd.DataFram
     and pruning_curve[_<arch>].png beside index.html; {arch: pooled cuts}, empty without the arm."""
     import shutil
 
-    from ..prune.curve import summarize_curves
+    from ..report.curves import summarize_curves
 
     by_arch: dict[str, list[Path]] = {}
     for r in results:

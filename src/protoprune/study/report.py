@@ -58,7 +58,8 @@ def _convergence_section(conv: pd.DataFrame | None) -> str:
 
 def _curve_section(df: pd.DataFrame, figure: str, folder: str) -> str:
     """The pooled no-fine-tune curve: figure, mean ± std per ratio with areas, paired differences."""
-    from ..prune.curve import curve_table, equal_macs_differences, paired_differences
+    from ..prune.curve_stats import equal_macs_differences, paired_differences
+    from ..report.curves import curve_table
 
     table = curve_table(df)
     diffs = pd.concat([paired_differences(df), equal_macs_differences(df)], ignore_index=True)

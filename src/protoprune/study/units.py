@@ -333,7 +333,7 @@ def run_unit(
     result: dict[str, Any] = {"unit": unit.key, "kind": unit.kind}
 
     if unit.kind == "curve":  # a table of cuts, not a final model: no row, a folder to pool
-        from ..prune.curve import pruning_curve
+        from ..experiments.pruning_curve import pruning_curve
 
         base_ckpt = unit_dir(out, Unit(unit.arch, unit.seed, "baseline")) / "checkpoints" / "best.pt"
         pruning_curve(base_ckpt, folder, study.curve_settings(), cfg, force=not resume,
@@ -400,7 +400,7 @@ def _filter_pruning_unit(unit: Unit, cfg: RunConfig, study: StudyConfig, out: Pa
                          row: dict, result: dict, resume: bool):  # fmt: skip
     """Filter pruning of the baseline (`filter`) or of the ProtoPNet's trunk; returns (the last
     step's model, loaders) and keeps the per-step curve (with a ProtoPNet's retention columns)."""
-    from ..prune.filters import prune_filters
+    from ..experiments.filter_pruning import prune_filters
     from ..train.checkpoint import model_from_checkpoint
     from ..train.run import prepare_data
 
