@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,9 @@ import torch
 
 from protoprune.config import RunConfig, load_config
 
-torch.set_num_threads(2)
+# the README's command runs two pytest-xdist workers on 2 cores: one intra-op thread each (two
+# each would oversubscribe the cores); a plain `pytest` uses both cores in one process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def tiny_overrides(**extra) -> list[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from protoprune.data.registry import bundled_path
@@ -28,8 +30,10 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 def _run(script: str, *args: str) -> str:
+    # the script gets this process's thread count (one under the README's two xdist workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+                          text=True, timeout=600, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

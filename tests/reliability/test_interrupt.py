@@ -21,7 +21,8 @@ from protoprune.train.checkpoint import load_checkpoint
 
 # tiny but real: 40 bundled DermaMNIST images per split at 16 px, ResNet18 (small-image variant),
 # 3 epochs;
-# threads fixed so the subprocess and this process do the same floating-point reductions
+# threads fixed (this process's count: one under the README's two xdist workers) so the subprocess
+# and this process do the same floating-point reductions
 TINY = [
     "seed=0",
     "data.max_per_split=40",
@@ -30,7 +31,7 @@ TINY = [
     "train.epochs=3",
     "train.progress=false",
     "train.device=cpu",
-    "train.threads=2",
+    f"train.threads={torch.get_num_threads()}",
     "model.arch=resnet18",
 ]
 

@@ -47,6 +47,9 @@ class StudyConfig:
     min_prototypes_per_class: int = 0  # prune_prototypes' min_per_class safeguard
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     latency_repeats: int = 20
+    # test images per prototype in a ProtoPNet arm's explanation metrics (deletion curves, PRP
+    # sanity pairs): their cost grows with it; the quick study's test uses 1
+    explanation_images: int = 3
     curve: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(CURVE_DEFAULTS))
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig mapping shared by all arms
 
@@ -123,6 +126,8 @@ def _check(cfg: StudyConfig) -> StudyConfig:
         )
     if cfg.min_prototypes_per_class < 0:
         raise ConfigError("min_prototypes_per_class must be >= 0", "use 0 to disable the safeguard")
+    if cfg.explanation_images < 1:
+        raise ConfigError("explanation_images must be >= 1", "e.g. explanation_images: 3 (the default)")
     base = cfg.base_config()  # validates the shared run section (unknown keys, types, choices)
     if base.model.type != "classifier":
         raise ConfigError(

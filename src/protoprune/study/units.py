@@ -178,6 +178,8 @@ def fingerprint(study: StudyConfig, unit: Unit, cfg: RunConfig, dep_ids: dict[st
         "latency": [study.latency_batch_sizes, study.latency_repeats],
         "min_prototypes_per_class": study.min_prototypes_per_class,
     }
+    if study.explanation_images != 3:  # added later: left out at the value from before
+        payload["explanation_images"] = study.explanation_images
     if unit.kind == "curve":  # its own settings and criteria (other units' hashes stay as they were)
         payload["curve"] = [study.curve, study.criteria]
     if "random" in ((study.criteria if unit.kind == "curve" else []) + [unit.method or ""]):
@@ -348,7 +350,8 @@ def run_unit(
         from ..prune.relevance import input_bounds
 
         bounds = input_bounds(cfg.data.mean, cfg.data.std)
-        row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device, bounds=bounds))
+        row.update(explanation_summary(model, loaders, cfg.prune_prototypes.k, device,
+                                       images=study.explanation_images, bounds=bounds))  # fmt: skip
     result["status"] = row["status"]
     result["rows"] = [row]
     return result
