@@ -133,7 +133,7 @@ def test_plots_exist_open_and_are_in_the_report(study):
     out = study["out"]
     html = (out / "index.html").read_text()
     names = ["accuracy_vs_ratio.png", "balanced_accuracy_vs_ratio.png", "accuracy_vs_macs.png",
-             "latency_vs_macs.png", "per_class_recall.png"]  # fmt: skip
+             "latency_vs_macs.png", "per_class_recall.png", "retention_front.png"]  # fmt: skip
     for name in names:
         with Image.open(out / name) as im:
             im.verify()
@@ -142,6 +142,10 @@ def test_plots_exist_open_and_are_in_the_report(study):
         assert f'src="{name}"' in html
     assert "http://" not in html and "https://" not in html
     assert "Filter pruning (lrp)" in html and "ProtoPNet + filter pruning" in html
+    # the ProtoPNet arm's per-step curve carries what the front draws
+    curves = pd.read_csv(out / "results" / "curves.csv")
+    proto = curves[curves["arm"] == "protopnet_filter"]
+    assert set(proto["seed"]) == set(SEEDS) and proto["retention_topk_jaccard"].notna().any()
 
 
 def test_plots_of_a_study_without_filter_pruning(study, tmp_path):

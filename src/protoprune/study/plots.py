@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, Agg): pruning curves, accuracy and latency vs MACs, recall."""
+"""The study's figures (matplotlib, Agg): pruning curves, accuracy and latency vs MACs, recall,
+and a pruned ProtoPNet's front of accuracy and explanation retention against MACs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd  # noqa: E402
 
 from ..figures import CRITERION_COLOURS  # noqa: E402
 from ..io import atomic_save_figure  # noqa: E402
+from ..names import RETENTION_MEASURE_NAMES  # noqa: E402
 from .aggregate import arm_label  # noqa: E402
 
 # one colour per arm (filter pruning: per criterion) in every figure, whatever the arms present
@@ -149,6 +151,51 @@ def plot_per_class_recall(per_seed: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def at_common_macs(g: pd.DataFrame, y: str, points: int = 25) -> pd.DataFrame:
+    """One criterion's `y` over its seeds at equal compute: each seed's step curve interpolated
+    linearly in MACs onto a common grid over the range every seed reaches; mean and sample std
+    (NaN for one seed) per grid point. Steps where `y` is missing are left out."""
+    runs = [r.dropna(subset=[y, "macs"]).sort_values("macs") for _, r in g.groupby("seed")]
+    runs = [r for r in runs if len(r)]
+    if not runs:
+        return pd.DataFrame(columns=["macs", "mean", "std", "seeds"])
+    lo, hi = max(r["macs"].min() for r in runs), min(r["macs"].max() for r in runs)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([hi])
+    ys = np.stack([np.interp(grid, r["macs"].to_numpy(float), r[y].to_numpy(float)) for r in runs])
+    std = ys.std(axis=0, ddof=1) if len(runs) > 1 else np.full(len(grid), np.nan)
+    return pd.DataFrame({"macs": grid, "mean": ys.mean(axis=0), "std": std, "seeds": len(runs)})
+
+
+# the front's panels: the headline, then each explanation retention measure (explain.retention)
+FRONT_PANELS = {"test_balanced_accuracy": "test balanced accuracy",
+                **{f"retention_{m}": f"retention: {m.replace('_', ' ')}" for m in RETENTION_MEASURE_NAMES}}  # fmt: skip
+
+
+def plot_retention_front(curves: pd.DataFrame, path: Path) -> Path:
+    """A ProtoPNet's trunk pruning per criterion: balanced accuracy and each retention measure
+    (1 = the unpruned model's explanations) against MACs, mean over seeds at equal MACs, band: std."""
+    sub = curves[curves["arm"] == "protopnet_filter"] if "arm" in curves.columns else curves.iloc[:0]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
+    for ax, (col, label) in zip(axes.ravel(), FRONT_PANELS.items()):
+        have = col in sub.columns and sub[col].notna().any()
+        if not have:
+            _empty(ax, "no ProtoPNet trunk-pruning runs" if not len(sub) else f"{label}: not measured")
+        for (arch, method), g in (sub.groupby(["arch", "method"], sort=False) if have else []):
+            band = at_common_macs(g, col)
+            (line,) = ax.plot(band["macs"] / 1e6, band["mean"], color=arm_colour("protopnet_filter", method),
+                              label=f"{arch}: {method} ({int(band['seeds'].iloc[0])} seeds)")  # fmt: skip
+            ax.fill_between(band["macs"] / 1e6, band["mean"] - band["std"].fillna(0),
+                            band["mean"] + band["std"].fillna(0), color=line.get_color(), alpha=0.15)  # fmt: skip
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("MMACs per image")
+        ax.grid(alpha=0.3)
+        if have and ax is axes[0, 0]:  # one legend: the colours are the same in every panel
+            ax.legend(fontsize=7)
+    fig.suptitle("ProtoPNet trunk pruning: accuracy and explanation retention at equal MACs "
+                 "(mean over seeds, band: std)", fontsize=11)  # fmt: skip
+    return _save(fig, path)
+
+
 def write_plots(out: Path, per_seed: pd.DataFrame, curves: pd.DataFrame) -> dict[str, Path]:
     """Every figure of the report, next to index.html; returns {name: path}."""
     lat = sorted((c for c in per_seed.columns if c.startswith("latency_ms_b")),
@@ -167,5 +214,6 @@ def write_plots(out: Path, per_seed: pd.DataFrame, curves: pd.DataFrame) -> dict
             f"CPU latency, {lat[0].rsplit('_', 1)[1] if lat else ''} (ms)", "Measured latency vs MACs",
         ),
         "per_class_recall": plot_per_class_recall(per_seed, out / "per_class_recall.png"),
+        "retention_front": plot_retention_front(curves, out / "retention_front.png"),
     }  # fmt: skip
     return plots

@@ -137,6 +137,9 @@ def write_report(
         ("cost", "Accuracy, latency and MACs",
          _fig("accuracy_vs_macs.png", "Test accuracy vs MACs of the final models")
          + _fig("latency_vs_macs.png", "Measured CPU latency vs MACs")),
+        ("retention", "Explanations kept under trunk pruning",
+         _fig("retention_front.png", "A ProtoPNet's trunk pruned by each criterion: test balanced "
+              "accuracy and explanation retention (1: as the unpruned model explains) against MACs")),
         *_curve_sections(pooled_curve or {}),
         ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
         ("protopnet", "ProtoPNet stages", _stages_table(results)),
