@@ -268,7 +268,7 @@ def test_one_colour_per_arm_in_every_figure(tmp_path, monkeypatch):
     assert all(len(c) == 1 for c in seen.values()), seen  # one colour per arm everywhere
     colours = [next(iter(c)) for c in seen.values()]
     assert len(set(colours)) == len(colours)  # and no two arms alike
-    assert len(figures) == 5
+    assert len(figures) == 6
 
 
 def test_a_difference_keeps_its_sign_its_spread_has_none():

@@ -183,7 +183,7 @@ def plot_retention_front(curves: pd.DataFrame, path: Path) -> Path:
         for (arch, method), g in (sub.groupby(["arch", "method"], sort=False) if have else []):
             band = at_common_macs(g, col)
             (line,) = ax.plot(band["macs"] / 1e6, band["mean"], color=arm_colour("protopnet_filter", method),
-                              label=f"{arch}: {method} ({int(band['seeds'].iloc[0])} seeds)")  # fmt: skip
+                              label=f"{arch}: {arm_label('protopnet_filter', method)}")  # fmt: skip
             ax.fill_between(band["macs"] / 1e6, band["mean"] - band["std"].fillna(0),
                             band["mean"] + band["std"].fillna(0), color=line.get_color(), alpha=0.15)  # fmt: skip
         ax.set_title(label, fontsize=10)
