@@ -44,3 +44,16 @@ def test_the_front_draws_with_and_without_protopnet_runs(tmp_path) -> None:
         path = plot_retention_front(table, tmp_path / name)
         with Image.open(path) as im:
             assert im.size[0] > 1000 and im.size[1] > 600
+
+
+def test_the_unpruned_step_counts_as_retention_one(tmp_path, monkeypatch) -> None:
+    from protoprune.study import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    curve = _curve(0, [100, 50], [0.7, 0.6])
+    curve.loc[curve["step"] == 0, "retention_topk_jaccard"] = np.nan  # as prune_filters leaves it
+    plot_retention_front(curve, tmp_path / "front.png")
+    panel = next(ax for ax in figures[0].axes if ax.get_title() == "retention: topk jaccard")
+    x, y = panel.lines[0].get_data()
+    assert y[np.argmax(x)] == 1.0 and y[np.argmin(x)] == 0.5

@@ -25,7 +25,8 @@ ARMS = {
     "baseline": "the CNN trained from scratch",
     "filter_pruning": "filter pruning of the baseline, one unit per criterion",
     "protopnet": "ProtoPNet on the same backbone, then prototype pruning + last-layer fine-tuning",
-    "protopnet_filter_pruning": "LRP filter pruning of the ProtoPNet backbone, re-push, last-layer stage",
+    "protopnet_filter_pruning": "filter pruning of the ProtoPNet backbone (protopnet_criteria, LRP by default), "
+                                "re-push, last-layer stage",
     "pruning_curve": "the baseline's no-fine-tune pruning curve (prune-curve): every criterion, one-shot cuts",
 }
 CRITERIA = CRITERION_NAMES  # the registry's names (prune.importance.CRITERIA)
@@ -43,6 +44,9 @@ class StudyConfig:
     archs: list[str] = field(default_factory=lambda: ["resnet18"])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     criteria: list[str] = field(default_factory=lambda: list(CRITERIA))
+    # the criteria that prune the ProtoPNet's trunk (protopnet_filter_pruning arm): LRP alone by
+    # default; add weight, taylor and random to ask whether LRP keeps the explanations better
+    protopnet_criteria: list[str] = field(default_factory=lambda: ["lrp"])
     external_test: str | None = None  # ISIC 2018 Task 3 folder, evaluated for every final model
     min_prototypes_per_class: int = 0  # prune_prototypes' min_per_class safeguard
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
@@ -111,6 +115,12 @@ def _check(cfg: StudyConfig) -> StudyConfig:
             f"criteria = {cfg.criteria} must be a non-empty subset of {', '.join(CRITERIA)}",
             "e.g. criteria: [lrp, weight, grad, taylor]",
         )
+    bad = [c for c in cfg.protopnet_criteria if c not in CRITERIA]
+    if bad or not cfg.protopnet_criteria or len(set(cfg.protopnet_criteria)) < len(cfg.protopnet_criteria):
+        raise ConfigError(
+            f"protopnet_criteria = {cfg.protopnet_criteria} must be a non-empty subset of {', '.join(CRITERIA)}",
+            "e.g. protopnet_criteria: [lrp, weight, taylor, random]",
+        )
     unknown = set(cfg.curve) - set(CURVE_DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown curve setting(s) {sorted(unknown)}",
@@ -159,7 +169,7 @@ def study_from_dict(data: dict[str, Any] | None) -> StudyConfig:
         raise ConfigError(
             "the study's run section must be a mapping", "see configs/study_quick.yaml"
         )
-    for key in ("seeds", "archs", "arms", "criteria", "latency_batch_sizes"):
+    for key in ("seeds", "archs", "arms", "criteria", "protopnet_criteria", "latency_batch_sizes"):
         if key in data and not isinstance(data[key], list):
             raise ConfigError(
                 f"study key {key} must be a list, got {data[key]!r}", f"e.g. {key}: [...]"

@@ -181,6 +181,8 @@ def plot_retention_front(curves: pd.DataFrame, path: Path) -> Path:
         if not have:
             _empty(ax, "no ProtoPNet trunk-pruning runs" if not len(sub) else f"{label}: not measured")
         for (arch, method), g in (sub.groupby(["arch", "method"], sort=False) if have else []):
+            if col.startswith("retention_"):  # step 0 is the unpruned model itself: 1 by definition
+                g = g.assign(**{col: g[col].where(g["step"] != 0, g[col].fillna(1.0))})
             band = at_common_macs(g, col)
             (line,) = ax.plot(band["macs"] / 1e6, band["mean"], color=arm_colour("protopnet_filter", method),
                               label=f"{arch}: {arm_label('protopnet_filter', method)}")  # fmt: skip

@@ -82,7 +82,7 @@ def plan_units(study: StudyConfig) -> list[Unit]:
                     if kind == "filter":
                         units += [Unit(arch, seed, kind, m) for m in study.criteria]
                     elif kind == "protopnet_filter":
-                        units.append(Unit(arch, seed, kind, "lrp"))
+                        units += [Unit(arch, seed, kind, m) for m in study.protopnet_criteria]
                     else:
                         units.append(Unit(arch, seed, kind))
     order = {k: i for i, k in enumerate(KINDS)}
