@@ -14,6 +14,17 @@ from pathlib import Path
 KEEP = {".json", ".jsonl", ".csv", ".md", ".yaml"}
 LIMIT = 1 << 20  # bytes: split.csv and the like are kept, model files never match KEEP
 SKIP = {"split.csv"}  # the split is rebuilt from the seed (and written by every run anyway)
+# the study's log is append-only: a run of some seeds (`--set seeds=[1]`, another folder) adds its
+# lines to the kept ones; the kept study.yaml describes the whole study and is not replaced by it
+MERGED = {"study_log.jsonl"}
+KEPT_IF_PRESENT = {"study.yaml"}
+
+
+def _merge_lines(src: Path, out: Path) -> None:
+    old = out.read_text().splitlines() if out.is_file() else []
+    seen = set(old)
+    new = [line for line in src.read_text().splitlines() if line.strip() and line not in seen]
+    out.write_text("\n".join(old + new) + "\n")
 
 
 def main() -> None:
@@ -26,7 +37,12 @@ def main() -> None:
             continue
         out = dst / rel
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, out)
+        if path.name in KEPT_IF_PRESENT and out.is_file():
+            continue
+        if path.name in MERGED:
+            _merge_lines(path, out)
+        else:
+            shutil.copy2(path, out)
         kept += 1
     print(f"{kept} files kept under {dst}")
 
