@@ -93,6 +93,13 @@ def test_protopnet_arms_carry_explanation_quality(study):
     text = (study["out"] / "results" / "summary.md").read_text()
     section = text.split("## Explanation quality (ProtoPNet arms)")[1].split("\n## ")[0]
     assert section.count("\n| ") == 1 + 3  # the heading row and the three ProtoPNet arms
+    # each metric beside its control: the deletion rows' difference recomputed from the rows
+    controls = pd.read_csv(study["out"] / "results" / "explanation_controls.csv")
+    row = controls[(controls["arm"] == "protopnet") & (controls["column"] == "expl_mean_deletion_auc_prp")].iloc[0]
+    ours = proto[proto["arm"] == "protopnet"]
+    diff = ours["expl_mean_deletion_auc_prp"] - ours["expl_mean_deletion_auc_random"]
+    assert row["minus_control"] == pytest.approx(diff.mean()) and row["n_seeds"] == len(SEEDS)
+    assert "Explanation metrics beside their controls" in (study["out"] / "index.html").read_text()
 
 
 def test_filter_rows_match_the_pruning_runs_last_step(study):

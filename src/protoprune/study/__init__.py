@@ -4,6 +4,7 @@ pruning), over several seeds, resumable, with one results folder, tables, plots 
 
 from .aggregate import add_deltas, summarize, summary_markdown
 from .config import ARMS, CRITERIA, StudyConfig, load_study_config, study_from_dict
+from .controls import explanation_controls
 from .runner import StudyLog, can_resume, run_study
 from .units import Unit, plan_units
 
@@ -15,6 +16,7 @@ __all__ = [
     "Unit",
     "add_deltas",
     "can_resume",
+    "explanation_controls",
     "load_study_config",
     "plan_units",
     "run_study",

@@ -17,6 +17,8 @@ from ..metrics import HEADLINE
 from ..report.html import render_html
 from .aggregate import CONVERGENCE_RULE, arm_label, convergence_cells, table_cells
 from .config import StudyConfig
+from .controls import RULE as CONTROLS_RULE
+from .controls import controls_cells
 from .plots import write_plots
 
 
@@ -86,6 +88,13 @@ def _curve_sections(pooled: dict[str, pd.DataFrame]) -> list[tuple[str, str, str
             for arch, df in pooled.items()]  # fmt: skip
 
 
+def _controls_section(controls: pd.DataFrame | None) -> list[tuple[str, str, str]]:
+    if controls is None or controls.empty:
+        return []
+    return [("controls", "Explanation metrics beside their controls",
+             f"<p>{_e(CONTROLS_RULE)}</p>" + _table(*controls_cells(controls)))]
+
+
 def write_report(
     out: Path,
     study: StudyConfig,
@@ -95,9 +104,10 @@ def write_report(
     results: list[dict],
     pooled_curve: dict[str, pd.DataFrame] | None = None,
     convergence: pd.DataFrame | None = None,
+    controls: pd.DataFrame | None = None,
 ) -> Path:
     """index.html + the plots in `out` (`pooled_curve`: the pruning_curve arm's cuts per arch;
-    `convergence`: how each validation curve ended)."""
+    `convergence`: how each validation curve ended; `controls`: `controls.explanation_controls`)."""
     write_plots(out, per_seed, curves)
     head, body = table_cells(summary)
     unavailable = summary[summary["status"] != "ok"]
@@ -143,6 +153,7 @@ def write_report(
         *_curve_sections(pooled_curve or {}),
         ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
         ("protopnet", "ProtoPNet stages", _stages_table(results)),
+        *_controls_section(controls),
         ("convergence", "Convergence of each budget", _convergence_section(convergence)),
         ("per-seed", "Per-seed results", _table(per_seed_cols, ps_body)),
         ("config", "Study configuration",

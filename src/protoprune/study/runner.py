@@ -188,7 +188,8 @@ def run_study(
     moves an existing `out_dir` aside (to `<name>.old-N`) and starts over. `jobs` > 1 runs the
     seeds in that many processes (`run_in_parallel`); the results are the same as in one
     process at the same thread count. Writes results/per_seed.*, results/summary.* (mean +/- std
-    over seeds), results/curves.csv, results/convergence.csv, the plots and index.html.
+    over seeds), results/curves.csv, results/convergence.csv, results/explanation_controls.* (each explanation
+    metric beside its control), the plots and index.html.
     """
     from .aggregate import (
         add_deltas,
@@ -198,6 +199,7 @@ def run_study(
         summarize,
         write_tables,
     )
+    from .controls import write_controls
     from .report import write_report
 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
@@ -214,8 +216,9 @@ def run_study(
     summary = summarize(per_seed)
     convergence = convergence_table(results)
     write_tables(out / "results", per_seed, summary, curves, convergence)
+    controls = write_controls(out / "results", per_seed)
     pooled = pool_pruning_curves(out, results)
-    write_report(out, study, per_seed, summary, curves, results, pooled, convergence)
+    write_report(out, study, per_seed, summary, curves, results, pooled, convergence, controls)
     log.info("study %s: %d units -> %s", study.name, len(results), out / "index.html")
     return per_seed
 
