@@ -25,7 +25,9 @@ STAGES = {"before_push": "ProtoPNet, before push", "after_push": "ProtoPNet, aft
 
 
 def _units(study: Path, name: str) -> dict[int, Path]:
-    return {int(p.parent.name.removeprefix("seed")): p for p in sorted(study.glob(f"runs/*/seed*/{name}"))}
+    """The finished units of that name by seed (a unit still running has no done.json)."""
+    return {int(p.parent.name.removeprefix("seed")): p for p in sorted(study.glob(f"runs/*/seed*/{name}"))
+            if (p / "done.json").is_file()}  # fmt: skip
 
 
 def _row(label: str, values: dict[str, list[float]]) -> str:
