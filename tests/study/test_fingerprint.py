@@ -87,3 +87,29 @@ def test_units_of_the_random_control_carry_its_version(monkeypatch) -> None:
     after = [_unit_fingerprint(kind, method) for kind, method in cases]
     assert before[0] != after[0] and before[1] == after[1]
     assert (before[2] != after[2]) == ("random" in study.criteria)
+
+
+def test_the_ham10000_study_config_still_matches_its_kept_units(monkeypatch) -> None:
+    """configs/study_ham10000.yaml as committed fingerprints each kept unit of studies/ham10000
+    as it was run (with the data folder that run used): an edit that would retrain them fails."""
+    import json
+
+    import yaml
+
+    from protoprune.study.units import plan_units, unit_dir
+
+    repo = Path(__file__).resolve().parents[2]
+    kept = repo / "studies" / "ham10000"
+    run_root = yaml.safe_load((kept / "runs/resnet18/seed1/baseline/config.yaml").read_text())["data"]["root"]
+    monkeypatch.setenv("PROTOPRUNE_DATA", str(Path(run_root).parent))
+    study = load_study_config(repo / "configs" / "study_ham10000.yaml")
+    ids, checked = {}, 0
+    for unit in plan_units(study):
+        done = unit_dir(kept, unit) / "done.json"
+        if unit.seed != 1 or not done.is_file():  # seed 1: all its units ran at one commit
+            continue
+        record = json.loads(done.read_text())
+        cfg = unit_config(study, unit, kept)
+        assert fingerprint(study, unit, cfg, {d.key: ids.get(d.key, "") for d in unit.deps()}) == record["fingerprint"], unit.key
+        ids[unit.key], checked = record["run_id"], checked + 1
+    assert checked >= 2
