@@ -14,6 +14,9 @@ from pathlib import Path
 KEEP = {".json", ".jsonl", ".csv", ".md", ".yaml"}
 LIMIT = 1 << 20  # bytes: split.csv and the like are kept, model files never match KEEP
 SKIP = {"split.csv"}  # the split is rebuilt from the seed (and written by every run anyway)
+# the study's tables describe the units of the invocation that wrote them (`--set seeds=[1]`: one
+# seed), not the kept study: they are regenerated from the kept units instead
+SKIP_FOLDERS = {"results"}
 # the study's log is append-only: a run of some seeds (`--set seeds=[1]`, another folder) adds its
 # lines to the kept ones; the kept study.yaml describes the whole study and is not replaced by it
 MERGED = {"study_log.jsonl"}
@@ -33,7 +36,8 @@ def main() -> None:
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         if (not path.is_file() or path.suffix not in KEEP or path.name in SKIP
-                or path.stat().st_size > LIMIT or any(".old-" in p for p in rel.parts)):  # fmt: skip
+                or path.stat().st_size > LIMIT or any(".old-" in p for p in rel.parts)
+                or rel.parts[0] in SKIP_FOLDERS):  # fmt: skip
             continue
         out = dst / rel
         out.parent.mkdir(parents=True, exist_ok=True)

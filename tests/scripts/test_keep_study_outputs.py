@@ -18,6 +18,8 @@ def test_a_partial_run_joins_the_kept_study_without_replacing_it(tmp_path) -> No
     (unit / "metrics.json").write_text('{"test": 1}')
     (unit / "split.csv").write_text("image,split\n")
     (run / "study.yaml").write_text("seeds: [1]\n")
+    (run / "results").mkdir()
+    (run / "results" / "summary.csv").write_text("arm,seeds\nbaseline,1\n")  # of seed 1 alone
     (run / "study_log.jsonl").write_text('{"unit": "seed0", "event": "ran"}\n{"unit": "seed1", "event": "ran"}\n')
     kept.mkdir()
     (kept / "study.yaml").write_text("seeds: [0, 1, 2]\n")
@@ -29,3 +31,4 @@ def test_a_partial_run_joins_the_kept_study_without_replacing_it(tmp_path) -> No
     got = kept / "runs" / "resnet18" / "seed1" / "baseline"
     assert (got / "metrics.json").read_text() == '{"test": 1}'
     assert not (got / "split.csv").exists() and not (got / "checkpoints").exists()
+    assert not (kept / "results").exists()

@@ -73,6 +73,11 @@ def test_missing_metrics_and_one_seed():
     no_ctrl = explanation_controls(_rows(expl_mean_on_lesion_prp=[0.7, 0.6, 0.65]))
     assert math.isnan(no_ctrl["control"].iloc[0]) and no_ctrl["verdict"].iloc[0] == "too few seeds"
     assert explanation_controls(_rows(test_balanced_accuracy=[0.6, 0.61])).empty
+    # a seed without the control (an older run) leaves the row: metric and control on the same seeds
+    mixed = explanation_controls(_rows(expl_mean_on_lesion_prp=[0.9, 0.7, 0.6],
+                                       expl_chance_on_lesion=[np.nan, 0.3, 0.2])).iloc[0]  # fmt: skip
+    assert mixed["n_seeds"] == 2 and mixed["mean"] == pytest.approx(0.65)
+    assert mixed["minus_control"] == pytest.approx(0.4)
 
 
 def test_every_control_names_a_column_the_explanation_summary_writes():
@@ -98,7 +103,7 @@ def test_written_table_and_markdown(tmp_path):
     assert pd.read_csv(tmp_path / "explanation_controls.csv")["verdict"].tolist() == ["better than control"]
     text = (tmp_path / "explanation_controls.md").read_text()
     assert text.startswith("# Explanation metrics beside their controls")
-    assert "| resnet18: ProtoPNet | on-lesion share, PRP, source images | 3 |" in text
+    assert "### resnet18: ProtoPNet\n" in text and "| on-lesion share, PRP, source images | 3 |" in text
     assert controls_markdown(table[:0]) == []
     write_controls(tmp_path / "none", per_seed[per_seed["arm"] == "baseline"])
     assert not (tmp_path / "none").exists()

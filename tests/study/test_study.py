@@ -164,6 +164,13 @@ def test_plots_of_a_study_without_filter_pruning(study, tmp_path):
     for path in plots.values():
         with Image.open(path) as im:
             im.verify()
+    # ... and its report has no section whose figure no arm draws
+    from protoprune.study.aggregate import summarize
+    from protoprune.study.report import write_report
+
+    cfg = load_study_config(packaged_config("study_protopnet.yaml"))
+    html = write_report(tmp_path, cfg, sub, summarize(sub), pd.DataFrame(), []).read_text()
+    assert 'id="retention"' not in html and 'id="pruning"' not in html and 'id="cost"' in html
 
 
 def test_study_resumes_only_the_unfinished_unit(study):

@@ -49,10 +49,8 @@ def _orders() -> list[tuple[str, str, str | float, str]]:
 
 
 def _sanity() -> list[tuple[str, str, str | float, str]]:
-    return [(f"sanity: {label} map after {what} (rank correlation with the trained model's)",
-             f"expl_sanity_{test}_{kind}", SANITY_LIMIT, LOWER)
-            for test, what in (("cascade", "randomising the trunk and add-on"),
-                               ("prototypes", "randomising the prototypes"))
+    return [(f"sanity: {label} map, {what} randomised", f"expl_sanity_{test}_{kind}", SANITY_LIMIT, LOWER)
+            for test, what in (("cascade", "trunk and add-on"), ("prototypes", "prototypes"))
             for kind, label in MAPS]  # fmt: skip
 
 
@@ -83,7 +81,8 @@ def _row(df: pd.DataFrame, what: str, metric: str, control: str | float, better:
     ctrl = pd.Series(float(control), index=df.index) if isinstance(control, float) else (
         pd.to_numeric(df[control], errors="coerce") if control in df else pd.Series(np.nan, index=df.index))
     ok = value.notna() & ctrl.notna()
-    mean = paired_t_interval(value[value.notna()].to_numpy())
+    # where some seeds have the control, only those count (metric and control on the same seeds)
+    mean = paired_t_interval(value[ok if ok.any() else value.notna()].to_numpy())
     diff = paired_t_interval((value - ctrl)[ok].to_numpy())
     return {"metric": what, "column": metric, "better": better, "n_seeds": int(mean["n"]),
             "mean": mean["mean"], "ci_low": mean["ci_low"], "ci_high": mean["ci_high"],
@@ -113,26 +112,28 @@ def _interval(mean: float, low: float, high: float, sign: str = "") -> str:
     return text if math.isnan(low) else f"{text} [{low:{sign}.3f}, {high:{sign}.3f}]"
 
 
-def controls_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the table (markdown and the HTML report share them)."""
-    head = ["arm", "metric", "seeds", "mean [95 % CI]", "control", "metric − control [95 % CI]",
-            "better when", "verdict"]  # fmt: skip
-    body = [[f"{r['arch']}: {arm_label(r['arm'], r['method'])}", r["metric"], str(r["n_seeds"]),
-             _interval(r["mean"], r["ci_low"], r["ci_high"]),
-             "—" if math.isnan(r["control"]) else f"{r['control']:.3f}",
-             _interval(r["minus_control"], r["minus_control_low"], r["minus_control_high"], "+"),
-             r["better"], r["verdict"]]
-            for _, r in table.iterrows()]  # fmt: skip
-    return head, body
+def controls_cells(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per arm: its label, the header and the rows (the markdown and the HTML report share them)."""
+    head = ["metric", "seeds", "mean [95 % CI]", "control", "metric − control [95 % CI]", "better when", "verdict"]
+    out = []
+    for (arch, arm, method), g in table.groupby(["arch", "arm", "method"], sort=False):
+        body = [[r["metric"], str(r["n_seeds"]), _interval(r["mean"], r["ci_low"], r["ci_high"]),
+                 "—" if math.isnan(r["control"]) else f"{r['control']:.3f}",
+                 _interval(r["minus_control"], r["minus_control_low"], r["minus_control_high"], "+"),
+                 r["better"], r["verdict"]]
+                for _, r in g.iterrows()]  # fmt: skip
+        out.append((f"{arch}: {arm_label(arm, method)}", head, body))
+    return out
 
 
 RULE = (
     "Controls: the chance level is what a map that ignores the image scores on the same images "
     "(the lesion's area share; for the top-area IoU m / (2 - m)); the random order's AUC for "
     "deletion and insertion; the border rule's base rate from the grid's geometry for the "
-    f"background flag; {SANITY_LIMIT} for the sanity checks (a map whose rank correlation with the "
-    "trained model's stays above it did not change when the model did). Intervals: 95 % t over "
-    "seeds; metric − control is paired by seed."
+    f"background flag; {SANITY_LIMIT} for the sanity checks, whose value is the rank correlation of "
+    "each map with the trained model's once part of the model is randomised (above the limit: the "
+    "map did not change when the model did). Intervals: 95 % t over the seeds that have both the "
+    "metric and its control; metric − control is paired by seed."
 )
 
 
@@ -140,10 +141,11 @@ def controls_markdown(table: pd.DataFrame) -> list[str]:
     """Lines of the section (none when no ProtoPNet arm has explanation metrics)."""
     if table.empty:
         return []
-    head, body = controls_cells(table)
-    return ["", "## Explanation metrics beside their controls", "", RULE, "",
-            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-            *("| " + " | ".join(r) + " |" for r in body)]  # fmt: skip
+    lines = ["", "## Explanation metrics beside their controls", "", RULE]
+    for label, head, body in controls_cells(table):
+        lines += ["", f"### {label}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                  *("| " + " | ".join(r) + " |" for r in body)]  # fmt: skip
+    return lines
 
 
 def write_controls(folder: Path, per_seed: pd.DataFrame) -> pd.DataFrame:

@@ -91,8 +91,8 @@ def _curve_sections(pooled: dict[str, pd.DataFrame]) -> list[tuple[str, str, str
 def _controls_section(controls: pd.DataFrame | None) -> list[tuple[str, str, str]]:
     if controls is None or controls.empty:
         return []
-    return [("controls", "Explanation metrics beside their controls",
-             f"<p>{_e(CONTROLS_RULE)}</p>" + _table(*controls_cells(controls)))]
+    tables = "".join(f"<h3>{_e(label)}</h3>" + _table(head, body) for label, head, body in controls_cells(controls))
+    return [("controls", "Explanation metrics beside their controls", f"<p>{_e(CONTROLS_RULE)}</p>" + tables)]
 
 
 def write_report(
@@ -159,6 +159,17 @@ def write_report(
         ("config", "Study configuration",
          f"<pre>{_e(yaml.safe_dump(study.to_dict(), sort_keys=False))}</pre>"),
     ]  # fmt: skip
+    sections = [s for s in sections if s[0] not in _sections_without_arms(study)]
     return atomic_write_text(
         out / "index.html", render_html(f"protoprune study: {study.name}", sections)
     )
+
+
+def _sections_without_arms(study: StudyConfig) -> set[str]:
+    """Sections whose figures would be empty: no arm of the study draws them."""
+    hidden = set()
+    if not {"filter_pruning", "protopnet_filter_pruning"} & set(study.arms):
+        hidden.add("pruning")
+    if "protopnet_filter_pruning" not in study.arms:
+        hidden.add("retention")
+    return hidden
