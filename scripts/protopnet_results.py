@@ -1,23 +1,29 @@
-"""Collect a `protoprune study configs/study_protopnet.yaml` folder into docs/results.md's
-"ProtoPNet against the baseline" tables, and copy its per-class recall figure.
+"""Collect a study folder of baseline and ProtoPNet units (`protoprune study
+configs/study_protopnet.yaml` or `configs/study_ham10000.yaml`, or a kept copy such as
+studies/ham10000 without checkpoints) into docs/results.md's tables, and draw its per-class
+recall figure.
 
-Prints, as markdown: each model and ProtoPNet stage (mean ± std over seeds), the paired gap to
-the same seed's baseline with a 95 % t interval, what each push cost, what prototype pruning
-removed (per class), the external test (ISIC 2018) and how each training curve ended.
+Reads the finished units' result.json files (a unit still running is left out), so it needs
+neither the data nor the study's own tables. Prints, as markdown: each model and ProtoPNet stage
+(mean ± std over seeds), the paired gap to the same seed's baseline with a 95 % t interval, what
+each push cost, what prototype pruning removed (per class), the external test (ISIC 2018), how
+each training curve ended, and every explanation metric beside its control (`study.controls`).
 
-Usage: python scripts/protopnet_results.py STUDY_DIR [--figures docs/figures]
+Usage: python scripts/protopnet_results.py STUDY_DIR [--figures docs/figures] [--figure-name NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from protoprune.metrics import mean_std, paired_t_interval
+from protoprune.study.aggregate import add_deltas, convergence_table
+from protoprune.study.controls import controls_markdown, explanation_controls
+from protoprune.study.plots import plot_per_class_recall
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc_macro", "melanoma_sensitivity")
 STAGES = {"before_push": "ProtoPNet, before push", "after_push": "ProtoPNet, after push",
@@ -95,8 +101,8 @@ def external_table(per_seed: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def convergence_lines(study: Path) -> str:
-    conv = pd.read_csv(study / "results" / "convergence.csv")
+def convergence_lines(results: list[dict]) -> str:
+    conv = convergence_table(results)
     out = []
     for arm, df in conv.groupby("arm"):
         out.append(f"{arm}: {int(df['flat'].sum())} of {len(df)} training curves flat "
@@ -104,22 +110,30 @@ def convergence_lines(study: Path) -> str:
     return "\n".join(out)
 
 
+def finished_results(study: Path) -> list[dict]:
+    """result.json of every finished unit (done.json present), in seed order."""
+    return [json.loads((p / "result.json").read_text()) for p in sorted(study.glob("runs/*/seed*/*"))
+            if (p / "done.json").is_file()]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)
     ap.add_argument("--figures", type=Path, default=Path("docs/figures"))
+    ap.add_argument("--figure-name", default="protopnet_vs_baseline_per_class_recall.png")
     args = ap.parse_args()
-    per_seed = pd.read_csv(args.study / "results" / "per_seed.csv")
+    results = finished_results(args.study)
+    if not results:
+        ap.exit(2, f"error: no finished unit under {args.study}/runs\nfix: give a study folder\n")
+    per_seed = add_deltas(pd.DataFrame([r for res in results for r in res["rows"]]))
     for title, text in (("Test split", stage_table(args.study, per_seed)), ("Gap", gap_table(per_seed)),
                         ("Pushes", push_costs(args.study)), ("Prototype pruning", pruning_table(args.study)),
                         ("External test", external_table(per_seed)),
-                        ("Convergence", convergence_lines(args.study))):  # fmt: skip
+                        ("Convergence", convergence_lines(results))):  # fmt: skip
         print(f"## {title}\n\n{text}\n")
-    figure = args.study / "per_class_recall.png"  # drawn by the study (study/plots.py)
-    target = args.figures / "protopnet_vs_baseline_per_class_recall.png"
+    print("\n".join(controls_markdown(explanation_controls(per_seed))))
     args.figures.mkdir(parents=True, exist_ok=True)
-    shutil.copy(figure, target)
-    print(f"figure: {figure} -> {target}")
+    print(f"figure: {plot_per_class_recall(per_seed, args.figures / args.figure_name)}")
 
 
 if __name__ == "__main__":
