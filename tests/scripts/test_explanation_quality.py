@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "explanation_quality.py"
+from .loading import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("explanation_quality", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("explanation_quality")
 
 
 def test_table_means_and_paired_differences_by_seed() -> None:

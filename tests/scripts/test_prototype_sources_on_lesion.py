@@ -4,7 +4,6 @@ those of the per-seed shares, and bad input exits 2 with error/fix."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,14 +15,13 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prototype_sources_on_lesion.py"
+from .loading import SCRIPTS, load_script
+
+SCRIPT = SCRIPTS / "prototype_sources_on_lesion.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("prototype_sources_on_lesion", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("prototype_sources_on_lesion")
 
 
 def _unit(study: Path, seed: int, boxes: list[tuple[int, int, int, int]], kept: list[int] | None) -> None:
