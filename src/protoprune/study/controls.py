@@ -128,7 +128,9 @@ def controls_cells(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[
 
 RULE = (
     "Controls: the chance level is what a map that ignores the image scores on the same images "
-    "(the lesion's area share; for the top-area IoU m / (2 - m)); the random order's AUC for "
+    "(the lesion's area share; for the top-area IoU m / (2 - m)); for the source box the lesion's "
+    "area share too, a lenient control (a box placed at random on the same image covers more of a "
+    "central lesion: explain.source_boxes gives that stricter chance); the random order's AUC for "
     "deletion and insertion; the border rule's base rate from the grid's geometry for the "
     f"background flag; {SANITY_LIMIT} for the sanity checks, whose value is the rank correlation of "
     "each map with the trained model's once part of the model is randomised (above the limit: the "
