@@ -9,7 +9,7 @@ neither the data nor the study's own tables. Prints, as markdown: each model and
 each push cost, what prototype pruning removed (per class), the external test (ISIC 2018), how
 each training curve ended, and every explanation metric beside its control (`study.controls`).
 
-Usage: python scripts/protopnet_results.py STUDY_DIR [--figures docs/figures] [--figure-name NAME]
+Usage: python scripts/protopnet_results.py STUDY_DIR [--figures docs/figures] [--figure-name NAME] [--seeds 0,1]
 """
 
 from __future__ import annotations
@@ -30,22 +30,23 @@ STAGES = {"before_push": "ProtoPNet, before push", "after_push": "ProtoPNet, aft
           "after_last_layer": "ProtoPNet, after last-layer stage"}  # fmt: skip
 
 
-def _units(study: Path, name: str) -> dict[int, Path]:
+def _units(study: Path, name: str, seeds: set[int] | None = None) -> dict[int, Path]:
     """The finished units of that name by seed (a unit still running has no done.json)."""
-    return {int(p.parent.name.removeprefix("seed")): p for p in sorted(study.glob(f"runs/*/seed*/{name}"))
-            if (p / "done.json").is_file()}  # fmt: skip
+    found = {int(p.parent.name.removeprefix("seed")): p for p in sorted(study.glob(f"runs/*/seed*/{name}"))
+             if (p / "done.json").is_file()}  # fmt: skip
+    return {k: p for k, p in found.items() if seeds is None or k in seeds}
 
 
 def _row(label: str, values: dict[str, list[float]]) -> str:
     return f"| {label} | " + " | ".join(mean_std(values[m]) for m in METRICS) + " |"
 
 
-def stage_table(study: Path, per_seed: pd.DataFrame) -> str:
+def stage_table(study: Path, per_seed: pd.DataFrame, seeds: set[int] | None) -> str:
     lines = ["| model, stage | accuracy | balanced accuracy | macro AUROC | melanoma sensitivity |",
              "|---|---|---|---|---|"]  # fmt: skip
     base = per_seed[per_seed["arm"] == "baseline"]
     lines.append(_row("baseline CNN", {m: base[f"test_{m}"].tolist() for m in METRICS}))
-    results = [json.loads((p / "result.json").read_text()) for p in _units(study, "protopnet").values()]
+    results = [json.loads((p / "result.json").read_text()) for p in _units(study, "protopnet", seeds).values()]
     for stage, label in STAGES.items():
         lines.append(_row(label, {m: [r["stages"][stage][f"test_{m}"] for r in results] for m in METRICS}))
     pruned = per_seed[per_seed["arm"] == "protopnet_pruned"]
@@ -68,9 +69,9 @@ def gap_table(per_seed: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def push_costs(study: Path) -> str:
+def push_costs(study: Path, seeds: set[int] | None) -> str:
     rows = []
-    for seed, p in _units(study, "protopnet").items():
+    for seed, p in _units(study, "protopnet", seeds).items():
         for push in json.loads((p / "metrics.json").read_text()).get("pushes", []):
             before = push["before_push"]["test"]["balanced_accuracy"]
             after = push["after_push"]["test"]["balanced_accuracy"]
@@ -78,10 +79,10 @@ def push_costs(study: Path) -> str:
     return "push cost, test balanced accuracy after minus before, points: " + "; ".join(rows)
 
 
-def pruning_table(study: Path) -> str:
+def pruning_table(study: Path, seeds: set[int] | None) -> str:
     per_class: dict[str, list[str]] = {}
     shares = []
-    for p in _units(study, "protopnet-pruned").values():
+    for p in _units(study, "protopnet-pruned", seeds).values():
         d = json.loads((p / "prototype_pruning.json").read_text())
         shares.append(1 - d["prototypes_after"] / d["prototypes_before"])
         for c in d["per_class"]:
@@ -110,10 +111,11 @@ def convergence_lines(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def finished_results(study: Path) -> list[dict]:
-    """result.json of every finished unit (done.json present), in seed order."""
+def finished_results(study: Path, seeds: set[int] | None = None) -> list[dict]:
+    """result.json of every finished unit (done.json present) of those seeds, in seed order."""
     return [json.loads((p / "result.json").read_text()) for p in sorted(study.glob("runs/*/seed*/*"))
-            if (p / "done.json").is_file()]  # fmt: skip
+            if (p / "done.json").is_file()
+            and (seeds is None or int(p.parent.name.removeprefix("seed")) in seeds)]  # fmt: skip
 
 
 def main() -> None:
@@ -121,13 +123,16 @@ def main() -> None:
     ap.add_argument("study", type=Path)
     ap.add_argument("--figures", type=Path, default=Path("docs/figures"))
     ap.add_argument("--figure-name", default="protopnet_vs_baseline_per_class_recall.png")
+    ap.add_argument("--seeds", help="comma-separated seeds (default: every finished one), e.g. the "
+                    "seeds whose every unit has finished")  # fmt: skip
     args = ap.parse_args()
-    results = finished_results(args.study)
+    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    results = finished_results(args.study, seeds)
     if not results:
         ap.exit(2, f"error: no finished unit under {args.study}/runs\nfix: give a study folder\n")
     per_seed = add_deltas(pd.DataFrame([r for res in results for r in res["rows"]]))
-    for title, text in (("Test split", stage_table(args.study, per_seed)), ("Gap", gap_table(per_seed)),
-                        ("Pushes", push_costs(args.study)), ("Prototype pruning", pruning_table(args.study)),
+    for title, text in (("Test split", stage_table(args.study, per_seed, seeds)), ("Gap", gap_table(per_seed)),
+                        ("Pushes", push_costs(args.study, seeds)), ("Prototype pruning", pruning_table(args.study, seeds)),
                         ("External test", external_table(per_seed)),
                         ("Convergence", convergence_lines(results))):  # fmt: skip
         print(f"## {title}\n\n{text}\n")
