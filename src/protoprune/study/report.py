@@ -49,6 +49,32 @@ def _stages_table(results: list[dict]) -> str:
     return _table(["unit", "stage", *HEADLINE], rows)
 
 
+def _interval(row: pd.Series) -> str:
+    if pd.isna(row["mean"]):
+        return "n/a"
+    ci = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    return f"{row['mean']:+.3f}{ci}"
+
+
+def _retention_table(results: list[dict]) -> str:
+    """LRP − each criterion at equal MACs, paired by seed (`study.retention`)."""
+    from .retention import MEASURES, reference_minus_each, trunk_pruning_curves
+
+    curves = trunk_pruning_curves(results)
+    diffs = reference_minus_each(curves) if not curves.empty else pd.DataFrame()
+    if diffs.empty:
+        return "<p class=muted>No LRP trunk pruning beside another criterion: nothing to compare.</p>"
+    cols = [m for m in MEASURES if m in set(diffs["measure"])]
+    body = []
+    for (diff, f), g in diffs.groupby(["difference", "macs_fraction"], sort=False):
+        r = g.set_index("measure")
+        body.append([diff, f"{f:.0%}", str(int(r["n"].max()))] + [
+            _interval(r.loc[c]) if c in r.index else "n/a" for c in cols])  # fmt: skip
+    note = ("<p>At equal MACs (each seed's curve interpolated between its steps), the difference "
+            "paired by seed with its 95 % t interval; every measure: higher is better.</p>")
+    return note + _table(["difference", "MACs", "seeds", *(c.replace("_", " ") for c in cols)], body)
+
+
 def _convergence_section(conv: pd.DataFrame | None) -> str:
     """Whether each arm's budget was long enough, read off its validation curves."""
     head, body = convergence_cells(conv if conv is not None else pd.DataFrame())
@@ -149,7 +175,8 @@ def write_report(
          + _fig("latency_vs_macs.png", "Measured CPU latency vs MACs")),
         ("retention", "Explanations kept under trunk pruning",
          _fig("retention_front.png", "A ProtoPNet's trunk pruned by each criterion: test balanced "
-              "accuracy and explanation retention (1: as the unpruned model explains) against MACs")),
+              "accuracy and explanation retention (1: as the unpruned model explains) against MACs")
+         + _retention_table(results)),
         *_curve_sections(pooled_curve or {}),
         ("recall", "Per-class recall", _fig("per_class_recall.png", "Test recall per class and arm")),
         ("protopnet", "ProtoPNet stages", _stages_table(results)),

@@ -1,0 +1,87 @@
+"""Explanations kept under a ProtoPNet's trunk pruning, over seeds: each criterion's balanced
+accuracy and explanation retention at equal MACs, and LRP − each criterion paired by seed.
+
+Criteria remove filters of different layers, so one filter ratio is not one cost: the criteria
+are compared at fractions of the unpruned MACs, each seed's curve interpolated linearly in MACs
+between its measured steps (`prune.curve_stats.curve_at_macs`). Step 0 is the unpruned model:
+its retention is 1 by definition (`explain.retention`), its localisation the `_unpruned` column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import paired_t_interval
+from ..names import RETENTION_MEASURE_NAMES
+from ..prune.curve_stats import curve_at_macs
+
+ARM = "protopnet_filter"
+# what the table compares, higher is better for each: accuracy, every retention measure, and the
+# share of the PRP heatmaps' mass on the lesion (its unpruned and chance levels are other columns)
+MEASURES = ("test_balanced_accuracy", *(f"retention_{m}" for m in RETENTION_MEASURE_NAMES),
+            "localisation_on_lesion")  # fmt: skip
+MACS_FRACTIONS = (0.8, 0.6, 0.4)
+
+
+def trunk_pruning_curves(results: Sequence[dict]) -> pd.DataFrame:
+    """Every step of every ProtoPNet trunk-pruning unit of a study's `result.json` files, with a
+    `run` column (arch and seed: the unit the criteria are paired on)."""
+    rows = [r for res in results for r in res.get("curves", []) if r.get("arm") == ARM]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    for col in (c for c in df.columns if c.startswith("retention_")):
+        df[col] = df[col].where(df["step"] != 0, df[col].fillna(1.0))
+    for col in (c for c in df.columns if c.startswith("localisation_") and f"{c}_unpruned" in df.columns):
+        unpruned = df.groupby(["arch", "seed", "method"])[f"{col}_unpruned"].transform("first")
+        df[col] = df[col].where(df["step"] != 0, df[col].fillna(unpruned))  # step 0: the unpruned model
+    df["run"] = df["arch"].astype(str) + "/seed" + df["seed"].astype(str)
+    return df
+
+
+def _at_macs(curves: pd.DataFrame, fractions: Sequence[float], measures: Sequence[str]) -> pd.DataFrame:
+    """Long table: run, method, macs_fraction, measure, value (NaN where a run did not reach it)."""
+    parts = [curve_at_macs(curves[["run", "method", "macs", m]].dropna(), fractions, metric=m).assign(measure=m)
+             for m in measures if m in curves.columns and curves[m].notna().any()]  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def at_equal_macs(curves: pd.DataFrame, fractions: Sequence[float] = MACS_FRACTIONS,
+                  measures: Sequence[str] = MEASURES) -> pd.DataFrame:  # fmt: skip
+    """Per criterion, MACs fraction and measure: the mean over runs with its 95 % t interval
+    (a fraction no run of a criterion reached is left out)."""
+    long = _at_macs(curves, fractions, measures)
+    rows = [{"method": method, "macs_fraction": f, "measure": m, **paired_t_interval(g["value"])}
+            for (method, f, m), g in long.groupby(["method", "macs_fraction", "measure"], sort=False)]  # fmt: skip
+    return pd.DataFrame([r for r in rows if r["n"]])
+
+
+def _direction(low: float, high: float, reference: str) -> str:
+    if np.isnan(low) or np.isnan(high):
+        return "too few seeds"
+    if low > 0:
+        return f"{reference} higher"
+    return f"{reference} lower" if high < 0 else "not distinguishable"
+
+
+def reference_minus_each(curves: pd.DataFrame, fractions: Sequence[float] = MACS_FRACTIONS,
+                         measures: Sequence[str] = MEASURES, reference: str = "lrp") -> pd.DataFrame:  # fmt: skip
+    """`reference` − each other criterion at equal MACs, paired by run, with a 95 % t interval and
+    which way it fell (every measure here: higher is better)."""
+    long = _at_macs(curves, fractions, measures)
+    rows = []
+    for (f, m), g in long.groupby(["macs_fraction", "measure"], sort=False):
+        wide = g.pivot(index="run", columns="method", values="value")
+        if reference not in wide.columns:
+            continue
+        for other in (c for c in wide.columns if c != reference):
+            d = paired_t_interval((wide[reference] - wide[other]).to_numpy())
+            rows.append({"difference": f"{reference} - {other}", "macs_fraction": f, "measure": m, **d,
+                         "direction": _direction(d["ci_low"], d["ci_high"], reference)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+__all__ = ["MEASURES", "MACS_FRACTIONS", "trunk_pruning_curves", "at_equal_macs", "reference_minus_each"]

@@ -1,0 +1,50 @@
+"""scripts/trunk_pruning_retention.py on a constructed study folder: finished units only, the
+equal-MACs difference by hand, the figure, and bad input exits 2 with error/fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..study.test_retention_table import _results
+from .loading import SCRIPTS
+
+SCRIPT = SCRIPTS / "trunk_pruning_retention.py"
+
+
+def _study(root: Path, finished: bool = True) -> Path:
+    for res in _results()[:-1]:
+        first = res["curves"][0]
+        for r in res["curves"]:
+            r["pruned_ratio"], r["localisation_on_lesion_chance"] = 0.2 * r["step"], 0.3
+        unit = root / "runs" / "resnet18" / f"seed{first['seed']}" / f"protopnet-filter-{first['method']}"
+        unit.mkdir(parents=True)
+        (unit / "result.json").write_text(json.dumps(res))
+        if finished or first["seed"] < 2:
+            (unit / "done.json").write_text("{}")
+    return root
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_tables_and_figure_of_finished_units(tmp_path: Path) -> None:
+    study = _study(tmp_path / "study", finished=False)  # seed 2 still running: left out
+    out = _run(study, "--macs", "0.8", "--figure", tmp_path / "front.png")
+    assert out.returncode == 0, out.stderr
+    assert "lrp: seeds 0, 1; random: seeds 0, 1" in out.stdout
+    d = 0.5 * (0.7 + 0.6 - np.array([0.0, 0.02])) - (0.5 + 0.2 / 3)  # seeds 0 and 1 at 80 % MACs
+    assert f"{d.mean():+.3f} [" in out.stdout and "(lrp higher)" in out.stdout
+    assert (tmp_path / "front.png").stat().st_size > 10_000
+
+
+def test_bad_input_exits_2_with_error_and_fix(tmp_path: Path) -> None:
+    for args in ((tmp_path,), (_study(tmp_path / "s"), "--macs", "80%"), (tmp_path / "s", "--macs", "1.5")):
+        out = _run(*args)
+        assert out.returncode == 2 and out.stderr.startswith("error:") and "fix:" in out.stderr
+        assert "Traceback" not in out.stderr

@@ -1,0 +1,95 @@
+"""The trunk-pruning table at equal MACs: interpolation, means and paired intervals by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from protoprune.study.retention import at_equal_macs, reference_minus_each, trunk_pruning_curves
+
+T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
+
+
+def _unit(seed: int, method: str, macs: list[float], acc: list[float], jac: list[float],
+          lesion: list[float], lesion_unpruned: float) -> dict:  # fmt: skip
+    rows = []
+    for step, (m, a, j, le) in enumerate(zip(macs, acc, jac, lesion)):
+        rows.append({"arch": "resnet18", "seed": seed, "arm": "protopnet_filter", "method": method,
+                     "step": step, "macs": m, "test_balanced_accuracy": a,
+                     # prune_filters leaves the unpruned step's retention and localisation empty
+                     "retention_topk_jaccard": None if step == 0 else j,
+                     "localisation_on_lesion": None if step == 0 else le,
+                     "localisation_on_lesion_unpruned": None if step == 0 else lesion_unpruned})  # fmt: skip
+    return {"curves": rows}
+
+
+def _results() -> list[dict]:
+    # lrp keeps MACs 100 -> 60 -> 20; random 100 -> 70 -> 40; three seeds each
+    out = []
+    for s, shift in enumerate((0.0, 0.02, 0.07)):
+        out.append(_unit(s, "lrp", [100, 60, 20], [0.7, 0.6 - shift, 0.4], [1, 0.8 - shift, 0.5],
+                         [0.5, 0.6, 0.4], 0.5 + shift))  # fmt: skip
+        out.append(_unit(s, "random", [100, 70, 40], [0.7, 0.5, 0.3 - shift], [1, 0.6, 0.2],
+                         [0.5, 0.5, 0.3], 0.5 + shift))  # fmt: skip
+    out.append({"curves": [{"arm": "filter", "method": "lrp", "step": 0, "macs": 1}]})  # another arm
+    return out
+
+
+def test_the_unpruned_step_is_filled_with_retention_one_and_its_own_localisation() -> None:
+    curves = trunk_pruning_curves(_results())
+    assert set(curves["arm"]) == {"protopnet_filter"}
+    step0 = curves[curves["step"] == 0]
+    assert (step0["retention_topk_jaccard"] == 1.0).all()
+    assert np.allclose(step0.sort_values(["seed", "method"])["localisation_on_lesion"],
+                       [0.5, 0.5, 0.52, 0.52, 0.57, 0.57])  # fmt: skip
+
+
+def test_means_at_equal_macs_and_the_paired_difference_by_hand() -> None:
+    curves = trunk_pruning_curves(_results())
+    table = at_equal_macs(curves, fractions=(0.8,)).set_index(["method", "measure"])
+    # 80 MACs: lrp halfway between 100 and 60 (0.7 and 0.6 - shift), random 2/3 of the way from
+    # 70 to 100 (0.5 + (0.7 - 0.5) * 10 / 30)
+    shifts = np.array([0.0, 0.02, 0.07])
+    lrp = 0.5 * (0.7 + 0.6 - shifts)
+    rnd = np.full(3, 0.5 + 0.2 / 3)
+    row = table.loc[("lrp", "test_balanced_accuracy")]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(lrp.mean())
+    half = T_975_2 * lrp.std(ddof=1) / math.sqrt(3)
+    assert row["ci_low"] == pytest.approx(lrp.mean() - half)
+    diff = reference_minus_each(curves, fractions=(0.8,)).set_index("measure")
+    d = lrp - rnd
+    got = diff.loc["test_balanced_accuracy"]
+    assert got["difference"] == "lrp - random"
+    assert got["mean"] == pytest.approx(d.mean())
+    assert got["ci_high"] == pytest.approx(d.mean() + T_975_2 * d.std(ddof=1) / math.sqrt(3))
+    assert got["direction"] == "lrp higher"  # 0.617.. - 0.567.. > 0 with a narrow interval
+
+
+def test_a_fraction_a_criterion_never_reached_is_left_out() -> None:
+    curves = trunk_pruning_curves(_results())
+    table = at_equal_macs(curves, fractions=(0.3,))  # random stops at 40 % of the MACs
+    assert set(table["method"]) == {"lrp"}
+    diff = reference_minus_each(curves, fractions=(0.3,))
+    assert (diff["n"] == 0).all() and (diff["direction"] == "too few seeds").all()
+
+
+def test_retention_differences_at_equal_macs_by_hand() -> None:
+    curves = trunk_pruning_curves(_results())
+    diff = reference_minus_each(curves, fractions=(0.6,)).set_index("measure")
+    # 60 MACs: lrp at its step 1 (0.8 - shift); random 2/3 of the way from 70 (0.6) to 40 (0.2)
+    lrp = 0.8 - np.array([0.0, 0.02, 0.07])
+    rnd = 0.6 - (0.6 - 0.2) / 3
+    assert diff.loc["retention_topk_jaccard", "mean"] == pytest.approx((lrp - rnd).mean())
+    # localisation: lrp at its step 1 (0.6), random between 0.5 and 0.3 at 1/3 (0.4333)
+    assert diff.loc["localisation_on_lesion", "mean"] == pytest.approx(0.6 - (0.5 - 0.2 / 3))
+
+
+def test_the_study_report_shows_the_paired_differences() -> None:
+    from protoprune.study.report import _retention_table
+
+    html = _retention_table(_results())
+    d = 0.5 * (0.7 + 0.6 - np.array([0.0, 0.02, 0.07])) - (0.5 + 0.2 / 3)  # as above, at 80 % MACs
+    assert "lrp - random" in html and f"{d.mean():+.3f} [" in html
+    assert "nothing to compare" in _retention_table([_results()[0]])  # lrp alone
