@@ -22,6 +22,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..metrics import mean_std, paired_t_interval
+from .curve_stats import fill_unpruned_step
 
 METRIC = "test_balanced_accuracy"
 log = logging.getLogger(__name__)
@@ -57,13 +58,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     for col in ("finetune_epochs", "finetune_seconds", "finetune_flat"):
         if col not in df.columns:
             df[col] = np.nan
-    for col in (c for c in df.columns if c.startswith("retention_")):  # a ProtoPNet's retention:
-        df.loc[df["step"] == 0, col] = 1.0  # step 0 is the unpruned model itself (1 by definition)
-    for col in (c for c in df.columns if c.startswith("localisation_") and not c.endswith("_unpruned")):
-        # step 0's localisation: the unpruned model's (and the chance level), recorded on every step
-        source = f"{col}_unpruned" if f"{col}_unpruned" in df.columns else col
-        first = df[df["step"] > 0].groupby("run")[source].first()
-        df.loc[df["step"] == 0, col] = df.loc[df["step"] == 0, "run"].map(first)
+    fill_unpruned_step(df)  # a ProtoPNet's retention and localisation at step 0
     dup = df[df["step"] == 0].duplicated(["method", "normalize", "checkpoint"])
     if dup.any():
         raise ConfigError("two runs have the same criterion and baseline checkpoint",

@@ -14,6 +14,19 @@ import pandas as pd
 from ..metrics import paired_t_interval
 
 
+def fill_unpruned_step(df: pd.DataFrame, unit: str = "run") -> pd.DataFrame:
+    """Step 0 (the unpruned model) of a ProtoPNet's trunk-pruning curves, in place: retention 1
+    by definition, and each `localisation_` column the unpruned model's value (`<col>_unpruned`,
+    or the chance level), which every later step of the same `unit` records."""
+    for col in (c for c in df.columns if c.startswith("retention_")):
+        df.loc[df["step"] == 0, col] = 1.0
+    for col in (c for c in df.columns if c.startswith("localisation_") and not c.endswith("_unpruned")):
+        source = f"{col}_unpruned" if f"{col}_unpruned" in df.columns else col
+        first = df[df["step"] > 0].groupby(unit)[source].first()
+        df.loc[df["step"] == 0, col] = df.loc[df["step"] == 0, unit].map(first)
+    return df
+
+
 def curve_area(ratios: np.ndarray, values: np.ndarray) -> float:
     """Area under an accuracy-vs-ratio curve divided by its ratio span: the curve's mean level."""
     order = np.argsort(ratios)

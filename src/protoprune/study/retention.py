@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..metrics import paired_t_interval
 from ..names import RETENTION_MEASURE_NAMES
-from ..prune.curve_stats import curve_at_macs
+from ..prune.curve_stats import curve_at_macs, fill_unpruned_step
 
 ARM = "protopnet_filter"
 # what the table compares, higher is better for each: accuracy, every retention measure, and the
@@ -33,13 +33,9 @@ def trunk_pruning_curves(results: Sequence[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    for col in (c for c in df.columns if c.startswith("retention_")):
-        df[col] = df[col].where(df["step"] != 0, df[col].fillna(1.0))
-    for col in (c for c in df.columns if c.startswith("localisation_") and f"{c}_unpruned" in df.columns):
-        unpruned = df.groupby(["arch", "seed", "method"])[f"{col}_unpruned"].transform("first")
-        df[col] = df[col].where(df["step"] != 0, df[col].fillna(unpruned))  # step 0: the unpruned model
     df["run"] = df["arch"].astype(str) + "/seed" + df["seed"].astype(str)
-    return df
+    unit = df["run"] + "/" + df["method"].astype(str)  # one curve: its step 0 from its later steps
+    return fill_unpruned_step(df.assign(curve=unit), unit="curve").drop(columns="curve")
 
 
 def _at_macs(curves: pd.DataFrame, fractions: Sequence[float], measures: Sequence[str]) -> pd.DataFrame:
