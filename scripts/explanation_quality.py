@@ -5,7 +5,9 @@ seed). For each run: the test metrics of its best checkpoint (metrics.json) and 
 metrics the study reports for a ProtoPNet arm (`explain.analysis.explanation_summary`: stability,
 deletion AUC of the PRP / upsampled / random order, on-lesion shares, background share, purity,
 distinct sources, near-duplicates, largest receptive-field share). The first recipe is the
-reference: every other gets its paired difference (same seed) with a 95 % t interval.
+reference: every other gets its paired difference (same seed) with a 95 % t interval. Then each
+recipe's metrics beside their controls (chance level, random order, sanity limit;
+`study.controls`), as the study reports them.
 
 Writes <out>/explanation_quality.{csv,md} (and a per-run JSON cache, so a rerun only adds runs).
 Usage: python scripts/explanation_quality.py today=runs/a-s0,runs/a-s1 new=runs/b-s0,runs/b-s1 --out DIR
@@ -27,6 +29,7 @@ from protoprune.metrics import mean_std, paired_t_interval
 from protoprune.prune.relevance import input_bounds
 from protoprune.seed import resolve_device
 from protoprune.study.aggregate import EXPLANATION_COLUMNS
+from protoprune.study.controls import controls_markdown, explanation_controls
 from protoprune.train.checkpoint import model_from_checkpoint
 from protoprune.train.run import prepare_data
 
@@ -94,7 +97,8 @@ def main() -> None:
     df = pd.DataFrame([{"recipe": name, **run_row(run)} for name, run in runs])
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "explanation_quality.csv", df.replace({np.nan: None}).to_csv(index=False))
-    text = tables(df)
+    text = tables(df) + "\n".join(controls_markdown(explanation_controls(
+        df.assign(arch=df["recipe"], arm="protopnet", method="", status="ok")))) + "\n"  # fmt: skip
     atomic_write_text(args.out / "explanation_quality.md", text)
     print(text)
 
