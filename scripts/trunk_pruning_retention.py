@@ -26,6 +26,7 @@ from protoprune.study.retention import (
     MACS_FRACTIONS,
     MEASURES,
     at_equal_macs,
+    minus_repair_control,
     reference_minus_each,
     trunk_pruning_curves,
 )
@@ -36,9 +37,35 @@ LABELS = {"test_balanced_accuracy": "bal. acc.", "retention_same_source_image": 
           "localisation_on_lesion": "PRP on lesion"}  # fmt: skip
 
 
-def _results(study: Path) -> list[dict]:
+def _results(study: Path, pattern: str = "protopnet-filter-*") -> list[dict]:
     return [json.loads((p / "result.json").read_text())
-            for p in sorted(study.glob("runs/*/seed*/protopnet-filter-*")) if (p / "done.json").is_file()]  # fmt: skip
+            for p in sorted(study.glob(f"runs/*/seed*/{pattern}")) if (p / "done.json").is_file()]  # fmt: skip
+
+
+def control_curves(study: Path) -> pd.DataFrame:
+    """The repair control's curves (scripts/repair_control.py), step 0 with retention 1."""
+    rows = [r for res in _results(study, "protopnet-repair-control") for r in res["curves"]]
+    df = pd.DataFrame(rows)
+    for col in (c for c in df.columns if c.startswith("retention_")):
+        df.loc[df["step"] == 0, col] = 1.0
+    return df
+
+
+def control_table(curves: pd.DataFrame, control: pd.DataFrame) -> str:
+    """The repair control by step (mean ± std), then each criterion − control, paired by seed."""
+    cols = [m for m in MEASURES if m in control.columns]
+    head = ["", "step (repairs)", "seeds", *(LABELS[c] for c in cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step, g in control.groupby("step"):
+        lines.append(f"| repair only (control) | {step} | {g['seed'].nunique()} | "
+                     + " | ".join(mean_std(g[c]) for c in cols) + " |")  # fmt: skip
+    diffs = minus_repair_control(curves, control)
+    for (method, step), g in (diffs.groupby(["method", "step"], sort=False) if not diffs.empty else []):
+        r = g.set_index("measure")
+        lines.append(f"| {method} − control (paired, n = {int(r['n'].max())}) | {step} | | " + " | ".join(
+            f"{_ci(r.loc[c, 'mean'], r.loc[c, 'ci_low'], r.loc[c, 'ci_high'], True)}" if c in r.index else "n/a"
+            for c in cols) + " |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def steps_table(curves: pd.DataFrame) -> str:
@@ -111,6 +138,10 @@ def main() -> None:
     print("Units:", "; ".join(f"{m}: seeds {', '.join(str(s) for s in sorted(v))}" for m, v in units.items()))
     print("\n## Steps as measured (mean ± std over seeds)\n")
     print(steps_table(curves))
+    control = control_curves(args.study)
+    if not control.empty:
+        print("\n## Beside the repair control: the unpruned model repaired as often (scripts/repair_control.py)\n")
+        print(control_table(curves, control))
     print("\n## At equal MACs (mean [95 % t interval] over seeds; LRP − each criterion paired by seed)\n")
     print(equal_macs_tables(curves, fractions))
     if args.figure:

@@ -8,10 +8,11 @@ import torch
 
 from protoprune.cli import main
 from protoprune.config import load_config
+from protoprune.experiments.repair_control import repair_control
 from protoprune.protopnet.model import ProtoPNet
 from protoprune.protopnet.trunk_pruning import protopnet_ignored_layers
 from protoprune.prune.importance import LRPImportance
-from protoprune.train.checkpoint import load_checkpoint, model_from_checkpoint
+from protoprune.train.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from protoprune.train.run import run_training
 
 from ..conftest import tiny_overrides
@@ -220,3 +221,37 @@ def test_the_tracker_reports_localisation_beside_the_unpruned_model_and_chance()
     for m in ("on_lesion", "pointing", "top_iou"):
         assert row[f"localisation_{m}"] == pytest.approx(row[f"localisation_{m}_unpruned"])
     assert row["localisation_on_lesion_chance"] == pytest.approx((0.25 + 0.5) / 2)
+
+
+# --- the repair control: the same repairs without pruning (experiments.repair_control) ---
+
+
+def _cfg(checkpoint, **settings):
+    cfg = checkpoint_config(load_checkpoint(checkpoint))
+    for key, value in settings.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def test_a_repair_that_trains_nothing_keeps_every_explanation(protopnet, tmp_path):
+    # best.pt is pushed (a run ends with a push): re-pushing it finds each prototype's own patch
+    # (distance 0), and with no joint epoch and no last-layer iteration nothing else changes
+    cfg = _cfg(protopnet, **{"prune_filters.repair_epochs": 0, "protopnet.last_layer_iterations": 0,
+                             "prune_filters.retention_images": 6, "prune_filters.total_pr": 0.4,
+                             "prune_filters.pr_step": 0.2})  # fmt: skip
+    df = repair_control(protopnet, cfg, out_csv=tmp_path / "control.csv")
+    assert df["step"].tolist() == [0, 1, 2]  # as many repairs as the schedule 0.2, 0.4 has steps
+    for measure in ("same_source_image", "same_source_cell", "topk_jaccard", "same_strongest"):
+        assert (df.loc[1:, f"retention_{measure}"] == 1.0).all(), measure
+    assert df.loc[1:, "retention_prp_spearman"].to_numpy() == pytest.approx(1.0, abs=1e-6)
+    assert df["test_balanced_accuracy"].nunique() == 1
+    assert (tmp_path / "control.csv").is_file()
+
+
+def test_joint_epochs_move_the_explanations_of_an_unpruned_model(protopnet):
+    cfg = _cfg(protopnet, **{"prune_filters.repair_epochs": 2, "prune_filters.retention_images": 6})
+    cfg.protopnet.joint_lr_features = cfg.protopnet.joint_lr_add_on = 0.05  # a large step: it must move
+    df = repair_control(protopnet, cfg, repairs=1)
+    assert len(df) == 2 and df.loc[1, "repair_epochs"] == 2
+    assert df.loc[1, "retention_prp_spearman"] < 1.0

@@ -48,3 +48,32 @@ def test_bad_input_exits_2_with_error_and_fix(tmp_path: Path) -> None:
         out = _run(*args)
         assert out.returncode == 2 and out.stderr.startswith("error:") and "fix:" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_the_repair_control_is_shown_beside_each_step(tmp_path: Path) -> None:
+    study = _study(tmp_path / "study")
+    for s in (0, 1, 2):
+        unit = study / "runs" / "resnet18" / f"seed{s}" / "protopnet-repair-control"
+        unit.mkdir(parents=True)
+        rows = [{"arch": "resnet18", "seed": s, "step": k, "arm": "repair_control", "method": "repair only",
+                 "test_balanced_accuracy": 0.7, "retention_topk_jaccard": [None, 0.9, 0.85][k]}
+                for k in (0, 1, 2)]  # fmt: skip
+        (unit / "result.json").write_text(json.dumps({"curves": rows}))
+        (unit / "done.json").write_text("{}")
+    out = _run(study, "--macs", "0.8")
+    assert out.returncode == 0, out.stderr
+    assert "| repair only (control) | 1 | 3 | 0.700 ± 0.000 | 0.900 ± 0.000 |" in out.stdout
+    d = (0.8 - np.array([0.0, 0.02, 0.07])) - 0.9  # lrp's step 1 − the control after 1 repair
+    assert "| lrp − control (paired, n = 3) | 1 | | " in out.stdout and f"{d.mean():+.3f} [" in out.stdout
+
+
+def test_the_repair_control_script_refuses_bad_input_before_any_work(tmp_path: Path) -> None:
+    script = SCRIPTS / "repair_control.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), "--seeds", "0"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error:") and "study.yaml" in out.stderr
+    from protoprune.demo import packaged_config
+
+    (tmp_path / "study.yaml").write_text(packaged_config("study_quick.yaml").read_text())
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), "--seeds", "0"], capture_output=True, text=True)
+    assert out.returncode == 2 and "no ProtoPNet checkpoint for seed 0" in out.stderr and "fix:" in out.stderr
+    assert not (tmp_path / "runs").exists()

@@ -93,3 +93,22 @@ def test_the_study_report_shows_the_paired_differences() -> None:
     d = 0.5 * (0.7 + 0.6 - np.array([0.0, 0.02, 0.07])) - (0.5 + 0.2 / 3)  # as above, at 80 % MACs
     assert "lrp - random" in html and f"{d.mean():+.3f} [" in html
     assert "nothing to compare" in _retention_table([_results()[0]])  # lrp alone
+
+
+def test_each_step_minus_the_repair_control_by_hand() -> None:
+    import pandas as pd
+
+    from protoprune.study.retention import minus_repair_control
+
+    curves = trunk_pruning_curves(_results())
+    control = pd.DataFrame([{"arch": "resnet18", "seed": s, "step": k, "test_balanced_accuracy": 0.7,
+                             "retention_topk_jaccard": [None, 0.9 - 0.01 * s, 0.85][k]}
+                            for s in (0, 1, 2) for k in (0, 1, 2)])  # fmt: skip
+    table = minus_repair_control(curves, control).set_index(["method", "step", "measure"])
+    d = (0.8 - np.array([0.0, 0.02, 0.07])) - (0.9 - 0.01 * np.arange(3))  # lrp step 1 − control
+    row = table.loc[("lrp", 1, "retention_topk_jaccard")]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(d.mean())
+    assert row["ci_low"] == pytest.approx(d.mean() - T_975_2 * d.std(ddof=1) / math.sqrt(3))
+    assert row["direction"] == "lrp lower"
+    assert table.loc[("random", 2, "retention_topk_jaccard"), "mean"] == pytest.approx(0.2 - 0.85)
+    assert (0, "retention_topk_jaccard") not in {(k[1], k[2]) for k in table.index}  # step 0: none

@@ -80,4 +80,23 @@ def reference_minus_each(curves: pd.DataFrame, fractions: Sequence[float] = MACS
     return pd.DataFrame(rows)
 
 
-__all__ = ["MEASURES", "MACS_FRACTIONS", "trunk_pruning_curves", "at_equal_macs", "reference_minus_each"]
+def minus_repair_control(curves: pd.DataFrame, control: pd.DataFrame,
+                         measures: Sequence[str] = MEASURES) -> pd.DataFrame:  # fmt: skip
+    """Each criterion's step k minus the same seed's unpruned model after k repairs
+    (`experiments.repair_control`), paired by run, 95 % t interval: what the pruning changed
+    beyond what the repairs alone change."""
+    ctrl = control.assign(run=control["arch"].astype(str) + "/seed" + control["seed"].astype(str))
+    ctrl = ctrl[ctrl["step"] > 0].set_index(["run", "step"])
+    rows = []
+    for (method, step), g in curves[curves["step"] > 0].groupby(["method", "step"], sort=False):
+        g = g.set_index(["run", "step"])
+        both = g.index.intersection(ctrl.index)
+        for m in (m for m in measures if m in g.columns and m in ctrl.columns):
+            d = paired_t_interval((g.loc[both, m] - ctrl.loc[both, m]).astype(float).to_numpy())
+            rows.append({"method": method, "step": int(step), "measure": m, **d,
+                         "direction": _direction(d["ci_low"], d["ci_high"], method)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+__all__ = ["MEASURES", "MACS_FRACTIONS", "trunk_pruning_curves", "at_equal_macs", "reference_minus_each",
+           "minus_repair_control"]
