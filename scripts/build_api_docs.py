@@ -24,9 +24,11 @@ PUBLIC_MODULES = [
     "protoprune.report.html",  # build_report
     "protoprune.experiments.filter_pruning",  # prune_filters: the iterative schedule with fine-tuning
     "protoprune.experiments.pruning_curve",  # pruning_curve: one-shot cuts of a checkpoint
+    "protoprune.experiments.repair_control",  # repair_control: trunk pruning's retention control
     "protoprune.prune.filters",  # run_schedule: the iterative schedule on a model
     "protoprune.prune.curve",  # CurveSettings, curve_block: the curve's one-shot cuts
     "protoprune.prune.compare",  # criterion and paired tables over runs
+    "protoprune.study.retention",  # trunk pruning over seeds: criteria at equal MACs, the control
     "protoprune.report.pruning",  # summarize_schedules: the comparison of runs written out
     "protoprune.report.curves",  # summarize_curves: curves of several runs pooled
     "protoprune.protopnet.prototype_pruning",  # prune_prototypes
