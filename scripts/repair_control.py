@@ -14,7 +14,6 @@ Usage: python scripts/repair_control.py STUDY_DIR --seeds 0,1,2 [--arch resnet18
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,6 @@ from protoprune.study.units import Unit, unit_config, unit_dir
 NAME = "protopnet-repair-control"
 
 
-def _refuse(error: str, fix: str) -> None:
-    print(f"error: {error}\nfix: {fix}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)
@@ -39,13 +33,14 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18")
     args = ap.parse_args()
     if not (args.study / "study.yaml").is_file():
-        _refuse(f"{args.study} holds no study.yaml", "give the folder a `protoprune study` run wrote")
+        ap.exit(2, f"error: {args.study} holds no study.yaml\nfix: give the folder a `protoprune study` run wrote\n")
     study = load_study_config(args.study / "study.yaml")
     seeds = [int(s) for s in args.seeds.split(",")]
     checkpoints = {s: unit_dir(args.study, Unit(args.arch, s, "protopnet")) / "checkpoints" / "best.pt" for s in seeds}
     for s, ckpt in checkpoints.items():  # every seed checked before the long work
         if not ckpt.is_file():
-            _refuse(f"no ProtoPNet checkpoint for seed {s}: {ckpt}", "run the study's protopnet arm for that seed first")
+            ap.exit(2, f"error: no ProtoPNet checkpoint for seed {s}: {ckpt}\n"
+                       "fix: run the study's protopnet arm for that seed first\n")
     for s, ckpt in checkpoints.items():
         out = args.study / "runs" / args.arch / f"seed{s}" / NAME
         if (out / "done.json").is_file():

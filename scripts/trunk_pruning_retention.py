@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -112,11 +111,6 @@ def equal_macs_tables(curves: pd.DataFrame, fractions: tuple[float, ...]) -> str
     return "\n\n".join(out)
 
 
-def _refuse(error: str, fix: str) -> None:
-    print(f"error: {error}\nfix: {fix}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)
@@ -127,13 +121,14 @@ def main() -> None:
     try:
         fractions = tuple(float(x) for x in args.macs.split(","))
     except ValueError:
-        _refuse(f"--macs {args.macs!r} is not a list of numbers", "e.g. --macs 0.8,0.6,0.4")
+        ap.exit(2, f"error: --macs {args.macs!r} is not a list of numbers\nfix: e.g. --macs 0.8,0.6,0.4\n")
     if not all(0 < f <= 1 for f in fractions):
-        _refuse(f"--macs {args.macs}: fractions of the unpruned MACs lie in (0, 1]", "e.g. --macs 0.8,0.6,0.4")
+        ap.exit(2, f"error: --macs {args.macs}: fractions of the unpruned MACs lie in (0, 1]\n"
+                   "fix: e.g. --macs 0.8,0.6,0.4\n")
     curves = trunk_pruning_curves(_results(args.study))
     if curves.empty:
-        _refuse(f"no finished protopnet-filter-* units under {args.study}/runs",
-                "give a study folder whose protopnet_filter_pruning arm has finished units")
+        ap.exit(2, f"error: no finished protopnet-filter-* units under {args.study}/runs\n"
+                   "fix: give a study folder whose protopnet_filter_pruning arm has finished units\n")
     units = curves.groupby("method")["seed"].unique()
     print("Units:", "; ".join(f"{m}: seeds {', '.join(str(s) for s in sorted(v))}" for m, v in units.items()))
     print("\n## Steps as measured (mean ± std over seeds)\n")
