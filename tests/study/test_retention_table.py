@@ -112,3 +112,10 @@ def test_each_step_minus_the_repair_control_by_hand() -> None:
     assert row["direction"] == "lrp lower"
     assert table.loc[("random", 2, "retention_topk_jaccard"), "mean"] == pytest.approx(0.2 - 0.85)
     assert (0, "retention_topk_jaccard") not in {(k[1], k[2]) for k in table.index}  # step 0: none
+
+
+def test_one_criterion_alone_gives_its_means_and_no_difference() -> None:
+    curves = trunk_pruning_curves([r for r in _results() if r["curves"][0].get("method") == "lrp"])
+    assert set(at_equal_macs(curves, fractions=(0.8,))["method"]) == {"lrp"}
+    diff = reference_minus_each(curves, fractions=(0.8,))
+    assert diff.empty and "macs_fraction" in diff.columns

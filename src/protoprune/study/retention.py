@@ -52,7 +52,8 @@ def at_equal_macs(curves: pd.DataFrame, fractions: Sequence[float] = MACS_FRACTI
     long = _at_macs(curves, fractions, measures)
     rows = [{"method": method, "macs_fraction": f, "measure": m, **paired_t_interval(g["value"])}
             for (method, f, m), g in long.groupby(["method", "macs_fraction", "measure"], sort=False)]  # fmt: skip
-    return pd.DataFrame([r for r in rows if r["n"]])
+    return pd.DataFrame([r for r in rows if r["n"]], columns=["method", "macs_fraction", "measure", "n", "mean",
+                                                               "ci_low", "ci_high"])  # fmt: skip
 
 
 def _direction(low: float, high: float, reference: str) -> str:
@@ -77,7 +78,8 @@ def reference_minus_each(curves: pd.DataFrame, fractions: Sequence[float] = MACS
             d = paired_t_interval((wide[reference] - wide[other]).to_numpy())
             rows.append({"difference": f"{reference} - {other}", "macs_fraction": f, "measure": m, **d,
                          "direction": _direction(d["ci_low"], d["ci_high"], reference)})  # fmt: skip
-    return pd.DataFrame(rows)
+    columns = ["difference", "macs_fraction", "measure", "n", "mean", "ci_low", "ci_high", "direction"]
+    return pd.DataFrame(rows, columns=columns)  # no other criterion yet: empty, with its columns
 
 
 def minus_repair_control(curves: pd.DataFrame, control: pd.DataFrame,
