@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from protoprune.metrics import mean_std
+from protoprune.prune.curve_stats import fill_unpruned_step
+from protoprune.study.controls import interval_text
 from protoprune.study.plots import plot_retention_front
 from protoprune.study.retention import (
     MACS_FRACTIONS,
@@ -45,9 +47,7 @@ def control_curves(study: Path) -> pd.DataFrame:
     """The repair control's curves (scripts/repair_control.py), step 0 with retention 1."""
     rows = [r for res in _results(study, "protopnet-repair-control") for r in res["curves"]]
     df = pd.DataFrame(rows)
-    for col in (c for c in df.columns if c.startswith("retention_")):
-        df.loc[df["step"] == 0, col] = 1.0
-    return df
+    return fill_unpruned_step(df.assign(run=df["seed"]), unit="run") if not df.empty else df
 
 
 def control_table(curves: pd.DataFrame, control: pd.DataFrame) -> str:
@@ -84,8 +84,7 @@ def steps_table(curves: pd.DataFrame) -> str:
 
 
 def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
-    f = "+.3f" if signed else ".3f"
-    return f"{mean:{f}} [{low:{f}}, {high:{f}}]" if pd.notna(low) else (f"{mean:{f}}" if pd.notna(mean) else "n/a")
+    return interval_text(mean, low, high, "+" if signed else "")
 
 
 def equal_macs_tables(curves: pd.DataFrame, fractions: tuple[float, ...]) -> str:

@@ -29,7 +29,7 @@ def repair_control(checkpoint: str | Path, cfg: RunConfig | None = None, repairs
                    out_csv: str | Path | None = None) -> pd.DataFrame:  # fmt: skip
     """`repairs` repairs (default: as many as the pruning schedule of `cfg.prune_filters` has
     steps) of the unpruned ProtoPNet `checkpoint`, each with `prune_filters.repair_epochs` joint
-    epochs (default `prune_filters.epochs`); one row a repair (step 0: the model as it is). Written
+    epochs (default `prune_filters.epochs`); one row a repair (`step`: repairs so far; 0: the model as it is). Written
     to `out_csv` after each repair when given."""
     from ..protopnet.trunk_pruning import (
         RetentionTracker,
@@ -60,7 +60,7 @@ def repair_control(checkpoint: str | Path, cfg: RunConfig | None = None, repairs
 
     def test_row(step: int) -> dict:
         m = evaluate_model(model, loaders.test, loaders.class_names, device)
-        return {"step": step, "repairs": step, "repair_epochs": epochs, **{f"test_{k}": m[k] for k in HEADLINE}}
+        return {"step": step, "repair_epochs": epochs, **{f"test_{k}": m[k] for k in HEADLINE}}
 
     rows = [test_row(0)]
     for k in range(1, repairs + 1):

@@ -105,7 +105,8 @@ def explanation_controls(per_seed: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _interval(mean: float, low: float, high: float, sign: str = "") -> str:
+def interval_text(mean: float, low: float, high: float, sign: str = "") -> str:
+    """'mean [low, high]' to 3 decimals (`sign='+'`: signed), the mean alone without an interval."""
     if math.isnan(mean):
         return "—"
     text = format(mean, f"{sign}.3f")
@@ -117,9 +118,9 @@ def controls_cells(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[
     head = ["metric", "seeds", "mean [95 % CI]", "control", "metric − control [95 % CI]", "better when", "verdict"]
     out = []
     for (arch, arm, method), g in table.groupby(["arch", "arm", "method"], sort=False):
-        body = [[r["metric"], str(r["n_seeds"]), _interval(r["mean"], r["ci_low"], r["ci_high"]),
+        body = [[r["metric"], str(r["n_seeds"]), interval_text(r["mean"], r["ci_low"], r["ci_high"]),
                  "—" if math.isnan(r["control"]) else f"{r['control']:.3f}",
-                 _interval(r["minus_control"], r["minus_control_low"], r["minus_control_high"], "+"),
+                 interval_text(r["minus_control"], r["minus_control_low"], r["minus_control_high"], "+"),
                  r["better"], r["verdict"]]
                 for _, r in g.iterrows()]  # fmt: skip
         out.append((f"{arch}: {arm_label(arm, method)}", head, body))

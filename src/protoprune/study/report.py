@@ -18,7 +18,7 @@ from ..report.html import render_html
 from .aggregate import CONVERGENCE_RULE, arm_label, convergence_cells, table_cells
 from .config import StudyConfig
 from .controls import RULE as CONTROLS_RULE
-from .controls import controls_cells
+from .controls import controls_cells, interval_text
 from .plots import write_plots
 
 
@@ -49,13 +49,6 @@ def _stages_table(results: list[dict]) -> str:
     return _table(["unit", "stage", *HEADLINE], rows)
 
 
-def _interval(row: pd.Series) -> str:
-    if pd.isna(row["mean"]):
-        return "n/a"
-    ci = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    return f"{row['mean']:+.3f}{ci}"
-
-
 def _retention_table(results: list[dict]) -> str:
     """LRP − each criterion at equal MACs, paired by seed (`study.retention`)."""
     from .retention import MEASURES, reference_minus_each, trunk_pruning_curves
@@ -69,7 +62,8 @@ def _retention_table(results: list[dict]) -> str:
     for (diff, f), g in diffs.groupby(["difference", "macs_fraction"], sort=False):
         r = g.set_index("measure")
         body.append([diff, f"{f:.0%}", str(int(r["n"].max()))] + [
-            _interval(r.loc[c]) if c in r.index else "n/a" for c in cols])  # fmt: skip
+            interval_text(*r.loc[c, ["mean", "ci_low", "ci_high"]], "+") if c in r.index else "n/a"
+            for c in cols])  # fmt: skip
     note = ("<p>At equal MACs (each seed's curve interpolated between its steps), the difference "
             "paired by seed with its 95 % t interval; every measure: higher is better.</p>")
     return note + _table(["difference", "MACs", "seeds", *(c.replace("_", " ") for c in cols)], body)
