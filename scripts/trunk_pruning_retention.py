@@ -6,9 +6,10 @@ Reads the finished units' result.json files (a unit still running is left out), 
 neither the data nor the models. Prints, as markdown: each criterion's steps as measured (MACs,
 balanced accuracy, each retention measure, PRP mass on the lesion beside the unpruned model's and
 chance), then at equal MACs the mean over seeds with a 95 % t interval, and LRP − each criterion
-paired by seed (`protoprune.study.retention`).
+paired by seed (`protoprune.study.retention`), each seed's curve interpolated between its pruned
+steps only.
 
-Usage: python scripts/trunk_pruning_retention.py STUDY_DIR [--figure PNG] [--macs 0.8,0.6,0.4]
+Usage: python scripts/trunk_pruning_retention.py STUDY_DIR [--figure PNG] [--macs 0.6,0.4,0.3]
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def equal_macs_tables(curves: pd.DataFrame, fractions: tuple[float, ...]) -> str
     out = []
     for f in fractions:
         m, d = means[means["macs_fraction"] == f], diffs[diffs["macs_fraction"] == f]
+        if m.empty:  # interpolation stays between pruned steps (study.retention)
+            out.append(f"**{f:.0%} of the unpruned MACs**: no criterion has pruned steps on both sides")
+            continue
         cols = [c for c in MEASURES if c in set(m["measure"])]
         head = ["at " + f"{f:.0%} of the MACs", *(LABELS[c] for c in cols)]
         lines = [f"**{f:.0%} of the unpruned MACs**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -120,10 +124,10 @@ def main() -> None:
     try:
         fractions = tuple(float(x) for x in args.macs.split(","))
     except ValueError:
-        ap.exit(2, f"error: --macs {args.macs!r} is not a list of numbers\nfix: e.g. --macs 0.8,0.6,0.4\n")
+        ap.exit(2, f"error: --macs {args.macs!r} is not a list of numbers\nfix: e.g. --macs 0.6,0.4,0.3\n")
     if not all(0 < f <= 1 for f in fractions):
         ap.exit(2, f"error: --macs {args.macs}: fractions of the unpruned MACs lie in (0, 1]\n"
-                   "fix: e.g. --macs 0.8,0.6,0.4\n")
+                   "fix: e.g. --macs 0.6,0.4,0.3\n")
     curves = trunk_pruning_curves(_results(args.study))
     if curves.empty:
         ap.exit(2, f"error: no finished protopnet-filter-* units under {args.study}/runs\n"

@@ -4,11 +4,13 @@ equal-MACs difference by hand, the figure, and bad input exits 2 with error/fix.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ..study.test_retention_table import _results
 from .loading import SCRIPTS
@@ -35,11 +37,15 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_tables_and_figure_of_finished_units(tmp_path: Path) -> None:
     study = _study(tmp_path / "study", finished=False)  # seed 2 still running: left out
-    out = _run(study, "--macs", "0.8", "--figure", tmp_path / "front.png")
+    out = _run(study, "--macs", "0.8,0.5", "--figure", tmp_path / "front.png")
     assert out.returncode == 0, out.stderr
     assert "lrp: seeds 0, 1; random: seeds 0, 1" in out.stdout
-    d = 0.5 * (0.7 + 0.6 - np.array([0.0, 0.02])) - (0.5 + 0.2 / 3)  # seeds 0 and 1 at 80 % MACs
-    assert f"{d.mean():+.3f} [" in out.stdout and "(lrp higher)" in out.stdout
+    shifts = np.array([0.0, 0.02])  # seeds 0 and 1 at 50 % MACs, as in test_retention_table
+    d = ((0.6 - shifts) - (0.2 - shifts) / 4) - (0.5 - (0.2 + shifts) * 2 / 3)
+    got = re.search(r"\| lrp - random \(paired, n = 2\) \| ([+-][0-9.]+) \[", out.stdout)
+    assert got and float(got.group(1)) == pytest.approx(d.mean(), abs=6e-4)  # printed to 3 decimals
+    assert "(lrp higher)" in out.stdout
+    assert "**80% of the unpruned MACs**: no criterion has pruned steps on both sides" in out.stdout
     assert (tmp_path / "front.png").stat().st_size > 10_000
 
 
@@ -60,7 +66,7 @@ def test_the_repair_control_is_shown_beside_each_step(tmp_path: Path) -> None:
                 for k in (0, 1, 2)]  # fmt: skip
         (unit / "result.json").write_text(json.dumps({"curves": rows}))
         (unit / "done.json").write_text("{}")
-    out = _run(study, "--macs", "0.8")
+    out = _run(study, "--macs", "0.5")
     assert out.returncode == 0, out.stderr
     assert "| repair only (control) | 1 | 3 | 0.700 ± 0.000 | 0.900 ± 0.000 |" in out.stdout
     d = (0.8 - np.array([0.0, 0.02, 0.07])) - 0.9  # lrp's step 1 − the control after 1 repair

@@ -48,23 +48,31 @@ def test_the_unpruned_step_is_filled_with_retention_one_and_its_own_localisation
 
 def test_means_at_equal_macs_and_the_paired_difference_by_hand() -> None:
     curves = trunk_pruning_curves(_results())
-    table = at_equal_macs(curves, fractions=(0.8,)).set_index(["method", "measure"])
-    # 80 MACs: lrp halfway between 100 and 60 (0.7 and 0.6 - shift), random 2/3 of the way from
-    # 70 to 100 (0.5 + (0.7 - 0.5) * 10 / 30)
+    table = at_equal_macs(curves, fractions=(0.5,)).set_index(["method", "measure"])
+    # 50 MACs: lrp a quarter of the way from 60 (0.6 - shift) to 20 (0.4); random 2/3 of the way
+    # from 70 (0.5) to 40 (0.3 - shift)
     shifts = np.array([0.0, 0.02, 0.07])
-    lrp = 0.5 * (0.7 + 0.6 - shifts)
-    rnd = np.full(3, 0.5 + 0.2 / 3)
+    lrp = (0.6 - shifts) - (0.2 - shifts) / 4
+    rnd = 0.5 - (0.2 + shifts) * 2 / 3
     row = table.loc[("lrp", "test_balanced_accuracy")]
     assert row["n"] == 3 and row["mean"] == pytest.approx(lrp.mean())
     half = T_975_2 * lrp.std(ddof=1) / math.sqrt(3)
     assert row["ci_low"] == pytest.approx(lrp.mean() - half)
-    diff = reference_minus_each(curves, fractions=(0.8,)).set_index("measure")
+    diff = reference_minus_each(curves, fractions=(0.5,)).set_index("measure")
     d = lrp - rnd
     got = diff.loc["test_balanced_accuracy"]
     assert got["difference"] == "lrp - random"
     assert got["mean"] == pytest.approx(d.mean())
     assert got["ci_high"] == pytest.approx(d.mean() + T_975_2 * d.std(ddof=1) / math.sqrt(3))
-    assert got["direction"] == "lrp higher"  # 0.617.. - 0.567.. > 0 with a narrow interval
+    assert got["direction"] == "lrp higher"  # 0.18, 0.18, 0.18: a narrow interval above zero
+
+
+def test_nothing_is_interpolated_from_the_unpruned_model() -> None:
+    """80 MACs lies between the unpruned model (retention 1) and each criterion's first step: a
+    line from there is no measurement (a repair alone moves prototypes), so it is left out."""
+    curves = trunk_pruning_curves(_results())
+    assert at_equal_macs(curves, fractions=(0.8,)).empty
+    assert (reference_minus_each(curves, fractions=(0.8,))["n"] == 0).all()
 
 
 def test_a_fraction_a_criterion_never_reached_is_left_out() -> None:
@@ -90,7 +98,8 @@ def test_the_study_report_shows_the_paired_differences() -> None:
     from protoprune.study.report import _retention_table
 
     html = _retention_table(_results())
-    d = 0.5 * (0.7 + 0.6 - np.array([0.0, 0.02, 0.07])) - (0.5 + 0.2 / 3)  # as above, at 80 % MACs
+    shifts = np.array([0.0, 0.02, 0.07])  # at 60 % MACs: lrp's step 1, random 1/3 from 70 to 40
+    d = (0.6 - shifts) - (0.5 - (0.2 + shifts) / 3)
     assert "lrp - random" in html and f"{d.mean():+.3f} [" in html
     assert "nothing to compare" in _retention_table([_results()[0]])  # lrp alone
 
@@ -116,6 +125,6 @@ def test_each_step_minus_the_repair_control_by_hand() -> None:
 
 def test_one_criterion_alone_gives_its_means_and_no_difference() -> None:
     curves = trunk_pruning_curves([r for r in _results() if r["curves"][0].get("method") == "lrp"])
-    assert set(at_equal_macs(curves, fractions=(0.8,))["method"]) == {"lrp"}
-    diff = reference_minus_each(curves, fractions=(0.8,))
+    assert set(at_equal_macs(curves, fractions=(0.5,))["method"]) == {"lrp"}
+    diff = reference_minus_each(curves, fractions=(0.5,))
     assert diff.empty and "macs_fraction" in diff.columns

@@ -115,16 +115,18 @@ MACS_FRACTIONS = (0.9, 0.8, 0.7, 0.6)
 def curve_at_macs(df: pd.DataFrame, fractions: Sequence[float] = MACS_FRACTIONS,
                   metric: str = "test_balanced_accuracy") -> pd.DataFrame:  # fmt: skip
     """Each unit's metric at equal compute: linearly interpolated in MACs between its cuts, at
-    `fractions` of the unpruned MACs (NaN below the fewest MACs the unit reached). Criteria that
-    remove filters of different layers reach different MACs at one filter ratio."""
+    `fractions` of the unpruned MACs (NaN outside the MACs its cuts span). Criteria that remove
+    filters of different layers reach different MACs at one filter ratio. The unpruned MACs are
+    the largest of a unit's rows, or its `macs_unpruned` column where the rows leave the unpruned
+    model out (then nothing is interpolated from it)."""
     units = [c for c in ("run", "method", "normalize", "ref_seed") if c in df.columns]
     rows = []
     for key, g in df.groupby(units, sort=False):
         g = g.sort_values("macs")
-        full = float(g["macs"].max())
+        full = float(g["macs_unpruned"].iloc[0]) if "macs_unpruned" in g.columns else float(g["macs"].max())
         for f in fractions:
             target = f * full
-            inside = g["macs"].min() <= target <= full
+            inside = g["macs"].min() <= target <= g["macs"].max()
             rows.append({**dict(zip(units, key)), "macs_fraction": f,
                          "value": float(np.interp(target, g["macs"], g[metric])) if inside else np.nan})  # fmt: skip
     return pd.DataFrame(rows)

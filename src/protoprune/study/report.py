@@ -64,8 +64,9 @@ def _retention_table(results: list[dict]) -> str:
         body.append([diff, f"{f:.0%}", str(int(r["n"].max()))] + [
             interval_text(*r.loc[c, ["mean", "ci_low", "ci_high"]], "+") if c in r.index else "n/a"
             for c in cols])  # fmt: skip
-    note = ("<p>At equal MACs (each seed's curve interpolated between its steps), the difference "
-            "paired by seed with its 95 % t interval; every measure: higher is better.</p>")
+    note = ("<p>At equal MACs (each seed's curve interpolated between its pruned steps, never from the "
+            "unpruned model), the difference paired by seed with its 95 % t interval; every measure: "
+            "higher is better.</p>")
     return note + _table(["difference", "MACs", "seeds", *(c.replace("_", " ") for c in cols)], body)
 
 

@@ -3,8 +3,11 @@ accuracy and explanation retention at equal MACs, and LRP − each criterion pai
 
 Criteria remove filters of different layers, so one filter ratio is not one cost: the criteria
 are compared at fractions of the unpruned MACs, each seed's curve interpolated linearly in MACs
-between its measured steps (`prune.curve_stats.curve_at_macs`). Step 0 is the unpruned model:
-its retention is 1 by definition (`explain.retention`), its localisation the `_unpruned` column.
+between its pruned steps (`prune.curve_stats.curve_at_macs`). Never from step 0, the unpruned
+model: its retention is 1 by definition (`explain.retention`), but one repair moves the
+prototypes without removing a filter (`experiments.repair_control`), so a line from 1 to the
+first step would report retention no model was measured at. A fraction above a criterion's
+first step is left out.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ ARM = "protopnet_filter"
 # share of the PRP heatmaps' mass on the lesion (its unpruned and chance levels are other columns)
 MEASURES = ("test_balanced_accuracy", *(f"retention_{m}" for m in RETENTION_MEASURE_NAMES),
             "localisation_on_lesion")  # fmt: skip
-MACS_FRACTIONS = (0.8, 0.6, 0.4)
+MACS_FRACTIONS = (0.6, 0.4, 0.3)  # within the HAM10000 steps (20/40/60 % of the filters) of every criterion
 
 
 def trunk_pruning_curves(results: Sequence[dict]) -> pd.DataFrame:
@@ -39,16 +42,18 @@ def trunk_pruning_curves(results: Sequence[dict]) -> pd.DataFrame:
 
 
 def _at_macs(curves: pd.DataFrame, fractions: Sequence[float], measures: Sequence[str]) -> pd.DataFrame:
-    """Long table: run, method, macs_fraction, measure, value (NaN where a run did not reach it)."""
-    parts = [curve_at_macs(curves[["run", "method", "macs", m]].dropna(), fractions, metric=m).assign(measure=m)
-             for m in measures if m in curves.columns and curves[m].notna().any()]  # fmt: skip
+    """Long table: run, method, macs_fraction, measure, value (NaN outside a run's pruned steps)."""
+    unpruned = curves[curves["step"] == 0].groupby(["run", "method"])["macs"].first().rename("macs_unpruned")
+    pruned = curves[curves["step"] > 0].join(unpruned, on=["run", "method"])
+    parts = [curve_at_macs(pruned[["run", "method", "macs", "macs_unpruned", m]].dropna(), fractions, metric=m)
+             .assign(measure=m) for m in measures if m in pruned.columns and pruned[m].notna().any()]  # fmt: skip
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def at_equal_macs(curves: pd.DataFrame, fractions: Sequence[float] = MACS_FRACTIONS,
                   measures: Sequence[str] = MEASURES) -> pd.DataFrame:  # fmt: skip
     """Per criterion, MACs fraction and measure: the mean over runs with its 95 % t interval
-    (a fraction no run of a criterion reached is left out)."""
+    (a fraction outside every run's pruned steps of a criterion is left out)."""
     long = _at_macs(curves, fractions, measures)
     rows = [{"method": method, "macs_fraction": f, "measure": m, **paired_t_interval(g["value"])}
             for (method, f, m), g in long.groupby(["method", "macs_fraction", "measure"], sort=False)]  # fmt: skip
