@@ -143,7 +143,7 @@ def main() -> None:
     print("\n## At equal MACs (mean [95 % t interval] over seeds; LRP − each criterion paired by seed)\n")
     print(equal_macs_tables(curves, fractions))
     if args.figure:
-        print(f"\nfigure: {plot_retention_front(curves, args.figure)}")
+        print(f"\nfigure: {plot_retention_front(curves, args.figure, control)}")
 
 
 if __name__ == "__main__":

@@ -46,14 +46,34 @@ def test_the_front_draws_with_and_without_protopnet_runs(tmp_path) -> None:
             assert im.size[0] > 1000 and im.size[1] > 600
 
 
-def test_the_unpruned_step_counts_as_retention_one(tmp_path, monkeypatch) -> None:
+def _panels(monkeypatch, curves: pd.DataFrame, tmp_path, control: pd.DataFrame | None = None) -> dict:
     from protoprune.study import plots
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    curve = _curve(0, [100, 50], [0.7, 0.6])
+    plot_retention_front(curves, tmp_path / "front.png", control)
+    return {ax.get_title(): ax for ax in figures[0].axes}
+
+
+def test_the_unpruned_step_counts_as_retention_one_and_is_joined_by_a_dashed_line(tmp_path, monkeypatch) -> None:
+    curve = _curve(0, [100, 50, 30], [0.7, 0.6, 0.5])
     curve.loc[curve["step"] == 0, "retention_topk_jaccard"] = np.nan  # as prune_filters leaves it
-    plot_retention_front(curve, tmp_path / "front.png")
-    panel = next(ax for ax in figures[0].axes if ax.get_title() == "retention: topk jaccard")
-    x, y = panel.lines[0].get_data()
-    assert y[np.argmax(x)] == 1.0 and y[np.argmin(x)] == 0.5
+    panel = _panels(monkeypatch, curve, tmp_path)["retention: topk jaccard"]
+    solid, markers, dashed = panel.lines[:3]
+    assert solid.get_linestyle() == "-" and dashed.get_linestyle() == "--"
+    x, y = solid.get_data()
+    assert x.max() == 50 / 1e6 and np.allclose(y, 0.5)  # the band stays between the pruned steps
+    assert np.allclose(markers.get_data()[0], np.array([100, 50, 30]) / 1e6)
+    mx, my = markers.get_data()
+    assert my[np.argmax(mx)] == 1.0
+    assert np.allclose(dashed.get_data()[0], [100 / 1e6, 50 / 1e6]) and np.allclose(dashed.get_data()[1], [1.0, 0.5])
+
+
+def test_the_repair_control_is_drawn_at_the_unpruned_macs(tmp_path, monkeypatch) -> None:
+    curves = pd.concat([_curve(s, [100, 60], [0.7, 0.6]) for s in (0, 1)])
+    control = pd.DataFrame({"seed": [0, 0, 1, 1], "step": [1, 2, 1, 2],
+                            "retention_topk_jaccard": [0.4, 0.3, 0.6, 0.2]})  # fmt: skip
+    panel = _panels(monkeypatch, curves, tmp_path, control)["retention: topk jaccard"]
+    (crosses,) = [ln for ln in panel.lines if ln.get_label() == "repair only, no pruning"]
+    x, y = crosses.get_data()
+    assert np.allclose(x, 100 / 1e6) and np.allclose(y, [0.5, 0.25])  # k = 1, 2: mean over seeds

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from ..figures import CRITERION_COLOURS  # noqa: E402
 from ..io import atomic_save_figure  # noqa: E402
 from ..names import RETENTION_MEASURE_NAMES  # noqa: E402
+from ..prune.curve_stats import fill_unpruned_step  # noqa: E402
 from .aggregate import arm_label  # noqa: E402
 
 # one colour per arm (filter pruning: per criterion) in every figure, whatever the arms present
@@ -166,35 +167,70 @@ def at_common_macs(g: pd.DataFrame, y: str, points: int = 25) -> pd.DataFrame:
     return pd.DataFrame({"macs": grid, "mean": ys.mean(axis=0), "std": std, "seeds": len(runs)})
 
 
-# the front's panels: the headline, then each explanation retention measure (explain.retention)
+# the front's panels: the headline, the PRP heatmaps' localisation, then each explanation
+# retention measure (explain.retention); the last cell of the grid holds the legend
 FRONT_PANELS = {"test_balanced_accuracy": "test balanced accuracy",
+                "localisation_on_lesion": "PRP heatmap mass on the lesion",
                 **{f"retention_{m}": f"retention: {m.replace('_', ' ')}" for m in RETENTION_MEASURE_NAMES}}  # fmt: skip
 
 
-def plot_retention_front(curves: pd.DataFrame, path: Path) -> Path:
-    """A ProtoPNet's trunk pruning per criterion: balanced accuracy and each retention measure
-    (1 = the unpruned model's explanations) against MACs, mean over seeds at equal MACs, band: std."""
-    sub = curves[curves["arm"] == "protopnet_filter"] if "arm" in curves.columns else curves.iloc[:0]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
+def _front_criterion(ax: plt.Axes, g: pd.DataFrame, col: str, colour: str, label: str) -> None:
+    """One criterion's seeds: the band between its pruned steps (interpolated at equal MACs, as
+    the table is), a marker at each step's mean, and a dashed line from the unpruned model, where
+    no model was measured (one repair alone moves prototypes: the repair control)."""
+    pruned = at_common_macs(g[g["step"] > 0], col)
+    steps = g.groupby("step").agg(x=("macs", "mean"), y=(col, "mean")).dropna()
+    x, y = pruned["macs"] / 1e6, pruned["mean"]
+    ax.plot(x, y, color=colour, label=label)
+    ax.fill_between(x, y - pruned["std"].fillna(0), y + pruned["std"].fillna(0), color=colour, alpha=0.15)
+    ax.plot(steps["x"] / 1e6, steps["y"], "o", color=colour, markersize=4)
+    if 0 in steps.index and len(pruned):
+        first = pruned["macs"].idxmax()
+        ax.plot([steps.loc[0, "x"] / 1e6, x[first]], [steps.loc[0, "y"], y[first]], "--", color=colour, lw=1)
+
+
+def _front_control(ax: plt.Axes, control: pd.DataFrame, col: str, macs: float) -> None:
+    """The unpruned model after k repairs (k = 1, 2, ...), drawn at the unpruned MACs."""
+    means = control[control["step"] > 0].groupby("step")[col].mean()
+    if means.empty:
+        return
+    ax.plot([macs / 1e6] * len(means), means, "x", color="#d62728", markersize=7, label="repair only, no pruning")
+    for k, v in means.items():
+        ax.annotate(f"{k}", (macs / 1e6, v), xytext=(5, 0), textcoords="offset points", fontsize=7, va="center")
+
+
+def plot_retention_front(curves: pd.DataFrame, path: Path, control: pd.DataFrame | None = None) -> Path:
+    """A ProtoPNet's trunk pruning per criterion: balanced accuracy, the PRP heatmaps' mass on the
+    lesion and each retention measure (1 = the unpruned model's explanations) against MACs, mean
+    over seeds (band: std) and, given `scripts/repair_control.py`'s curves, the repair control."""
+    sub = curves[curves["arm"] == "protopnet_filter"].copy() if "arm" in curves.columns else curves.iloc[:0]
+    if len(sub):  # step 0 is the unpruned model: retention 1, its own localisation
+        sub = fill_unpruned_step(sub.assign(unit=sub["arch"].astype(str) + sub["seed"].astype(str)
+                                            + sub["method"].astype(str)), unit="unit")  # fmt: skip
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), squeeze=False)
     for ax, (col, label) in zip(axes.ravel(), FRONT_PANELS.items()):
         have = col in sub.columns and sub[col].notna().any()
         if not have:
             _empty(ax, "no ProtoPNet trunk-pruning runs" if not len(sub) else f"{label}: not measured")
         for (arch, method), g in (sub.groupby(["arch", "method"], sort=False) if have else []):
-            if col.startswith("retention_"):  # step 0 is the unpruned model itself: 1 by definition
-                g = g.assign(**{col: g[col].where(g["step"] != 0, g[col].fillna(1.0))})
-            band = at_common_macs(g, col)
-            (line,) = ax.plot(band["macs"] / 1e6, band["mean"], color=arm_colour("protopnet_filter", method),
-                              label=f"{arch}: {arm_label('protopnet_filter', method)}")  # fmt: skip
-            ax.fill_between(band["macs"] / 1e6, band["mean"] - band["std"].fillna(0),
-                            band["mean"] + band["std"].fillna(0), color=line.get_color(), alpha=0.15)  # fmt: skip
+            _front_criterion(ax, g, col, arm_colour("protopnet_filter", method),
+                             f"{arch}: {arm_label('protopnet_filter', method)}")  # fmt: skip
+        if have and control is not None and col in control.columns:
+            _front_control(ax, control, col, float(sub.loc[sub["step"] == 0, "macs"].mean()))
+        if have and col == "localisation_on_lesion" and "localisation_on_lesion_chance" in sub.columns:
+            ax.axhline(sub["localisation_on_lesion_chance"].mean(), color="#777", ls=":", lw=1,
+                       label="chance: the lesion's share of the image")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("MMACs per image")
         ax.grid(alpha=0.3)
-        if have and ax is axes[0, 0]:  # one legend: the colours are the same in every panel
-            ax.legend(fontsize=7)
-    fig.suptitle("ProtoPNet trunk pruning: accuracy and explanation retention at equal MACs "
-                 "(mean over seeds, band: std)", fontsize=11)  # fmt: skip
+    legend = axes.ravel()[-1]
+    legend.axis("off")
+    handles = {lab: h for ax in axes.ravel()[:-1] for h, lab in zip(*ax.get_legend_handles_labels())}
+    if handles:  # one legend: the colours are the same in every panel
+        handles["unpruned model to the first step: no model measured between"] = plt.Line2D([], [], ls="--", color="#555")
+        legend.legend(handles.values(), handles.keys(), loc="center", fontsize=8, frameon=False)
+    fig.suptitle("ProtoPNet trunk pruning: accuracy and explanations kept, against MACs "
+                 "(mean over seeds at each step, band: std between the pruned steps)", fontsize=11)  # fmt: skip
     return _save(fig, path)
 
 
