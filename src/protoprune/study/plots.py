@@ -205,8 +205,8 @@ def plot_retention_front(curves: pd.DataFrame, path: Path, control: pd.DataFrame
     over seeds (band: std) and, given `scripts/repair_control.py`'s curves, the repair control."""
     sub = curves[curves["arm"] == "protopnet_filter"].copy() if "arm" in curves.columns else curves.iloc[:0]
     if len(sub):  # step 0 is the unpruned model: retention 1, its own localisation
-        sub = fill_unpruned_step(sub.assign(unit=sub["arch"].astype(str) + sub["seed"].astype(str)
-                                            + sub["method"].astype(str)), unit="unit")  # fmt: skip
+        unit = sub["arch"].astype(str) + "/seed" + sub["seed"].astype(str) + "/" + sub["method"].astype(str)
+        sub = fill_unpruned_step(sub.assign(unit=unit), unit="unit")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), squeeze=False)
     for ax, (col, label) in zip(axes.ravel(), FRONT_PANELS.items()):
         have = col in sub.columns and sub[col].notna().any()
